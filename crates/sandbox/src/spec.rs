@@ -1,0 +1,184 @@
+//! Environment specs: how to build and test one (repo, version), read from `environments.toml`.
+//!
+//! Two levels, as everywhere in swegym: [`RawEnvSpec`] mirrors the TOML (`deny_unknown_fields`,
+//! options), [`EnvSpec`] is the validated, resolved form with defaults filled in.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::SandboxError;
+
+/// SWE-bench's pytest command (`--no-header -rA --tb=no -p no:cacheprovider`).
+pub const DEFAULT_PYTEST_CMD: &str = "pytest --no-header -rA --tb=no -p no:cacheprovider";
+
+/// Which parser reads the test log into a test → status map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogParser {
+    Pytest,
+    Unittest,
+}
+
+/// Where an environment's source code comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceSpec {
+    /// A PyPI sdist `name==version`, unpacked and committed as the base.
+    Sdist(String),
+    /// A local git repository or mirror; each task's `base_commit` is checked out from it.
+    /// Relative paths are relative to the spec file.
+    Git(PathBuf),
+}
+
+/// One `[[environment]]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvSpec {
+    pub repo: String,
+    pub version: String,
+    pub python: Option<String>,
+    pub sdist: Option<String>,
+    pub git: Option<PathBuf>,
+    /// Requirements installed before the project (downloaded into the wheelhouse on the host).
+    #[serde(default)]
+    pub pip: Vec<String>,
+    /// Shell commands run in /testbed with the venv active, offline. Default: `pip install -e .`.
+    pub install: Option<Vec<String>>,
+    pub test_cmd: Option<String>,
+    pub log_parser: Option<LogParser>,
+    /// Seconds the test command may run (default 1800, as SWE-bench).
+    pub test_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    environment: Vec<RawEnvSpec>,
+}
+
+/// A validated environment spec.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EnvSpec {
+    pub repo: String,
+    pub version: String,
+    /// pyenv version prefix (`"3.11"`, `"3.6"`).
+    pub python: String,
+    pub source: SourceSpec,
+    pub pip: Vec<String>,
+    pub install: Vec<String>,
+    pub test_cmd: String,
+    pub log_parser: LogParser,
+    pub test_timeout_s: u64,
+}
+
+impl EnvSpec {
+    fn resolve(raw: RawEnvSpec, base_dir: &Path, path: &Path) -> Result<EnvSpec, SandboxError> {
+        let err = |message: String| SandboxError::Spec { path: path.to_path_buf(), message };
+        let what = format!("environment {} {}", raw.repo, raw.version);
+        let source = match (raw.sdist, raw.git) {
+            (Some(s), None) => {
+                if !s.contains("==") {
+                    return Err(err(format!("{what}: sdist must be `name==version`, got {s:?}")));
+                }
+                SourceSpec::Sdist(s)
+            }
+            (None, Some(g)) => SourceSpec::Git(if g.is_absolute() { g } else { base_dir.join(g) }),
+            (Some(_), Some(_)) => return Err(err(format!("{what}: give `sdist` or `git`, not both"))),
+            (None, None) => return Err(err(format!("{what}: needs a source: `sdist = \"name==ver\"` or `git = \"path\"`"))),
+        };
+        if raw.repo.split('/').count() != 2 {
+            return Err(err(format!("{what}: repo must be `owner/name`")));
+        }
+        Ok(EnvSpec {
+            repo: raw.repo,
+            version: raw.version,
+            python: raw.python.unwrap_or_else(|| "3.11".into()),
+            source,
+            pip: raw.pip,
+            install: raw.install.unwrap_or_else(|| vec!["pip install -e .".into()]),
+            test_cmd: raw.test_cmd.unwrap_or_else(|| DEFAULT_PYTEST_CMD.into()),
+            log_parser: raw.log_parser.unwrap_or(LogParser::Pytest),
+            test_timeout_s: raw.test_timeout_s.unwrap_or(1800),
+        })
+    }
+
+    /// A stable short hash naming this environment's caches and images.
+    pub fn key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_string(self).expect("EnvSpec serializes");
+        let digest = Sha256::digest(json.as_bytes());
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let name = self.repo.replace('/', "__").to_ascii_lowercase();
+        format!("{name}-{}-{hex}", self.version)
+    }
+}
+
+/// All known environment specs, looked up by (repo, version).
+#[derive(Debug, Clone, Default)]
+pub struct EnvSpecs {
+    by_key: BTreeMap<(String, String), EnvSpec>,
+}
+
+impl EnvSpecs {
+    /// Reads one `environments.toml`; later files override earlier ones on (repo, version).
+    pub fn load_file(&mut self, path: &Path) -> Result<(), SandboxError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SandboxError::io(format!("reading {}", path.display()), e))?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        self.load_str(&text, base_dir, path)
+    }
+
+    /// Reads specs from TOML text; `base_dir` resolves relative `git` paths.
+    pub fn load_str(&mut self, text: &str, base_dir: &Path, path: &Path) -> Result<(), SandboxError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| SandboxError::Spec { path: path.to_path_buf(), message: e.to_string() })?;
+        for env in raw.environment {
+            let spec = EnvSpec::resolve(env, base_dir, path)?;
+            self.by_key.insert((spec.repo.clone(), spec.version.clone()), spec);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, repo: &str, version: &str) -> Option<&EnvSpec> {
+        self.by_key.get(&(repo.to_string(), version.to_string()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_defaults_and_rejects_bad_specs() {
+        let mut specs = EnvSpecs::default();
+        let text = r#"
+[[environment]]
+repo = "marshmallow-code/marshmallow"
+version = "3.0"
+sdist = "marshmallow==3.0.0"
+pip = ["pytest<9"]
+"#;
+        specs.load_str(text, Path::new("/d"), Path::new("/d/e.toml")).unwrap();
+        let s = specs.get("marshmallow-code/marshmallow", "3.0").unwrap();
+        assert_eq!(s.install, vec!["pip install -e .".to_string()]);
+        assert_eq!(s.test_cmd, DEFAULT_PYTEST_CMD);
+        assert_eq!(s.python, "3.11");
+        assert!(s.key().starts_with("marshmallow-code__marshmallow-3.0-"));
+
+        let bad = "[[environment]]\nrepo = \"a/b\"\nversion = \"1\"\n";
+        let e = EnvSpecs::default().load_str(bad, Path::new("/"), Path::new("/x.toml")).unwrap_err();
+        assert!(e.to_string().contains("needs a source"), "{e}");
+        let typo = "[[environment]]\nrepo = \"a/b\"\nversion = \"1\"\nsdist=\"a==1\"\ntest_cmdd=\"x\"\n";
+        let e = EnvSpecs::default().load_str(typo, Path::new("/"), Path::new("/x.toml")).unwrap_err();
+        assert!(e.to_string().contains("test_cmdd"), "{e}");
+    }
+}

@@ -1,0 +1,34 @@
+//! The data types every swegym stage exchanges, and their on-disk codecs.
+//!
+//! Architecture invariant: this crate depends on nothing of ours and knows nothing
+//! about sandboxes, models or the pipeline; it only says what a task, a prediction and
+//! a verdict *are* and how they are read and written.
+
+pub mod prediction;
+pub mod task;
+pub mod verdict;
+
+pub use prediction::{load_predictions, Prediction};
+pub use task::{load_tasks, RowError, Task, TaskLoad};
+pub use verdict::{EvalStatus, Verdict};
+
+/// Errors of reading or writing a whole file (a bad *row* is a [`RowError`], not this).
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("parquet error in {path}: {message}")]
+    Parquet {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}

@@ -1,0 +1,2 @@
+//! The `swegym` command line.
+fn main() {}

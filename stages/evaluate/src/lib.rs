@@ -1,0 +1,1 @@
+//! The SWE-bench-grade evaluation harness.
