@@ -1,2 +1,94 @@
-//! The `swegym` command line.
-fn main() {}
+//! The `swegym` command line: parses arguments, resolves the context, dispatches to one
+//! subcommand module, and maps failures to documented exit codes.
+//!
+//! Exit codes: 0 success; 1 the run finished but a check failed (an invalid instance in
+//! `dataset validate`); 2 bad usage (clap); 3 bad input (dataset, predictions, config);
+//! 4 infrastructure (docker unreachable, sandbox tool missing).
+
+mod bench;
+mod context;
+mod dataset;
+mod evaluate;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+use crate::context::Context;
+
+#[derive(Parser, Debug)]
+#[command(name = "swegym", version, about = "Online rejection-sampling fine-tuning of software-engineering agents")]
+struct Cli {
+    /// More logging (-v info, -vv debug); SWEGYM_LOG=<filter> overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Grade SWE-bench predictions (instance_id, model_name_or_path, model_patch) by running the tests.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Check or describe a task dataset.
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCommand),
+    /// Benchmarks that print machine-readable results.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// A failure with its exit code (see the module doc).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn check_failed(message: impl Into<String>) -> anyhow::Error {
+        Exit { code: 1, message: message.into() }.into()
+    }
+    pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
+        Exit { code: 3, message: message.into() }.into()
+    }
+    pub fn infra(message: impl Into<String>) -> anyhow::Error {
+        Exit { code: 4, message: message.into() }.into()
+    }
+}
+
+fn main() {
+    // bf16 matmuls in libtorch crash on CPUs that report AMX but fault on it (DESIGN.md);
+    // set before any thread starts.
+    if std::env::var_os("ONEDNN_MAX_CPU_ISA").is_none() {
+        // SAFETY: single-threaded at this point (no runtime or thread has started yet).
+        unsafe { std::env::set_var("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16") };
+    }
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        let ctx = Context::from_env()?;
+        match cli.command {
+            Command::Evaluate(args) => evaluate::run(&ctx, args).await,
+            Command::Dataset(cmd) => dataset::run(&ctx, cmd).await,
+            Command::Bench(cmd) => bench::run(&ctx, cmd).await,
+        }
+    });
+    if let Err(err) = result {
+        let code = err.downcast_ref::<Exit>().map_or(1, |e| e.code);
+        eprintln!("error: {err:#}");
+        std::process::exit(code);
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("SWEGYM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

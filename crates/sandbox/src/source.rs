@@ -182,7 +182,7 @@ fn materialize_sdist(req: &str, python: &Path, staging: &Path, repo: &Path) -> R
     if name.ends_with(".zip") {
         run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&archive).arg(&unpack), "unzip sdist")?;
     } else {
-        run(Command::new("tar").arg("xf").arg(&archive).arg("-C").arg(&unpack), "untar sdist")?;
+        run(Command::new("tar").args(["--no-same-owner", "-xf"]).arg(&archive).arg("-C").arg(&unpack), "untar sdist")?;
     }
     // An sdist unpacks to one top-level folder `name-version/`.
     let mut tops: Vec<PathBuf> = fs::read_dir(&unpack).map_err(|e| SandboxError::io("listing unpacked sdist", e))?.flatten().map(|e| e.path()).collect();

@@ -4,11 +4,14 @@
 //! about sandboxes, models or the pipeline; it only says what a task, a prediction and
 //! a verdict *are* and how they are read and written.
 
+pub mod parquet_io;
 pub mod prediction;
+pub mod stats;
 pub mod task;
 pub mod verdict;
 
 pub use prediction::{load_predictions, Prediction};
+pub use stats::DatasetStats;
 pub use task::{load_tasks, RowError, Task, TaskLoad};
 pub use verdict::{EvalStatus, Verdict};
 

@@ -1,0 +1,131 @@
+//! `swegym bench …`: benchmarks that print one JSON object per result line.
+//!
+//! `bench harness`: the harness overhead per evaluation — the wall time of one evaluation
+//! beyond the test command itself (sandbox create/destroy, copying the workspace, patch and
+//! test-patch application, parsing) — per backend, median of N sequential runs after a
+//! warm-up that builds the environment.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use swegym_evaluate::runner::{Job, JobKind};
+
+use crate::context::{BackendArg, Context};
+use crate::evaluate::{load_dataset, HarnessArgs};
+use crate::Exit;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Harness overhead per evaluation (time beyond the test command), per backend.
+    Harness(HarnessBenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HarnessBenchArgs {
+    /// Dataset whose first instance (or --instance-id) is evaluated with its gold patch.
+    #[arg(long, default_value = "datasets/swebench-lite-marshmallow/tasks.jsonl")]
+    pub dataset: PathBuf,
+    #[arg(long)]
+    pub instance_id: Option<String>,
+    /// Backends to measure.
+    #[arg(long = "backends", value_enum, num_args = 1.., default_values = ["local", "docker"])]
+    pub backends: Vec<BackendArg>,
+    /// Measured evaluations per backend (after one warm-up).
+    #[arg(short, long, default_value_t = 5)]
+    pub n: usize,
+    #[arg(long = "env-specs")]
+    pub env_specs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct HarnessBench {
+    bench: &'static str,
+    backend: &'static str,
+    instance_id: String,
+    n: usize,
+    status: String,
+    median_total_s: f64,
+    median_test_s: f64,
+    /// Total minus test command: what the harness itself costs.
+    median_overhead_s: f64,
+    min_overhead_s: f64,
+    max_overhead_s: f64,
+    /// Sandbox create + destroy alone.
+    median_sandbox_s: f64,
+}
+
+pub async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Harness(args) => harness(ctx, args).await,
+    }
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+}
+
+async fn harness(ctx: &Context, args: HarnessBenchArgs) -> anyhow::Result<()> {
+    let tasks = load_dataset(&args.dataset)?;
+    let task = match &args.instance_id {
+        Some(id) => tasks.iter().find(|t| &t.instance_id == id).ok_or_else(|| Exit::bad_input(format!("{id} is not in the dataset")))?,
+        None => &tasks[0],
+    };
+    let task = Arc::new(task.clone());
+    for backend in &args.backends {
+        let hargs = HarnessArgs {
+            backend: *backend,
+            jobs: 1,
+            env_specs: args.env_specs.clone(),
+            timeout: None,
+            memory_gib: 4.0,
+            out: None,
+        };
+        let harness = hargs.harness(ctx, &args.dataset).await?;
+        let job = || Job {
+            task: Arc::clone(&task),
+            kind: JobKind::Patch { patch: task.patch.clone(), model_name_or_path: "gold".into() },
+            label: "gold".into(),
+        };
+        // Warm-up: builds the environment and the caches.
+        let warm = harness.run(vec![job()], |_| {}).await;
+        let status = warm[0].outcome.verdict.status;
+        if status.is_infra_failure() {
+            return Err(Exit::infra(format!(
+                "{} backend: warm-up failed: {}",
+                backend.name(),
+                warm[0].outcome.verdict.error.clone().unwrap_or_default()
+            )));
+        }
+        let (mut total, mut test, mut overhead, mut sandbox) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.n {
+            let r = harness.run(vec![job()], |_| {}).await.remove(0);
+            let v = &r.outcome.verdict;
+            total.push(v.total_seconds + r.sandbox_seconds);
+            test.push(v.test_seconds);
+            overhead.push(v.total_seconds + r.sandbox_seconds - v.test_seconds);
+            sandbox.push(r.sandbox_seconds);
+        }
+        let (min, max) = overhead.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let result = HarnessBench {
+            bench: "harness_overhead",
+            backend: backend.name(),
+            instance_id: task.instance_id.clone(),
+            n: args.n,
+            status: status.to_string(),
+            median_total_s: median(&mut total),
+            median_test_s: median(&mut test),
+            median_overhead_s: median(&mut overhead),
+            min_overhead_s: min,
+            max_overhead_s: max,
+            median_sandbox_s: median(&mut sandbox),
+        };
+        println!("{}", serde_json::to_string(&result)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! What an evaluation run leaves on disk: `verdicts.parquet`, `summary.json` and
+//! `logs/<instance>/<label>.log`, plus the summary printed to the terminal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use swegym_evaluate::runner::{log_path, JobResult};
+use swegym_schema::parquet_io::{verdict_schema, write_parquet};
+use swegym_schema::{EvalStatus, Verdict};
+
+/// The SWE-bench-style report of one run (ids per outcome).
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub total_instances: usize,
+    pub submitted_instances: usize,
+    pub resolved_instances: usize,
+    pub unresolved_instances: usize,
+    pub empty_patch_instances: usize,
+    pub apply_failed_instances: usize,
+    pub timeout_instances: usize,
+    pub error_instances: usize,
+    /// Resolved / total instances of the dataset, in percent.
+    pub resolve_rate: f64,
+    pub resolved_ids: Vec<String>,
+    pub unresolved_ids: Vec<String>,
+    pub empty_patch_ids: Vec<String>,
+    pub apply_failed_ids: Vec<String>,
+    pub timeout_ids: Vec<String>,
+    pub error_ids: Vec<String>,
+    /// Dataset instances with no prediction.
+    pub missing_ids: Vec<String>,
+    /// Predictions naming no instance of the dataset (skipped).
+    pub unknown_ids: Vec<String>,
+    pub wall_seconds: f64,
+}
+
+impl Summary {
+    pub fn new(total_instances: usize, verdicts: &[Verdict], missing_ids: Vec<String>, unknown_ids: Vec<String>, wall_seconds: f64) -> Summary {
+        let mut by: BTreeMap<EvalStatus, Vec<String>> = BTreeMap::new();
+        for v in verdicts {
+            by.entry(v.status).or_default().push(v.instance_id.clone());
+        }
+        let mut ids = |s: EvalStatus| {
+            let mut v = by.remove(&s).unwrap_or_default();
+            v.sort();
+            v
+        };
+        let (resolved_ids, unresolved_ids, empty_patch_ids) = (ids(EvalStatus::Resolved), ids(EvalStatus::Unresolved), ids(EvalStatus::EmptyPatch));
+        let (apply_failed_ids, timeout_ids, error_ids) = (ids(EvalStatus::PatchApplyFailed), ids(EvalStatus::TestTimeout), ids(EvalStatus::EnvError));
+        Summary {
+            total_instances,
+            submitted_instances: verdicts.len(),
+            resolved_instances: resolved_ids.len(),
+            unresolved_instances: unresolved_ids.len(),
+            empty_patch_instances: empty_patch_ids.len(),
+            apply_failed_instances: apply_failed_ids.len(),
+            timeout_instances: timeout_ids.len(),
+            error_instances: error_ids.len(),
+            resolve_rate: if total_instances == 0 { 0.0 } else { 100.0 * resolved_ids.len() as f64 / total_instances as f64 },
+            resolved_ids,
+            unresolved_ids,
+            empty_patch_ids,
+            apply_failed_ids,
+            timeout_ids,
+            error_ids,
+            missing_ids,
+            unknown_ids,
+            wall_seconds,
+        }
+    }
+
+    pub fn print(&self, out_dir: &Path) {
+        println!("instances in dataset   {:>6}", self.total_instances);
+        println!("predictions evaluated  {:>6}", self.submitted_instances);
+        println!("resolved               {:>6}  ({:.1}% of the dataset)", self.resolved_instances, self.resolve_rate);
+        println!("unresolved             {:>6}", self.unresolved_instances);
+        println!("empty patch            {:>6}", self.empty_patch_instances);
+        println!("patch apply failed     {:>6}", self.apply_failed_instances);
+        println!("tests timed out        {:>6}", self.timeout_instances);
+        println!("environment errors     {:>6}", self.error_instances);
+        if !self.unknown_ids.is_empty() {
+            println!("unknown instance ids   {:>6}  (skipped: {})", self.unknown_ids.len(), self.unknown_ids.join(", "));
+        }
+        println!("wall time              {:>6.1} s", self.wall_seconds);
+        println!("results in {}", out_dir.display());
+    }
+}
+
+/// Writes each job's log and returns the verdicts in job order.
+pub fn write_logs(out_dir: &Path, results: &[JobResult]) -> anyhow::Result<Vec<Verdict>> {
+    let logs = out_dir.join("logs");
+    let mut verdicts = Vec::with_capacity(results.len());
+    for r in results {
+        let path = log_path(&logs, &r.outcome.verdict.instance_id, &r.label);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, &r.outcome.log).with_context(|| format!("writing {}", path.display()))?;
+        verdicts.push(r.outcome.verdict.clone());
+    }
+    Ok(verdicts)
+}
+
+pub fn write_verdicts(out_dir: &Path, name: &str, verdicts: &[Verdict]) -> anyhow::Result<PathBuf> {
+    let path = out_dir.join(name);
+    write_parquet(&path, verdict_schema(), verdicts).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed_precise}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// `<base>/<name>-<unix seconds>` when the user gave no output directory.
+pub fn default_out_dir(name: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from("runs").join(format!("{name}-{secs}"))
+}
