@@ -1,0 +1,165 @@
+//! Helpers shared by the end-to-end tests: the binary, the repo and shared-data paths,
+//! gating of slow and docker tests, and reading Parquet back with pyarrow.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn swegym() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_swegym"));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("pipeline/ has a parent").to_path_buf()
+}
+
+/// `../shared/data` beside the clone (the real SWE-bench rows).
+pub fn shared_data() -> PathBuf {
+    repo_root().join("../shared/data")
+}
+
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("SWEGYM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/swegym"))
+}
+
+/// True when slow tests should run (CI sets SWEGYM_SLOW_TESTS=1); prints why not otherwise.
+pub fn slow(test: &str) -> bool {
+    if std::env::var("SWEGYM_SLOW_TESTS").is_ok_and(|v| v == "1") {
+        return true;
+    }
+    eprintln!("skipping {test}: slow test (builds environments); set SWEGYM_SLOW_TESTS=1 to run it");
+    false
+}
+
+/// True when a docker daemon answers; prints why not otherwise.
+pub fn docker(test: &str) -> bool {
+    let ok = Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipping {test}: no docker daemon reachable (`docker info` failed)");
+    }
+    ok
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("swegym runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Reads a Parquet file with pyarrow (the setup venv's python) as a list of row objects.
+pub fn read_parquet_with_pyarrow(path: &Path) -> serde_json::Value {
+    let python = cache_root().join("venv/bin/python");
+    assert!(python.exists(), "{} missing: run `make setup`", python.display());
+    let script = "import sys, json, pyarrow.parquet as pq\nprint(json.dumps(pq.read_table(sys.argv[1]).to_pylist()))";
+    let out = Command::new(&python).arg("-c").arg(script).arg(path).output().expect("python runs");
+    assert!(out.status.success(), "pyarrow could not read {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("pyarrow printed JSON")
+}
+
+/// Sandbox dirs the local backend left under the cache (must be none after a run).
+pub fn leftover_local_sandboxes() -> Vec<PathBuf> {
+    let dir = cache_root().join("sandboxes/local");
+    std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+/// Containers labelled by swegym (must be none after a run).
+pub fn leftover_containers() -> Vec<String> {
+    let out = Command::new("docker").args(["ps", "-aq", "--filter", "label=swegym=1"]).output().expect("docker runs");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// The patches of the grading scenario and the status each must get.
+pub const SCENARIO: &[(&str, Option<&str>, &str)] = &[
+    ("gold", None, "resolved"),
+    ("wrong", Some("wrong.diff"), "unresolved"),
+    ("no-apply", Some("does_not_apply.diff"), "patch_apply_failed"),
+    ("hang", Some("hang.diff"), "test_timeout"),
+    ("fake-passed", Some("fake_passed.diff"), "unresolved"),
+    ("empty", Some(""), "empty_patch"),
+];
+
+/// Grades six patches of marshmallow-1359 (copies of the task under six instance ids, so
+/// one run covers them) with the given backend and checks every verdict, the Parquet
+/// (read by pyarrow), the summary and that nothing is left behind.
+pub fn grading_scenario(backend: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks_path = repo_root().join("datasets/swebench-lite-marshmallow/tasks.jsonl");
+    let line = std::fs::read_to_string(&tasks_path).unwrap().lines().next().unwrap().to_string();
+    let task: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let fixtures = repo_root().join("tests/fixtures/marshmallow-1359");
+    let (mut tasks, mut preds) = (String::new(), String::new());
+    for (name, fixture, _) in SCENARIO {
+        let id = format!("{}-{name}", task["instance_id"].as_str().unwrap());
+        let mut t = task.clone();
+        t["instance_id"] = id.clone().into();
+        tasks.push_str(&format!("{t}\n"));
+        let patch = match fixture {
+            None => task["patch"].as_str().unwrap().to_string(),
+            Some("") => String::new(),
+            Some(f) => std::fs::read_to_string(fixtures.join(f)).unwrap(),
+        };
+        let p = serde_json::json!({"instance_id": id, "model_name_or_path": "scenario", "model_patch": patch});
+        preds.push_str(&format!("{p}\n"));
+    }
+    let dataset = tmp.path().join("tasks.jsonl");
+    std::fs::write(&dataset, tasks).unwrap();
+    std::fs::write(tmp.path().join("preds.jsonl"), preds).unwrap();
+    let out_dir = tmp.path().join("out");
+    let env_specs = repo_root().join("datasets/swebench-lite-marshmallow/environments.toml");
+    run_ok(swegym().args(["evaluate", "--backend", backend, "-j", "2", "--timeout", "15"]).arg("--dataset").arg(&dataset)
+        .arg("--predictions").arg(tmp.path().join("preds.jsonl")).arg("--env-specs").arg(&env_specs).arg("--out").arg(&out_dir));
+
+    let rows = read_parquet_with_pyarrow(&out_dir.join("verdicts.parquet"));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), SCENARIO.len());
+    for (name, _, expect) in SCENARIO {
+        let row = rows.iter().find(|r| r["instance_id"].as_str().unwrap().ends_with(&format!("-{name}"))).unwrap();
+        assert_eq!(row["status"], *expect, "{name}: {row}");
+        assert_eq!(row["resolved"], *expect == "resolved", "{name}");
+        let log = std::fs::read_dir(out_dir.join("logs").join(row["instance_id"].as_str().unwrap())).unwrap().count();
+        assert_eq!(log, 1, "{name}: one log file");
+    }
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["resolved_instances"], 1);
+    assert_eq!(summary["apply_failed_instances"], 1);
+    assert_eq!(summary["timeout_instances"], 1);
+    assert_eq!(summary["empty_patch_instances"], 1);
+    assert_eq!(summary["unresolved_instances"], 2);
+    assert_eq!(summary["error_instances"], 0);
+    let fake_log = std::fs::read_to_string(out_dir.join("logs").join(format!("{}-fake-passed/scenario.log", task["instance_id"].as_str().unwrap()))).unwrap();
+    assert!(fake_log.contains("Log check"), "the fake PASSED lines are caught by the log check:\n{fake_log}");
+    match backend {
+        "local" => assert!(leftover_local_sandboxes().is_empty(), "left behind: {:?}", leftover_local_sandboxes()),
+        _ => assert!(leftover_containers().is_empty(), "containers left behind: {:?}", leftover_containers()),
+    }
+}
+
+/// `dataset validate` on the two real marshmallow instances with the given backend.
+pub fn validate_marshmallow(backend: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = run_ok(swegym().args(["dataset", "validate", "datasets/swebench-lite-marshmallow/tasks.jsonl", "--backend", backend]).arg("--out").arg(&out_dir));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 of 2 instances valid"), "{stdout}");
+    let checks: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("validation.json")).unwrap()).unwrap();
+    for c in checks.as_array().unwrap() {
+        assert_eq!(c["valid"], true, "{c}");
+        assert_eq!(c["gold_status"], "resolved");
+        assert_eq!(c["empty_status"], "empty_patch");
+        assert_eq!(c["before_f2p_passing"].as_array().unwrap().len(), 0);
+    }
+    match backend {
+        "local" => assert!(leftover_local_sandboxes().is_empty(), "left behind: {:?}", leftover_local_sandboxes()),
+        _ => assert!(leftover_containers().is_empty(), "containers left behind: {:?}", leftover_containers()),
+    }
+}
