@@ -111,7 +111,7 @@ async fn validate(ctx: &Context, args: ValidateArgs) -> anyhow::Result<()> {
 
     let checks: Vec<InstanceValidation> = results.chunks(3).map(check_instance).collect();
     output::write_json(&out_dir.join("validation.json"), &checks)?;
-    println!("{:<50} {:<16} {:<16} {:<16} {}", "instance", "before (F2P)", "gold", "empty", "valid");
+    println!("{:<50} {:<16} {:<16} {:<16} valid", "instance", "before (F2P)", "gold", "empty");
     for c in &checks {
         let before = match c.before_status {
             EvalStatus::EnvError | EvalStatus::TestTimeout => c.before_status.as_str().to_string(),

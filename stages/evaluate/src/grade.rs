@@ -143,6 +143,8 @@ pub enum LogProblem {
     PytestExit { code: i32, meaning: String },
     #[error("log contradicts exit code: possible fake PASSED lines ({detail})")]
     Contradiction { detail: String },
+    #[error("the test command ended without an exit code (killed by a signal)")]
+    NoExitCode,
     #[error("test command exited with {code}: command not found or not executable (environment broken?)")]
     CommandNotFound { code: i32 },
 }

@@ -163,7 +163,7 @@ pub async fn evaluate_in_sandbox(
         let effective = patch::remove_test_files(&cleaned, &spec.test_patch_files);
         let dropped: Vec<String> = patch::split_file_diffs(&cleaned)
             .iter()
-            .filter(|f| !effective.contains(&f.text))
+            .filter(|f| patch::is_test_file_diff(f, &spec.test_patch_files))
             .map(|f| f.path().to_string())
             .collect();
         if !dropped.is_empty() {
@@ -317,7 +317,7 @@ impl Run {
         self.verdict.failed_tests = grade.failed_tests();
         let problem = match out.exit_code {
             Some(code) => grade::check_log(spec.log_parser, &parsed, code).err(),
-            None => Some(LogProblem::Contradiction { detail: "the test command was killed by a signal".into() }),
+            None => Some(LogProblem::NoExitCode),
         };
         let all_pass = grade.all_pass();
         self.statuses = parsed.statuses;

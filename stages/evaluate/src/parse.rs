@@ -522,7 +522,8 @@ mod tests {
 
     #[test]
     fn pytest_final_line_forms() {
-        let cases: [(&str, Option<&[(&str, u32)]>); 7] = [
+        type Counts = &'static [(&'static str, u32)];
+        let cases: [(&str, Option<Counts>); 7] = [
             ("==== 3 passed, 1 failed, 2 xfailed in 0.12s ====", Some(&[("passed", 3), ("failed", 1), ("xfailed", 2)])),
             ("= 2 errors, 1 warning in 1.00s =", Some(&[("error", 2), ("warning", 1)])),
             ("=== 1 passed in 62.50s (0:01:02) ===", Some(&[("passed", 1)])),

@@ -307,7 +307,9 @@ pub fn is_test_path(path: &str) -> bool {
         || name.ends_with("_test.py")
 }
 
-fn is_excluded(f: &FileDiff, extra_test_files: &[String]) -> bool {
+/// True when a section touches a test file on either side (by [`is_test_path`] or named in
+/// `extra_test_files`).
+pub fn is_test_file_diff(f: &FileDiff, extra_test_files: &[String]) -> bool {
     f.paths().iter().any(|p| is_test_path(p) || extra_test_files.iter().any(|t| t == p))
 }
 
@@ -317,7 +319,7 @@ fn is_excluded(f: &FileDiff, extra_test_files: &[String]) -> bool {
 pub fn remove_test_files(patch: &str, extra_test_files: &[String]) -> String {
     split_file_diffs(patch)
         .into_iter()
-        .filter(|f| !is_excluded(f, extra_test_files))
+        .filter(|f| !is_test_file_diff(f, extra_test_files))
         .map(|f| f.text)
         .collect()
 }
@@ -328,7 +330,7 @@ pub fn remove_test_files(patch: &str, extra_test_files: &[String]) -> String {
 pub fn is_empty_patch(patch: &str, extra_test_files: &[String]) -> bool {
     !split_file_diffs(&clean_patch(patch))
         .iter()
-        .any(|f| !is_excluded(f, extra_test_files) && f.changes_content())
+        .any(|f| !is_test_file_diff(f, extra_test_files) && f.changes_content())
 }
 
 /// Files a diff modifies that exist before it (not new files), and files it creates.
@@ -376,7 +378,7 @@ mod tests {
         // Already clean.
         check_clean(diff, diff);
         // CRLF, missing final newline.
-        check_clean(&diff.replace('\n', "\r\n").trim_end().to_string(), diff);
+        check_clean(diff.replace('\n', "\r\n").trim_end(), diff);
         // Prose before the diff.
         check_clean(&format!("Here is the fix:\n\n{diff}"), diff);
         // Markdown fences with prose after.

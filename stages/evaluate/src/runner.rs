@@ -46,6 +46,9 @@ pub struct JobResult {
     pub sandbox_seconds: f64,
 }
 
+/// One environment, built at most once per run; the error is kept for every later task.
+type EnvCell = OnceCell<Result<(PreparedEnv, EnvHandle), String>>;
+
 /// Everything the runner needs, resolved by the caller.
 pub struct Harness {
     pub backend: Arc<dyn Backend>,
@@ -55,7 +58,7 @@ pub struct Harness {
     pub eval: EvalOptions,
     /// Jobs running at once.
     pub jobs: usize,
-    envs: Mutex<HashMap<String, Arc<OnceCell<Result<(PreparedEnv, EnvHandle), String>>>>>,
+    envs: Mutex<HashMap<String, Arc<EnvCell>>>,
 }
 
 impl Harness {

@@ -31,8 +31,21 @@ impl HostDirSandbox {
         &self.testbed
     }
 
+    /// Rewrites the sandbox paths the harness uses (`/testbed…` as a whole word, and the
+    /// `/tmp/swegym_*` files) to their host directories; other paths are left alone.
     fn map(&self, text: &str) -> String {
-        text.replace("/testbed", &self.testbed.display().to_string()).replace("/tmp/", &format!("{}/", self.tmp.display()))
+        let text = text.replace("/tmp/swegym_", &format!("{}/swegym_", self.tmp.display()));
+        let testbed = self.testbed.display().to_string();
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(idx) = rest.find("/testbed") {
+            let starts_word = idx == 0 || !rest[..idx].ends_with(|c: char| c.is_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'));
+            out.push_str(&rest[..idx]);
+            out.push_str(if starts_word { &testbed } else { "/testbed" });
+            rest = &rest[idx + "/testbed".len()..];
+        }
+        out.push_str(rest);
+        out
     }
 
     /// Runs a command in /testbed and panics unless it succeeds (test set-up).
