@@ -36,8 +36,8 @@ use std::time::Duration;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 
-pub use container::{DockerSandbox, LABEL, LABEL_HOST, LABEL_PID, LABEL_ROLE, WRITABLE_ROOTS};
 use container::{ContainerPlan, Flavor};
+pub use container::{DockerSandbox, LABEL, LABEL_HOST, LABEL_PID, LABEL_ROLE, WRITABLE_ROOTS};
 
 use crate::{Backend, EnvHandle, Limits, PreparedEnv, Sandbox, SandboxError, SandboxKind, TESTBED};
 
@@ -64,12 +64,33 @@ impl Default for BaseImageRecipe {
     fn default() -> Self {
         let packages = [
             // what the issue asks for
-            "python3", "python3-venv", "git", "patch", "ca-certificates", "procps", "bash",
+            "python3",
+            "python3-venv",
+            "git",
+            "patch",
+            "ca-certificates",
+            "procps",
+            "bash",
             // what install steps commonly call
-            "make", "xz-utils", "bzip2", "unzip",
+            "make",
+            "xz-utils",
+            "bzip2",
+            "unzip",
             // the shared libraries pyenv builds link (most already come with python3)
-            "libssl3", "libffi8", "libsqlite3-0", "libbz2-1.0", "liblzma5", "zlib1g", "libreadline8",
-            "libncursesw6", "libuuid1", "libexpat1", "libnsl2", "libtirpc3", "libcrypt1", "libgdbm6",
+            "libssl3",
+            "libffi8",
+            "libsqlite3-0",
+            "libbz2-1.0",
+            "liblzma5",
+            "zlib1g",
+            "libreadline8",
+            "libncursesw6",
+            "libuuid1",
+            "libexpat1",
+            "libnsl2",
+            "libtirpc3",
+            "libcrypt1",
+            "libgdbm6",
         ];
         BaseImageRecipe { suite: "bookworm".into(), mirror: None, packages: packages.iter().map(|s| s.to_string()).collect() }
     }
@@ -160,10 +181,7 @@ impl DockerBackend {
     pub async fn connect(cache_root: PathBuf, options: DockerOptions) -> Result<Self, SandboxError> {
         let conn = Arc::new(Connection { host: options.host.clone(), timeout: options.request_timeout });
         let unreachable = |e: &dyn std::fmt::Display| {
-            SandboxError::Setup(format!(
-                "docker daemon not reachable at {}: {e}: start it or use --backend local",
-                conn.describe()
-            ))
+            SandboxError::Setup(format!("docker daemon not reachable at {}: {e}: start it or use --backend local", conn.describe()))
         };
         let docker = tokio::time::timeout(Duration::from_secs(20), conn.client())
             .await
@@ -218,7 +236,9 @@ impl DockerBackend {
             EnvHandle::Image { image } => (image.as_str(), Flavor::Venv),
             EnvHandle::SweBenchImage { image } => (image.as_str(), Flavor::SweBench),
             EnvHandle::Local { .. } => {
-                return Err(SandboxError::Setup("a local environment was handed to the docker backend; build it with DockerBackend::ensure_env".into()))
+                return Err(SandboxError::Setup(
+                    "a local environment was handed to the docker backend; build it with DockerBackend::ensure_env".into(),
+                ))
             }
         };
         if let Some(ws) = workspace {
@@ -252,7 +272,12 @@ impl DockerBackend {
     /// Removes every container this process made (label `swegym.pid=<pid>`); returns how many.
     /// Call it on Ctrl-C and at the end of a run.
     pub async fn cleanup_leftovers(&self) -> Result<usize, SandboxError> {
-        remove_labelled(&self.docker, &[format!("{LABEL}=1"), format!("{LABEL_PID}={}", std::process::id()), format!("{LABEL_HOST}={}", container::host_name())], |_| true).await
+        remove_labelled(
+            &self.docker,
+            &[format!("{LABEL}=1"), format!("{LABEL_PID}={}", std::process::id()), format!("{LABEL_HOST}={}", container::host_name())],
+            |_| true,
+        )
+        .await
     }
 
     /// Removes containers made by processes of this host that are no longer alive (what a

@@ -98,6 +98,15 @@ impl LocalBackend {
         self
     }
 
+    /// Turns per-sandbox cgroups off: limits then come from `setrlimit` alone (memory per
+    /// process; the pids limit does not bind root). For hosts without cgroup v1 access.
+    pub fn with_cgroups(self, enabled: bool) -> LocalBackend {
+        if !enabled {
+            let _ = self.cgroup_roots.set(CgroupRoots::default());
+        }
+        self
+    }
+
     /// `<cache_root>/envs/local/<key>`: the built environment.
     pub fn env_dir(&self, key: &str) -> PathBuf {
         self.cache_root.join("envs").join("local").join(key)

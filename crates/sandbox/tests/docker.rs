@@ -279,22 +279,24 @@ async fn env_build_from_a_tiny_project_then_pytest_runs_inside_and_failures_leav
     eprintln!("ensure_env when built: {:.2}s", started.elapsed().as_secs_f64());
 
     // The post-install /testbed of the image.
-    let sb = backend.create(&handle, None, &Limits::default()).await.unwrap();
+    let mut sb = backend.create(&handle, None, &Limits::default()).await.unwrap();
     let out = sb.exec(&ExecRequest::new("pytest -rA tests; ls /wheels", Duration::from_secs(120))).await.unwrap();
     assert!(out.output.contains("PASSED tests/test_add.py::test_add"), "{}", out.output);
     assert!(out.output.contains("PASSED tests/test_add.py::test_interpreter"), "{}", out.output);
     assert!(out.output.contains("No such file or directory"), "/wheels must be gone: {}", out.output);
     let out = sb.exec(&ExecRequest::new("readlink -f $(which python)", Duration::from_secs(30))).await.unwrap();
     assert_eq!(out.output.trim(), std::fs::canonicalize(&python).unwrap().to_string_lossy(), "same interpreter as the host");
+    sb.destroy().await.unwrap();
 
     // A task workspace with a bug: the editable install follows /testbed.
     let ws = tmp.path().join("ws");
     sh(tmp.path(), &format!("git clone -q {} ws", repo.display()));
     std::fs::write(ws.join("tinycalc/__init__.py"), "def add(a, b):\n    return a - b\n").unwrap();
-    let sb = backend.create(&handle, Some(&ws), &Limits::default()).await.unwrap();
+    let mut sb = backend.create(&handle, Some(&ws), &Limits::default()).await.unwrap();
     let out = sb.exec(&ExecRequest::new("pytest -rA tests", Duration::from_secs(120))).await.unwrap();
     assert_eq!(out.exit_code, Some(1), "{}", out.output);
     assert!(out.output.contains("FAILED tests/test_add.py::test_add"), "{}", out.output);
+    sb.destroy().await.unwrap();
 
     backend.docker().remove_image(&handle_image(&handle), None::<bollard::query_parameters::RemoveImageOptions>, None).await.unwrap();
 
@@ -312,7 +314,10 @@ async fn env_build_from_a_tiny_project_then_pytest_runs_inside_and_failures_leav
         other => panic!("expected EnvBuild, got {other}"),
     }
     assert!(!backend.image_exists(&format!("swegym-env:{key}")).await.unwrap());
-    let filters = std::collections::HashMap::from([("label".to_string(), vec!["swegym.role=build".to_string(), format!("swegym.pid={}", std::process::id())])]);
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec!["swegym.role=build".to_string(), format!("swegym.pid={}", std::process::id())],
+    )]);
     let options = bollard::query_parameters::ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
     assert!(backend.docker().list_containers(Some(options)).await.unwrap().is_empty(), "a build container was left");
 }
@@ -322,4 +327,51 @@ fn handle_image(handle: &EnvHandle) -> String {
         EnvHandle::Image { image } => image.clone(),
         other => panic!("unexpected handle {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_unreachable_daemon_is_a_clear_error() {
+    let options = swegym_sandbox::docker::DockerOptions { host: Some("unix:///nonexistent/docker.sock".into()), ..Default::default() };
+    let err = DockerBackend::connect(cache_root(), options).await.unwrap_err().to_string();
+    assert!(err.contains("docker daemon not reachable at unix:///nonexistent/docker.sock"), "{err}");
+    assert!(err.contains("start it or use --backend local"), "{err}");
+}
+
+#[tokio::test]
+async fn swebench_convention_images_run_commands_in_the_testbed_conda_env() {
+    let Some((backend, base)) = setup().await else { return };
+    let EnvHandle::Image { image: base } = base else { unreachable!() };
+    // A stand-in for a SWE-bench image: repo at /testbed, an `activate` that provides `conda`.
+    let fake = "swegym-test/sweb.eval.x86_64.fake_s_fake-1";
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(base),
+        cmd: Some(vec![
+            "bash".into(),
+            "-c".into(),
+            "mkdir -p /opt/miniconda3/bin /testbed && echo 'conda() { [ \"$1\" = activate ] && export CONDA_DEFAULT_ENV=$2; }' > /opt/miniconda3/bin/activate && echo repo > /testbed/README".into(),
+        ]),
+        ..Default::default()
+    };
+    let docker = backend.docker();
+    let c = docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await.unwrap();
+    docker.start_container(&c.id, None).await.unwrap();
+    let mut wait = docker.wait_container(&c.id, None::<bollard::query_parameters::WaitContainerOptions>);
+    while let Some(r) = futures::StreamExt::next(&mut wait).await {
+        r.unwrap();
+    }
+    let (repo, tag) = fake.split_once(':').unwrap_or((fake, "latest"));
+    let commit = bollard::query_parameters::CommitContainerOptionsBuilder::new().container(&c.id).repo(repo).tag(tag).build();
+    docker.commit_container(commit, bollard::models::ContainerConfig::default()).await.unwrap();
+    docker.remove_container(&c.id, None::<bollard::query_parameters::RemoveContainerOptions>).await.unwrap();
+
+    let options =
+        swegym_sandbox::docker::DockerOptions { swebench_template: "swegym-test/sweb.eval.x86_64.{id}".into(), ..Default::default() };
+    let sb_backend = DockerBackend::connect(cache_root(), options).await.unwrap();
+    let handle = sb_backend.swebench_env("Fake__fake-1").await.unwrap();
+    assert_eq!(handle, EnvHandle::SweBenchImage { image: fake.into() });
+    let mut sb = sb_backend.create(&handle, None, &Limits::default()).await.unwrap();
+    let out = sb.exec(&ExecRequest::new("echo env=$CONDA_DEFAULT_ENV; pwd; cat README", Duration::from_secs(30))).await.unwrap();
+    assert_eq!(out.output, "env=testbed\n/testbed\nrepo\n");
+    sb.destroy().await.unwrap();
+    docker.remove_image(fake, None::<bollard::query_parameters::RemoveImageOptions>, None).await.unwrap();
 }

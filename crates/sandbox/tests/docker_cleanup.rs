@@ -34,7 +34,8 @@ async fn leftovers_of_this_process_and_of_dead_processes_are_swept() {
         (LABEL_PID.to_string(), dead_pid.to_string()),
         (LABEL_HOST.to_string(), host),
     ]);
-    let body = ContainerCreateBody { image: Some(swegym_image), cmd: Some(vec!["true".into()]), labels: Some(labels), ..Default::default() };
+    let body =
+        ContainerCreateBody { image: Some(swegym_image), cmd: Some(vec!["true".into()]), labels: Some(labels), ..Default::default() };
     let orphan = backend.docker().create_container(None, body).await.unwrap();
     assert!(backend.cleanup_orphans().await.unwrap() >= 1);
     assert!(backend.docker().inspect_container(&orphan.id, None).await.is_err(), "orphan survived the sweep");

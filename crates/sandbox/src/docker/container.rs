@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::TryStreamExt;
@@ -148,7 +147,13 @@ pub(crate) async fn remove_container(docker: &Docker, id: &str) -> bool {
 }
 
 /// Uploads a host directory's contents to `dest` (an existing directory) in the container.
-pub(crate) async fn upload_dir(docker: &Docker, container: &str, src: &Path, dest: &str, exclude: Option<tarball::Exclude>) -> Result<(), SandboxError> {
+pub(crate) async fn upload_dir(
+    docker: &Docker,
+    container: &str,
+    src: &Path,
+    dest: &str,
+    exclude: Option<tarball::Exclude>,
+) -> Result<(), SandboxError> {
     upload_tree(docker, container, src, dest, PathBuf::new(), exclude).await
 }
 
@@ -234,10 +239,7 @@ impl DockerSandbox {
             }
         }
         if self.readonly_rootfs {
-            return Err(SandboxError::Other(format!(
-                "cannot write {path}: only {} and /tmp are writable in this sandbox",
-                TESTBED
-            )));
+            return Err(SandboxError::Other(format!("cannot write {path}: only {} and /tmp are writable in this sandbox", TESTBED)));
         }
         let rel = p.strip_prefix("/").unwrap_or(p).to_path_buf();
         Ok(("/".to_string(), rel))
@@ -290,18 +292,13 @@ impl crate::Sandbox for DockerSandbox {
     async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         self.ensure_live()?;
         let options = DownloadFromContainerOptionsBuilder::new().path(path).build();
-        let chunks: Vec<bytes::Bytes> = self
-            .docker
-            .download_from_container(&self.id, Some(options))
-            .try_collect()
-            .await
-            .map_err(|e| {
-                if is_not_found(&e) {
-                    SandboxError::Other(format!("{path} does not exist in sandbox {}", self.name))
-                } else {
-                    SandboxError::Docker(format!("reading {path} from sandbox {}: {e}", self.name))
-                }
-            })?;
+        let chunks: Vec<bytes::Bytes> = self.docker.download_from_container(&self.id, Some(options)).try_collect().await.map_err(|e| {
+            if is_not_found(&e) {
+                SandboxError::Other(format!("{path} does not exist in sandbox {}", self.name))
+            } else {
+                SandboxError::Docker(format!("reading {path} from sandbox {}: {e}", self.name))
+            }
+        })?;
         let tar: Vec<u8> = chunks.concat();
         tarball::first_file_from_tar(&tar, path)
     }

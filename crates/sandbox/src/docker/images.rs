@@ -72,7 +72,9 @@ fn python_exclude(rel: &Path) -> bool {
     let parts: Vec<_> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     match parts.as_slice() {
         [lib, py, sub, ..] if lib == "lib" && py.starts_with("python") => {
-            (sub == "site-packages" && parts.len() > 3) || sub == "test" || (sub.starts_with("config-") && parts.last().is_some_and(|f| f.ends_with(".a")))
+            (sub == "site-packages" && parts.len() > 3)
+                || sub == "test"
+                || (sub.starts_with("config-") && parts.last().is_some_and(|f| f.ends_with(".a")))
         }
         [lib, file] if lib == "lib" => file.starts_with("libpython") && file.ends_with(".a"),
         _ => false,
@@ -135,9 +137,7 @@ impl DockerBackend {
         if !python.exists() {
             return Err(SandboxError::Other(format!("python {} does not exist on this host", python.display())));
         }
-        let stamp = std::fs::metadata(python)
-            .map(|m| format!("{}-{:?}", m.len(), m.modified().ok()))
-            .unwrap_or_default();
+        let stamp = std::fs::metadata(python).map(|m| format!("{}-{:?}", m.len(), m.modified().ok())).unwrap_or_default();
         let hash = short_hash(&format!("v{RECIPE_VERSION}|{base}|{}|{stamp}", prefix.display()));
         let image = format!("{PYTHON_REPO}:{}", sanitize_tag(&format!("{version}-{hash}")));
         let in_image = python.to_string_lossy().into_owned();
@@ -148,7 +148,15 @@ impl DockerBackend {
         let started = Instant::now();
         let key = format!("python {version}");
         let name = format!("swegym-build-py-{}", super::run::unique_token());
-        let plan = ContainerPlan { image: &base, name, role: "build", limits: None, cpu_shares: None, readonly_rootfs: false, empty_testbed: false };
+        let plan = ContainerPlan {
+            image: &base,
+            name,
+            role: "build",
+            limits: None,
+            cpu_shares: None,
+            readonly_rootfs: false,
+            empty_testbed: false,
+        };
         let id = container::start_container(&self.docker, &plan).await?;
         let result = async {
             let rel = prefix.strip_prefix("/").unwrap_or(&prefix).to_path_buf();
@@ -179,7 +187,15 @@ impl DockerBackend {
         }
         let started = Instant::now();
         let name = format!("swegym-build-env-{}", super::run::unique_token());
-        let plan = ContainerPlan { image: &parent, name, role: "build", limits: None, cpu_shares: None, readonly_rootfs: false, empty_testbed: false };
+        let plan = ContainerPlan {
+            image: &parent,
+            name,
+            role: "build",
+            limits: None,
+            cpu_shares: None,
+            readonly_rootfs: false,
+            empty_testbed: false,
+        };
         let id = container::start_container(&self.docker, &plan).await?;
         let result = self.run_env_build(&id, env, &python).await.and(Ok(()));
         let result = match result {
@@ -229,13 +245,8 @@ impl DockerBackend {
     /// Commits a build container as `image`, labelled with the image it was built on.
     async fn commit(&self, container: &str, image: &str, parent: &str) -> Result<(), SandboxError> {
         let (repo, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
-        let options = CommitContainerOptionsBuilder::new()
-            .container(container)
-            .repo(repo)
-            .tag(tag)
-            .pause(true)
-            .comment("built by swegym")
-            .build();
+        let options =
+            CommitContainerOptionsBuilder::new().container(container).repo(repo).tag(tag).pause(true).comment("built by swegym").build();
         let config = bollard::models::ContainerConfig {
             labels: Some(std::collections::HashMap::from([(LABEL_PARENT.to_string(), parent.to_string())])),
             cmd: Some(vec!["bash".into()]),
@@ -251,10 +262,7 @@ impl DockerBackend {
 
     async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), SandboxError> {
         let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
-        self.docker
-            .tag_image(image, Some(options))
-            .await
-            .map_err(|e| SandboxError::Docker(format!("tagging {image} as {repo}:{tag}: {e}")))
+        self.docker.tag_image(image, Some(options)).await.map_err(|e| SandboxError::Docker(format!("tagging {image} as {repo}:{tag}: {e}")))
     }
 
     /// Whether `image` exists on the docker host.
@@ -269,9 +277,7 @@ impl DockerBackend {
     /// `Some(value)` of a label when the image exists (`Some("")` when it lacks the label).
     async fn image_label(&self, image: &str, label: &str) -> Result<Option<String>, SandboxError> {
         match self.docker.inspect_image(image).await {
-            Ok(found) => Ok(Some(
-                found.config.and_then(|c| c.labels).and_then(|mut l| l.remove(label)).unwrap_or_default(),
-            )),
+            Ok(found) => Ok(Some(found.config.and_then(|c| c.labels).and_then(|mut l| l.remove(label)).unwrap_or_default())),
             Err(e) if super::is_not_found(&e) => Ok(None),
             Err(e) => Err(SandboxError::Docker(format!("inspecting image {image}: {e}"))),
         }

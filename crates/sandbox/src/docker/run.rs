@@ -117,13 +117,7 @@ pub(crate) async fn run_exec(docker: &Docker, plan: ExecPlan<'_>) -> Result<Exec
     }
     let timed_out = host_timed_out || inner_timed_out;
     let (output, truncated) = capture.finish();
-    Ok(ExecOutput {
-        exit_code: if timed_out { None } else { code.map(|c| c as i32) },
-        output,
-        truncated,
-        timed_out,
-        duration,
-    })
+    Ok(ExecOutput { exit_code: if timed_out { None } else { code.map(|c| c as i32) }, output, truncated, timed_out, duration })
 }
 
 /// SIGKILLs every process whose environment holds `SWEGYM_EXEC=<marker>`; restarts the

@@ -212,11 +212,14 @@ pub(crate) async fn run(ctx: &RunContext<'_>, req: &ExecRequest) -> Result<ExecO
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
         .map_err(|e| SandboxError::io("reading the output pipe", e))?;
 
+    // If this future is dropped mid-run, `kill_on_drop` kills bwrap, `--die-with-parent`
+    // its pid 1 (and so the namespace), and the command cgroup's `Drop` anything left.
     let mut cap = OutputCap::new(req.output_cap);
     let mut buf = vec![0u8; 64 * 1024];
     let mut eof = false;
     let mut status: Option<std::process::ExitStatus> = None;
     let mut timed_out = false;
+    let mut escalated = false;
     let deadline = tokio::time::sleep(req.timeout);
     tokio::pin!(deadline);
     let grace = tokio::time::sleep(DRAIN_GRACE);
@@ -245,16 +248,24 @@ pub(crate) async fn run(ctx: &RunContext<'_>, req: &ExecRequest) -> Result<ExecO
             },
             _ = &mut deadline, if status.is_none() && !timed_out => {
                 timed_out = true;
-                kill_tree(pid, exec_cgroup.as_ref()).await;
-                // Wait for bwrap itself; everything else is dead or dying.
+                kill_sandboxed(pid, exec_cgroup.as_ref()).await;
+                // bwrap itself now sees its pid 1 die and exits; give it a moment.
                 grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
                 grace_armed = true;
             },
             _ = &mut grace, if grace_armed => {
-                // Output still open after the process ended (or would not end): stop here.
+                if status.is_none() && !escalated {
+                    // bwrap did not exit by itself: kill it (and its process group) too.
+                    escalated = true;
+                    tracing::warn!(pid, "bwrap still running after its sandbox was killed; killing it");
+                    kill_group(pid);
+                    grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+                    continue;
+                }
                 if status.is_none() {
                     tracing::warn!(pid, "bwrap did not exit after SIGKILL; giving up on it");
                 }
+                // Output still open after the process ended: stop reading here.
                 break;
             },
         }
@@ -269,18 +280,44 @@ pub(crate) async fn run(ctx: &RunContext<'_>, req: &ExecRequest) -> Result<ExecO
     Ok(ExecOutput { exit_code, output, truncated, timed_out, duration: start.elapsed() })
 }
 
-/// SIGKILL to the bwrap process group (bwrap's pid-1 then takes the namespace down with
-/// it) and to everything in the command's cgroup.
-async fn kill_tree(pid: Option<u32>, cgroup: Option<&Cgroup>) {
+/// SIGKILL to everything inside the sandbox, sparing the outer bwrap process (our child),
+/// which then sees its pid 1 die and exits by itself.
+async fn kill_sandboxed(pid: Option<u32>, cgroup: Option<&Cgroup>) {
+    let Some(pid) = pid else {
+        return;
+    };
+    kill_children(pid);
+    if let Some(cg) = cgroup {
+        if !cg.kill_all_but(Some(pid as i32), Duration::from_secs(5)).await {
+            tracing::warn!(cgroups = ?cg.dirs(), "processes left in the command cgroup after SIGKILL");
+        }
+    }
+}
+
+/// SIGKILL to the direct children of `pid` (bwrap's pid 1 in the sandbox's namespace).
+fn kill_children(pid: u32) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            // SAFETY: plain syscall on a child of our own unreaped child.
+            unsafe {
+                libc::kill(child, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// SIGKILL to bwrap's process group (bwrap and anything it left in its group).
+fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid {
         // SAFETY: plain syscall; the child is not reaped yet, so its pgid is still ours.
         unsafe {
             libc::kill(-(pid as i32), libc::SIGKILL);
-        }
-    }
-    if let Some(cg) = cgroup {
-        if !cg.kill_all(Duration::from_secs(5)).await {
-            tracing::warn!(cgroups = ?cg.dirs(), "processes left in the command cgroup after SIGKILL");
         }
     }
 }

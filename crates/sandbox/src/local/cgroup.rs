@@ -164,9 +164,10 @@ impl Cgroup {
         out
     }
 
-    /// One round of SIGKILL to every process in the group; how many were found.
-    fn kill_round(&self) -> usize {
-        let pids = self.pids();
+    /// One round of SIGKILL to every process in the group but `spare`; how many were found.
+    fn kill_round(&self, spare: Option<i32>) -> usize {
+        let mut pids = self.pids();
+        pids.retain(|&p| Some(p) != spare);
         for &pid in &pids {
             // SAFETY: plain syscall; the pid was listed in our own group a moment ago.
             unsafe {
@@ -178,9 +179,15 @@ impl Cgroup {
 
     /// Kills everything in the group until it is empty (or `max_wait` passes).
     pub async fn kill_all(&self, max_wait: Duration) -> bool {
+        self.kill_all_but(None, max_wait).await
+    }
+
+    /// Kills everything in the group except `spare` until nothing else is left (or
+    /// `max_wait` passes).
+    pub async fn kill_all_but(&self, spare: Option<i32>, max_wait: Duration) -> bool {
         let start = Instant::now();
         loop {
-            if self.kill_round() == 0 {
+            if self.kill_round(spare) == 0 {
                 return true;
             }
             if start.elapsed() > max_wait {
@@ -194,7 +201,7 @@ impl Cgroup {
     pub fn kill_all_blocking(&self, max_wait: Duration) -> bool {
         let start = Instant::now();
         loop {
-            if self.kill_round() == 0 {
+            if self.kill_round(None) == 0 {
                 return true;
             }
             if start.elapsed() > max_wait {
@@ -219,7 +226,7 @@ impl Cgroup {
                 }
                 Err(e) if start.elapsed() < Duration::from_secs(5) => {
                     tracing::debug!(error = %e, "cgroup still busy; retrying");
-                    self.kill_round();
+                    self.kill_round(None);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => return Err(e),
@@ -238,7 +245,7 @@ impl Cgroup {
             match self.rmdir_all() {
                 Ok(()) => return Ok(()),
                 Err(_) if start.elapsed() < Duration::from_secs(5) => {
-                    self.kill_round();
+                    self.kill_round(None);
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => return Err(e),

@@ -68,12 +68,18 @@ pub fn tiny_project(dir: &Path) {
 /// `pip download setuptools wheel pytest` into `~/.cache/swegym/test-wheelhouse` once.
 pub fn test_wheelhouse(python: &Path) -> Option<PathBuf> {
     let dir = cache_root().join("test-wheelhouse");
-    let has_pytest = std::fs::read_dir(&dir).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("pytest-"))));
+    let has_pytest =
+        std::fs::read_dir(&dir).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("pytest-"))));
     if has_pytest {
         return Some(dir);
     }
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(python).args(["-m", "pip", "download", "-q", "-d"]).arg(&dir).args(["setuptools", "wheel", "pytest"]).output().unwrap();
+    let out = Command::new(python)
+        .args(["-m", "pip", "download", "-q", "-d"])
+        .arg(&dir)
+        .args(["setuptools", "wheel", "pytest"])
+        .output()
+        .unwrap();
     if !out.status.success() {
         eprintln!("SKIPPED: cannot download the test wheelhouse: {}", String::from_utf8_lossy(&out.stderr));
         return None;
@@ -104,5 +110,11 @@ pub fn prepared_env(key: &str, repo_dir: &Path, wheelhouse: &Path, python: &Path
         log_parser: LogParser::Pytest,
         test_timeout_s: 600,
     };
-    PreparedEnv { key: key.into(), spec, repo_dir: repo_dir.to_path_buf(), wheelhouse: wheelhouse.to_path_buf(), python: python.to_path_buf() }
+    PreparedEnv {
+        key: key.into(),
+        spec,
+        repo_dir: repo_dir.to_path_buf(),
+        wheelhouse: wheelhouse.to_path_buf(),
+        python: python.to_path_buf(),
+    }
 }
