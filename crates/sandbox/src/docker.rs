@@ -362,6 +362,10 @@ impl Backend for DockerBackend {
         SandboxKind::Docker
     }
 
+    async fn cleanup(&self) -> Result<usize, SandboxError> {
+        self.cleanup_leftovers().await
+    }
+
     async fn ensure_env(&self, env: &PreparedEnv) -> Result<EnvHandle, SandboxError> {
         let image = self.ensure_env_image(env).await?;
         Ok(EnvHandle::Image { image })

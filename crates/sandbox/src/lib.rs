@@ -146,6 +146,11 @@ pub trait Backend: Send + Sync {
         workspace: Option<&Path>,
         limits: &Limits,
     ) -> Result<Box<dyn Sandbox>, SandboxError>;
+    /// Removes whatever this process's sandboxes may have left (containers whose removal
+    /// failed); returns how many. Called at the end of a run.
+    async fn cleanup(&self) -> Result<usize, SandboxError> {
+        Ok(0)
+    }
 }
 
 /// Errors of the sandbox layer. These are infrastructure failures, never the patch's fault.

@@ -94,6 +94,11 @@ impl Harness {
                 Err(e) => panic!("an evaluation task panicked: {e}"),
             }
         }
+        match self.backend.cleanup().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(sandboxes = n, "removed sandboxes whose teardown had failed"),
+            Err(e) => tracing::warn!(error = %e, "sweeping leftover sandboxes failed"),
+        }
         results
     }
 

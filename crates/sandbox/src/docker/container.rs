@@ -135,15 +135,22 @@ fn volume_mount(target: &str, no_copy: bool) -> Mount {
 
 /// Force-removes a container and its anonymous volumes; a missing container is fine.
 pub(crate) async fn remove_container(docker: &Docker, id: &str) -> bool {
-    let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-    match docker.remove_container(id, Some(options)).await {
-        Ok(()) => true,
-        Err(e) if is_not_found(&e) => true,
-        Err(e) => {
-            tracing::warn!(container = id, error = %e, "cannot remove container");
-            false
+    // The daemon can refuse while it is still tearing the container down (fuse-overlayfs
+    // "device busy", "removal already in progress"): retry a few times before giving up.
+    let mut last = None;
+    for attempt in 0..5u32 {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match docker.remove_container(id, Some(options)).await {
+            Ok(()) => return true,
+            Err(e) if is_not_found(&e) => return true,
+            Err(e) => last = Some(e),
         }
+        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
     }
+    if let Some(e) = last {
+        tracing::warn!(container = id, error = %e, "cannot remove container");
+    }
+    false
 }
 
 /// Uploads a host directory's contents to `dest` (an existing directory) in the container.
