@@ -81,7 +81,9 @@ impl Context {
                 if which("bwrap").is_none() {
                     return Err(Exit::infra("bubblewrap (`bwrap`) not found: run `make setup` (or `apt-get install bubblewrap`)"));
                 }
-                Ok(Arc::new(LocalBackend::new(self.cache_root.clone())))
+                let backend = LocalBackend::new(self.cache_root.clone());
+                backend.sweep_orphans();
+                Ok(Arc::new(backend))
             }
             BackendArg::Docker => {
                 let options = DockerOptions { host: self.docker_host.clone(), ..DockerOptions::default() };

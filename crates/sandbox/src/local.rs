@@ -41,6 +41,9 @@ const BUILD_ERROR_TAIL_CHARS: usize = 4000;
 /// Output kept per build step in `build.log`.
 const BUILD_STEP_OUTPUT_CAP: usize = 8 << 20;
 
+/// File in each sandbox dir holding the pid of the process that made it.
+const OWNER_FILE: &str = "owner.pid";
+
 /// The bubblewrap backend.
 #[derive(Debug)]
 pub struct LocalBackend {
@@ -117,6 +120,41 @@ impl LocalBackend {
         self.cache_root.join("sandboxes").join("local")
     }
 
+    /// Removes sandbox dirs and cgroups left by swegym processes that are no longer alive
+    /// (a run killed with SIGKILL cannot clean up after itself); returns how many.
+    pub fn sweep_orphans(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.sandboxes_dir()) else {
+            return 0;
+        };
+        let mut swept = 0;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let name = dir_name(&dir);
+            if !name.starts_with("sbx-") {
+                continue;
+            }
+            let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            // A dir without an owner file is either being created right now or from before
+            // owner files existed: only sweep it once it is an hour old.
+            let stale = owner.is_none()
+                && entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(3600));
+            if alive || (owner.is_none() && !stale) {
+                continue;
+            }
+            let cgroup = Cgroup::existing(self.cgroup_roots(), &format!("swegym-{name}"));
+            cgroup.kill_all_blocking(Duration::from_secs(5));
+            let _ = cgroup.remove_blocking();
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                swept += 1;
+            }
+        }
+        if swept > 0 {
+            tracing::warn!(sandboxes = swept, "removed sandboxes left by killed swegym runs");
+        }
+        swept
+    }
+
     fn cgroup_roots(&self) -> &CgroupRoots {
         self.cgroup_roots.get_or_init(CgroupRoots::discover)
     }
@@ -159,6 +197,10 @@ impl LocalBackend {
             .prefix("sbx-")
             .tempdir_in(&parent)
             .map_err(|e| SandboxError::io(format!("creating a sandbox dir in {}", parent.display()), e))?;
+        // Who owns this dir, so a later run can sweep it if this process is killed.
+        tokio::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+            .await
+            .map_err(|e| SandboxError::io(format!("writing {}", dir.path().join(OWNER_FILE).display()), e))?;
         let testbed = dir.path().join("testbed");
         copy_tree(source, &testbed).await?;
         let tmp = dir.path().join("tmp");
@@ -355,6 +397,10 @@ impl LocalBackend {
 impl Backend for LocalBackend {
     fn kind(&self) -> SandboxKind {
         SandboxKind::Local
+    }
+
+    async fn cleanup(&self) -> Result<usize, SandboxError> {
+        Ok(self.sweep_orphans())
     }
 
     async fn ensure_env(&self, env: &PreparedEnv) -> Result<EnvHandle, SandboxError> {

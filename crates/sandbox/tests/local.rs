@@ -600,3 +600,29 @@ async fn without_cgroups_memory_falls_back_to_rlimit() {
     assert!(pgrep(&marker).is_empty(), "{:?}", pgrep(&marker));
     sb.destroy().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_of_a_killed_run_are_swept() {
+    let f = fixture();
+    let sb = f.sandbox(&Limits::default()).await;
+    let mut r = req("(exec -a swegym-orphan-marker sleep 1000 &) ; true");
+    r.timeout = Duration::from_secs(10);
+    sb.exec(&r).await.unwrap();
+    let dir = sb.host_dir().unwrap().to_path_buf();
+    let cgroups = sb.cgroup_dirs();
+    // Pretend the process that made it was SIGKILLed: no destroy, no drop, and its owner
+    // pid belongs to a process that has exited.
+    std::mem::forget(sb);
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    std::fs::write(dir.join("owner.pid"), dead_pid.to_string()).unwrap();
+    // A live sandbox of this process is left alone.
+    let live = f.sandbox(&Limits::default()).await;
+    assert_eq!(f.backend.sweep_orphans(), 1);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(cgroups.iter().all(|c| !c.exists()), "cgroups left behind: {cgroups:?}");
+    assert!(pgrep("swegym-orphan-marker").is_empty(), "the orphan's processes survive: {:?}", pgrep("swegym-orphan-marker"));
+    assert!(live.host_dir().unwrap().exists());
+    assert_eq!(f.backend.sweep_orphans(), 0);
+}

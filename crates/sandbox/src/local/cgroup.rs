@@ -120,6 +120,13 @@ impl Cgroup {
         Cgroup { pids, memory, removed: AtomicBool::new(false) }
     }
 
+    /// The group `name` as it already exists under `roots` (for sweeping what a killed
+    /// process left); controllers where it does not exist are left out.
+    pub fn existing(roots: &CgroupRoots, name: &str) -> Cgroup {
+        let find = |root: &Option<PathBuf>| root.as_ref().map(|r| r.join(name)).filter(|d| d.is_dir());
+        Cgroup { pids: find(&roots.pids), memory: find(&roots.memory), removed: AtomicBool::new(false) }
+    }
+
     /// The `setrlimit` limits standing in for the controllers this group lacks.
     pub fn fallback(&self, limits: &Limits) -> RlimitFallback {
         RlimitFallback {
