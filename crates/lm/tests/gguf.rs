@@ -1,36 +1,19 @@
 //! The GGUF reader against llama.cpp's `gguf` Python package (fixtures made by
 //! `scripts/make_gguf_fixtures.py`), and its one-line errors on bad files.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use serde_json::Value;
-use swegym_lm::{GgmlType, GgufError, GgufFile, MetadataValue};
+use common::{fixture, fixture_path, smollm2_gguf};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
+use swegym_lm::{CausalLm, Dtype, GgmlType, GgufError, GgufFile, MetadataValue, Tokenizer};
 
-fn read_json(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
-}
 
-fn smollm2_gguf() -> Option<PathBuf> {
-    let cache = std::env::var_os("SWEGYM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/swegym"));
-    let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipped: {} is absent (run `make setup`)", path.display());
-        None
-    }
-}
+
 
 #[test]
 fn metadata_of_every_value_type_matches_gguf_py() {
-    let f = GgufFile::open(fixture("quant_types.gguf")).unwrap();
-    let expected = read_json("quant_types.json");
+    let f = GgufFile::open(fixture_path("quant_types.gguf")).unwrap();
+    let expected = fixture("quant_types.json");
     assert_eq!(f.version(), 3);
     assert_eq!(f.alignment(), 64);
     assert_eq!(f.get_str("general.architecture").unwrap(), "llama");
@@ -58,8 +41,8 @@ fn metadata_of_every_value_type_matches_gguf_py() {
 
 #[test]
 fn dequantization_matches_gguf_py_for_every_supported_type() {
-    let f = GgufFile::open(fixture("quant_types.gguf")).unwrap();
-    let expected = read_json("quant_types.json");
+    let f = GgufFile::open(fixture_path("quant_types.gguf")).unwrap();
+    let expected = fixture("quant_types.json");
     let mut checked = Vec::new();
     for (name, t) in expected["tensors"].as_object().unwrap() {
         let info = f.tensor_info(name).unwrap();
@@ -98,8 +81,8 @@ fn open_error(bytes: &[u8]) -> String {
 
 #[test]
 fn bad_files_give_one_line_errors_naming_the_problem() {
-    let good = std::fs::read(fixture("quant_types.gguf")).unwrap();
-    let f = GgufFile::open(fixture("quant_types.gguf")).unwrap();
+    let good = std::fs::read(fixture_path("quant_types.gguf")).unwrap();
+    let f = GgufFile::open(fixture_path("quant_types.gguf")).unwrap();
 
     let mut wrong_magic = good.clone();
     wrong_magic[..4].copy_from_slice(b"GGML");
@@ -137,7 +120,7 @@ fn smollm2_gguf_header_and_tensors_match_gguf_py() {
     assert_eq!(f.get_str("general.architecture").unwrap(), "llama");
     assert_eq!(f.get_u64("llama.block_count").unwrap(), 30);
     assert_eq!(f.get_str_array("tokenizer.ggml.tokens").unwrap().len(), 49152);
-    let expected = read_json("smollm2_gguf_reference.json");
+    let expected = fixture("smollm2_gguf_reference.json");
     for (name, t) in expected["tensors"].as_object().unwrap() {
         let info = f.tensor_info(name).unwrap();
         assert_eq!(info.ty.to_string(), t["type"].as_str().unwrap());
@@ -150,4 +133,15 @@ fn smollm2_gguf_header_and_tensors_match_gguf_py() {
         assert!((sum - want_sum).abs() <= 1e-9 * want_abs.max(1.0), "{name}: sum {sum} vs {want_sum}");
         assert!((sum_abs - want_abs).abs() <= 1e-9 * want_abs.max(1.0), "{name}: sum_abs {sum_abs} vs {want_abs}");
     }
+}
+
+#[test]
+fn gguf_without_model_metadata_fails_by_key() {
+    // quant_types.gguf says architecture "llama" but has none of the llama.* keys and no
+    // tokenizer: loading it as a model or tokenizer names the file and the missing key
+    let f = GgufFile::open(fixture_path("quant_types.gguf")).unwrap();
+    let err = CausalLm::from_gguf(&f, Dtype::F32, tch::Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("quant_types.gguf") && err.contains("llama.embedding_length: missing"), "{err}");
+    let err = Tokenizer::from_gguf(&f).unwrap_err().to_string();
+    assert!(err.contains("quant_types.gguf") && err.contains("tokenizer.ggml.model: missing"), "{err}");
 }

@@ -2,29 +2,15 @@
 //! (`tests/fixtures/smollm2_reference_logits.json`, made by shared/baselines/sanity_and_logits.py
 //! and `scripts/make_lm_reference.py`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{fixture, smollm2_gguf};
 
 use serde_json::Value;
 use swegym_lm::{CausalLm, Dtype, GgufFile, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
-fn smollm2_gguf() -> Option<PathBuf> {
-    let cache = std::env::var_os("SWEGYM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/swegym"));
-    let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipped: {} is absent (run `make setup`)", path.display());
-        None
-    }
-}
 
 fn f32s(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()

@@ -1,27 +1,13 @@
 //! The tokenizer built from the SmolLM2 GGUF against transformers' ids (fixtures).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{fixture, smollm2_gguf};
 
 use serde_json::Value;
 use swegym_lm::{GgufFile, Tokenizer};
 
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
-fn smollm2_gguf() -> Option<PathBuf> {
-    let cache = std::env::var_os("SWEGYM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/swegym"));
-    let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipped: {} is absent (run `make setup`)", path.display());
-        None
-    }
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()

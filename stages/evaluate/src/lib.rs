@@ -209,6 +209,15 @@ pub async fn run_tests_only(sandbox: &dyn Sandbox, task: &Task, env: &EnvSpec, o
     .await
 }
 
+/// The outcome of a job that never got a sandbox (no environment spec, a failed build, a
+/// sandbox that would not start): `env_error`, with the message, for that task alone.
+pub fn env_error_outcome(task: &Task, model_name_or_path: &str, empty_patch: bool, message: String) -> EvalOutcome {
+    let opts = EvalOptions { model_name_or_path: model_name_or_path.to_string(), ..EvalOptions::default() };
+    let mut run = Run::new(task, &opts);
+    run.verdict.empty_patch = empty_patch;
+    run.env_error(message, Instant::now())
+}
+
 /// One evaluation in progress: the verdict and the log being built.
 struct Run {
     verdict: Verdict,

@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use swegym_sandbox::source::{self, SourceOptions};
 use swegym_sandbox::{Backend, EnvHandle, EnvSpec, EnvSpecs, Limits, PreparedEnv, Sandbox};
-use swegym_schema::{EvalStatus, Task, Verdict};
+use swegym_schema::Task;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tracing::Instrument;
 
-use crate::{evaluate_in_sandbox, run_tests_only, EvalOptions, EvalOutcome};
+use crate::{env_error_outcome, evaluate_in_sandbox, run_tests_only, EvalOptions, EvalOutcome};
 
 /// What to do with one task.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,11 +134,10 @@ impl Harness {
     }
 
     async fn run_one(&self, job_idx: usize, job: Job) -> JobResult {
-        let started = Instant::now();
         let task = &job.task;
         let mut sandbox_seconds = 0.0;
         let outcome = match self.sandbox_for(task).await {
-            Err(message) => env_error_outcome(task, &job, message, started),
+            Err(message) => env_error_for(task, &job, message),
             Ok((spec, mut sandbox, create_s)) => {
                 sandbox_seconds += create_s;
                 let outcome = match &job.kind {
@@ -179,39 +178,12 @@ impl Harness {
     }
 }
 
-fn env_error_outcome(task: &Task, job: &Job, message: String, started: Instant) -> EvalOutcome {
-    tracing::warn!(reason = "env_error", error = %message, "no sandbox for this task");
-    let model = match &job.kind {
-        JobKind::Patch { model_name_or_path, .. } => model_name_or_path.clone(),
-        JobKind::TestsOnly => String::new(),
+fn env_error_for(task: &Task, job: &Job, message: String) -> EvalOutcome {
+    let (model, empty) = match &job.kind {
+        JobKind::Patch { patch, model_name_or_path } => (model_name_or_path.as_str(), crate::patch::is_empty_patch(patch, &task.test_files())),
+        JobKind::TestsOnly => ("", true),
     };
-    let empty = match &job.kind {
-        JobKind::Patch { patch, .. } => crate::patch::is_empty_patch(patch, &task.test_files()),
-        JobKind::TestsOnly => true,
-    };
-    EvalOutcome {
-        verdict: Verdict {
-            instance_id: task.instance_id.clone(),
-            model_name_or_path: model,
-            status: EvalStatus::EnvError,
-            resolved: false,
-            empty_patch: empty,
-            apply_method: None,
-            fail_to_pass_passed: 0,
-            fail_to_pass_total: task.fail_to_pass.len() as u32,
-            pass_to_pass_passed: 0,
-            pass_to_pass_total: task.pass_to_pass.len() as u32,
-            failed_tests: Vec::new(),
-            test_exit_code: None,
-            test_seconds: 0.0,
-            total_seconds: started.elapsed().as_secs_f64(),
-            error: Some(message.clone()),
-        },
-        grade: None,
-        statuses: Default::default(),
-        log_problem: None,
-        log: format!(">>>>> Instance {}\n>>>>> Environment error: {message}\n>>>>> Verdict: env_error\n", task.instance_id),
-    }
+    env_error_outcome(task, model, empty, message)
 }
 
 /// Where per-job logs go: `<dir>/<instance id>/<label>.log`.
