@@ -4,6 +4,10 @@
 //! beyond the test command itself (sandbox create/destroy, copying the workspace, patch and
 //! test-patch application, parsing) — per backend, median of N sequential runs after a
 //! warm-up that builds the environment.
+//!
+//! `bench generate`: prefill and decode tokens/s of our model runtime (swegym-lm) per dtype
+//! and batch size, with peak RSS, next to transformers measured in the same run by
+//! `crates/lm/scripts/bench_generate_hf.py` (the shared baseline's method), and the ratios.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +23,8 @@ use crate::Exit;
 pub enum BenchCommand {
     /// Harness overhead per evaluation (time beyond the test command), per backend.
     Harness(HarnessBenchArgs),
+    /// Generation tokens/s (prefill, decode) vs transformers, per dtype and batch size.
+    Generate(crate::lm::GenerateBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,6 +64,7 @@ struct HarnessBench {
 pub async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Harness(args) => harness(ctx, args).await,
+        BenchCommand::Generate(args) => crate::lm::bench_generate(ctx, args).await,
     }
 }
 

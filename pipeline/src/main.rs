@@ -9,7 +9,11 @@ mod bench;
 mod context;
 mod dataset;
 mod evaluate;
+mod lm;
+mod mine;
 mod output;
+mod sample;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -32,9 +36,20 @@ enum Command {
     /// Check or describe a task dataset.
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
+    /// Synthesize tasks: SWE-smith-style bugs in clean PyPI sdists, kept when tests catch them.
+    Synth(synth::SynthArgs),
+    /// Mine tasks from a local git history: commits changing source and tests.
+    Mine(mine::MineArgs),
+    /// Sample agent rollouts (K per task) with a policy in sandboxes → rollouts Parquet.
+    Sample(sample::SampleArgs),
     /// Benchmarks that print machine-readable results.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// One prompt to a model (GGUF file or HF folder) → its reply, with tokens/s.
+    Chat(lm::ChatArgs),
+    /// Model tools (numerics checks).
+    #[command(subcommand)]
+    Lm(lm::LmCommand),
 }
 
 /// A failure with its exit code (see the module doc).
@@ -73,6 +88,11 @@ fn main() {
             Command::Evaluate(args) => evaluate::run(&ctx, args).await,
             Command::Dataset(cmd) => dataset::run(&ctx, cmd).await,
             Command::Bench(cmd) => bench::run(&ctx, cmd).await,
+            Command::Chat(args) => lm::chat(args).await,
+            Command::Lm(cmd) => lm::run(cmd).await,
+            Command::Sample(args) => sample::run(&ctx, args).await,
+            Command::Synth(args) => synth::run(&ctx, args).await,
+            Command::Mine(args) => mine::run(&ctx, args).await,
         }
     });
     if let Err(err) = result {

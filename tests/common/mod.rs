@@ -66,16 +66,30 @@ pub fn read_parquet_with_pyarrow(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("pyarrow printed JSON")
 }
 
-/// Sandbox dirs the local backend left under the cache (must be none after a run).
-pub fn leftover_local_sandboxes() -> Vec<PathBuf> {
-    let dir = cache_root().join("sandboxes/local");
-    std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+fn alive(pid: &str) -> bool {
+    !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists()
 }
 
-/// Containers labelled by swegym (must be none after a run).
+/// Sandbox dirs the local backend left under the cache: those whose owner process has
+/// exited (dirs of other swegym processes still running are theirs, not leftovers).
+pub fn leftover_local_sandboxes() -> Vec<PathBuf> {
+    let dir = cache_root().join("sandboxes/local");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    entries.into_iter().filter(|d| !alive(&std::fs::read_to_string(d.join("owner.pid")).unwrap_or_default())).collect()
+}
+
+/// Containers labelled by swegym whose creating process has exited (must be none after a run).
 pub fn leftover_containers() -> Vec<String> {
-    let out = Command::new("docker").args(["ps", "-aq", "--filter", "label=swegym=1"]).output().expect("docker runs");
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--filter", "label=swegym=1", "--format", "{{.ID}} {{.Label \"swegym.pid\"}}"])
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').or(Some((l, ""))))
+        .filter(|(_, pid)| !alive(pid))
+        .map(|(id, _)| id.to_string())
+        .collect()
 }
 
 /// The patches of the grading scenario and the status each must get.

@@ -1,7 +1,12 @@
 //! The Llama-family causal LM (Llama, SmolLM2, Qwen2), read top to bottom: RMSNorm →
-//! rotary embedding → attention (GQA) → SwiGLU MLP → decoder block → model. Weight names
-//! mirror the HF checkpoint (`model.layers.{i}.self_attn.q_proj.weight`, ...), and the
-//! arithmetic follows transformers' `modeling_llama.py` so logits match it.
+//! rotary embedding → attention (GQA) → SwiGLU MLP → decoder block → model → KV cache.
+//! Weight names mirror the HF checkpoint (`model.layers.{i}.self_attn.q_proj.weight`, ...),
+//! and the arithmetic follows transformers' `modeling_llama.py` so logits match it.
+//!
+//! For speed the loaded model fuses q/k/v into one projection and gate/up into another
+//! (one matmul each instead of three and two), and the KV cache is preallocated
+//! (`[rows, capacity, kv_heads, head_dim]` per layer) with one length per row, so a batch
+//! of sequences at different positions decodes in one forward (see `crate::generate`).
 
 use std::path::Path;
 
@@ -18,6 +23,28 @@ pub enum Dtype {
     F32,
     Bf16,
     F16,
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            "f16" | "float16" => Ok(Dtype::F16),
+            other => Err(format!("unknown dtype {other:?} (expected f32, bf16 or f16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        })
+    }
 }
 
 impl Dtype {
@@ -47,6 +74,24 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
+
+    /// One projection computing `parts` side by side (outputs concatenated in order).
+    fn fuse(parts: Vec<Linear>) -> Linear {
+        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+        let weight = Tensor::cat(&weights, 0);
+        let bias = if parts.iter().all(|l| l.bias.is_some()) {
+            let biases: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias.as_ref()).collect();
+            Some(Tensor::cat(&biases, 0))
+        } else {
+            None
+        };
+        Linear { weight, bias }
+    }
+
+    fn cast(self, device: Device, kind: Kind) -> Linear {
+        let cast = |t: Tensor| t.to_device(device).to_kind(kind);
+        Linear { weight: cast(self.weight), bias: self.bias.map(cast) }
+    }
 }
 
 /// RMSNorm computed in f32, as transformers' `LlamaRMSNorm`.
@@ -70,6 +115,7 @@ impl RmsNorm {
     }
 }
 
+
 /// Rotate-half RoPE tables (`cos`, `sin`: `[max_positions, head_dim]`, f32).
 #[derive(Debug)]
 pub struct Rotary {
@@ -89,26 +135,48 @@ impl Rotary {
         Self { cos: emb.cos(), sin: emb.sin() }
     }
 
-    /// Applies RoPE to `x: [B, H, T, D]` whose positions are `positions: [B, T]` (int64).
-    fn apply(&self, x: &Tensor, positions: &Tensor) -> Tensor {
-        let cos = self.cos.index_select(0, &positions.flatten(0, 1)).view([positions.size()[0], 1, positions.size()[1], -1]);
-        let sin = self.sin.index_select(0, &positions.flatten(0, 1)).view([positions.size()[0], 1, positions.size()[1], -1]);
-        let kind = x.kind();
-        let (cos, sin) = (cos.to_kind(kind), sin.to_kind(kind));
-        let half = x.size()[3] / 2;
-        let x1 = x.narrow(3, 0, half);
-        let x2 = x.narrow(3, half, half);
-        let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
-        x * cos + rotated * sin
+    /// `(cos, sin)` for `positions: [B, T]` (int64), shaped `[B, T, 1, D]` in `kind` so
+    /// they broadcast over the heads of `[B, T, heads, D]` activations.
+    fn tables(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let (b, t) = positions.size2().expect("positions [B, T]");
+        let flat = positions.flatten(0, 1);
+        let pick = |table: &Tensor| table.index_select(0, &flat).view([b, t, 1, -1]).to_kind(kind);
+        (pick(&self.cos), pick(&self.sin))
     }
 }
 
-/// Grouped-query self-attention.
+/// `x * cos + rotate_half(x) * sin` for `x: [B, T, heads, D]` (transformers' order of ops).
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
+    x * cos + rotated * sin
+}
+
+/// What one forward pass shares across layers: RoPE tables for the new positions, the
+/// attention mask, and where the new keys/values go in the cache.
+struct Step {
+    cos: Tensor,
+    sin: Tensor,
+    /// `[B, 1, T, L]` bool, true = may attend; `None` with `is_causal` or for a single query.
+    mask: Option<Tensor>,
+    is_causal: bool,
+    write: Option<KvWrite>,
+}
+
+/// Where a forward pass writes its keys/values into a [`KvCache`] and what it attends to.
+enum KvWrite {
+    /// Rows `row0..row0 + B` all hold `past` positions; the T new ones go to `past..past + T`.
+    Block { row0: i64, past: i64 },
+    /// Rows `0..B`, one new position each, at `positions[b]` (int64 `[B]`); attend over `len`.
+    Scatter { rows: Tensor, positions: Tensor, len: i64 },
+}
+
+/// Grouped-query self-attention with q/k/v fused into one projection.
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv_proj: Linear,
     o_proj: Linear,
     n_heads: i64,
     n_kv_heads: i64,
@@ -118,10 +186,11 @@ pub struct Attention {
 impl Attention {
     fn load(w: &mut Weights, prefix: &str, c: &ModelConfig) -> Result<Self, ModelError> {
         let (h, q_out, kv_out) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let q = Linear::load(w, &format!("{prefix}.q_proj"), q_out, h, c.attention_bias)?;
+        let k = Linear::load(w, &format!("{prefix}.k_proj"), kv_out, h, c.attention_bias)?;
+        let v = Linear::load(w, &format!("{prefix}.v_proj"), kv_out, h, c.attention_bias)?;
         Ok(Self {
-            q_proj: Linear::load(w, &format!("{prefix}.q_proj"), q_out, h, c.attention_bias)?,
-            k_proj: Linear::load(w, &format!("{prefix}.k_proj"), kv_out, h, c.attention_bias)?,
-            v_proj: Linear::load(w, &format!("{prefix}.v_proj"), kv_out, h, c.attention_bias)?,
+            qkv_proj: Linear::fuse(vec![q, k, v]),
             o_proj: Linear::load(w, &format!("{prefix}.o_proj"), h, q_out, false)?,
             n_heads: c.num_attention_heads,
             n_kv_heads: c.num_key_value_heads,
@@ -130,62 +199,62 @@ impl Attention {
     }
 
     /// `x: [B, T, hidden]` → `[B, T, hidden]`. The T new positions attend causally to
-    /// each other and to everything in `cache` (which they are then appended to).
-    fn forward(&self, x: &Tensor, rotary: &Rotary, positions: &Tensor, cache: Option<&mut LayerCache>) -> Tensor {
+    /// each other and to what `step.write` says is in `cache` (which they are added to).
+    fn forward(&self, x: &Tensor, step: &Step, cache: Option<(&mut Tensor, &mut Tensor)>) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2);
-        let k = self.k_proj.forward(x).view([b, t, self.n_kv_heads, self.head_dim]).transpose(1, 2);
-        let v = self.v_proj.forward(x).view([b, t, self.n_kv_heads, self.head_dim]).transpose(1, 2);
-        let q = rotary.apply(&q, positions);
-        let k = rotary.apply(&k, positions);
-        let (k, v) = match cache {
-            None => (k, v),
-            Some(cache) => cache.append(k, v),
+        let (nh, nkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let qkv = self.qkv_proj.forward(x).view([b, t, nh + 2 * nkv, d]);
+        let qk = apply_rope(&qkv.narrow(2, 0, nh + nkv), &step.cos, &step.sin);
+        let q = qk.narrow(2, 0, nh).transpose(1, 2);
+        let k = qk.narrow(2, nh, nkv);
+        let v = qkv.narrow(2, nh + nkv, nkv);
+        let (k, v) = match (cache, &step.write) {
+            (Some((kc, vc)), Some(KvWrite::Block { row0, past })) => {
+                kc.narrow(0, *row0, b).narrow(1, *past, t).copy_(&k);
+                vc.narrow(0, *row0, b).narrow(1, *past, t).copy_(&v);
+                let len = past + t;
+                (kc.narrow(0, *row0, b).narrow(1, 0, len), vc.narrow(0, *row0, b).narrow(1, 0, len))
+            }
+            (Some((kc, vc)), Some(KvWrite::Scatter { rows, positions, len })) => {
+                let index = [Some(rows), Some(positions)];
+                let _ = kc.index_put_(&index, &k.squeeze_dim(1), false);
+                let _ = vc.index_put_(&index, &v.squeeze_dim(1), false);
+                (kc.narrow(0, 0, b).narrow(1, 0, *len), vc.narrow(0, 0, b).narrow(1, 0, *len))
+            }
+            _ => (k, v),
         };
-        let past = k.size()[2] - t;
-        let mask = (t > 1 && past > 0).then(|| {
-            // query i (absolute past + i) sees keys 0..=past + i
-            let rows = Tensor::arange(t, (Kind::Int64, x.device())).unsqueeze(1) + past;
-            let cols = Tensor::arange(past + t, (Kind::Int64, x.device())).unsqueeze(0);
-            cols.le_tensor(&rows)
-        });
-        let is_causal = t > 1 && past == 0;
-        let (k, v) = (self.repeat_kv(&k), self.repeat_kv(&v));
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, is_causal, None, false);
-        self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]))
-    }
-
-    /// `[B, KV, T, D]` → `[B, H, T, D]`, each kv head serving `H / KV` query heads.
-    fn repeat_kv(&self, x: &Tensor) -> Tensor {
-        let n_rep = self.n_heads / self.n_kv_heads;
-        if n_rep == 1 {
-            return x.shallow_clone();
-        }
-        let (b, kv, t, d) = x.size4().expect("4-d kv");
-        x.unsqueeze(2).expand([b, kv, n_rep, t, d], false).reshape([b, kv * n_rep, t, d])
+        let (k, v) = (k.transpose(1, 2), v.transpose(1, 2));
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, step.mask.as_ref(), 0.0, step.is_causal, None, true);
+        self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, nh * d]))
     }
 }
 
-/// `down(silu(gate(x)) * up(x))`.
+/// `down(silu(gate(x)) * up(x))`, gate and up fused into one projection.
 #[derive(Debug)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up_proj: Linear,
     down_proj: Linear,
+    intermediate_size: i64,
 }
 
 impl Mlp {
     fn load(w: &mut Weights, prefix: &str, c: &ModelConfig) -> Result<Self, ModelError> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
+        let gate = Linear::load(w, &format!("{prefix}.gate_proj"), i, h, false)?;
+        let up = Linear::load(w, &format!("{prefix}.up_proj"), i, h, false)?;
         Ok(Self {
-            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj"), i, h, false)?,
-            up_proj: Linear::load(w, &format!("{prefix}.up_proj"), i, h, false)?,
+            gate_up_proj: Linear::fuse(vec![gate, up]),
             down_proj: Linear::load(w, &format!("{prefix}.down_proj"), h, i, false)?,
+            intermediate_size: i,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        let gate_up = self.gate_up_proj.forward(x);
+        let i = self.intermediate_size;
+        let gate = gate_up.narrow(-1, 0, i);
+        let up = gate_up.narrow(-1, i, i);
+        self.down_proj.forward(&(gate.silu() * up))
     }
 }
 
@@ -214,9 +283,27 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &Rotary, positions: &Tensor, cache: Option<&mut LayerCache>) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rotary, positions, cache);
+    fn forward(&self, x: &Tensor, step: &Step, cache: Option<(&mut Tensor, &mut Tensor)>) -> Tensor {
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), step, cache);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+
+    fn cast(self, device: Device, kind: Kind) -> Block {
+        let cast_norm = |n: RmsNorm| RmsNorm { weight: n.weight.to_device(device).to_kind(kind), eps: n.eps };
+        Block {
+            input_layernorm: cast_norm(self.input_layernorm),
+            self_attn: Attention {
+                qkv_proj: self.self_attn.qkv_proj.cast(device, kind),
+                o_proj: self.self_attn.o_proj.cast(device, kind),
+                ..self.self_attn
+            },
+            post_attention_layernorm: cast_norm(self.post_attention_layernorm),
+            mlp: Mlp {
+                gate_up_proj: self.mlp.gate_up_proj.cast(device, kind),
+                down_proj: self.mlp.down_proj.cast(device, kind),
+                ..self.mlp
+            },
+        }
     }
 }
 
@@ -241,7 +328,12 @@ impl CausalLm {
         let _guard = tch::no_grad_guard();
         let c = config;
         let embed_tokens = weights.take("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
-        let layers = (0..c.num_hidden_layers).map(|i| Block::load(&mut weights, i, c)).collect::<Result<Vec<_>, _>>()?;
+        let kind = dtype.kind();
+        let mut layers = Vec::with_capacity(c.num_hidden_layers as usize);
+        for i in 0..c.num_hidden_layers {
+            // cast layer by layer, so at most one layer exists twice while loading
+            layers.push(Block::load(&mut weights, i, c)?.cast(device, kind));
+        }
         let norm = RmsNorm::load(&mut weights, "model.norm.weight", c.hidden_size, c.rms_norm_eps)?;
         let lm_head = if weights.contains("lm_head.weight") {
             Some(weights.take("lm_head.weight", &[c.vocab_size, c.hidden_size])?)
@@ -260,39 +352,17 @@ impl CausalLm {
             leftover.sort();
             return Err(ModelError::UnexpectedTensors { path: weights.source().into(), names: leftover.join(", ") });
         }
-        let kind = dtype.kind();
         let cast = |t: Tensor| t.to_device(device).to_kind(kind);
         let embed_tokens = cast(embed_tokens);
         let lm_head = match lm_head {
             Some(t) => cast(t),
             None => embed_tokens.shallow_clone(),
         };
-        let cast_linear = |l: Linear| Linear { weight: cast(l.weight), bias: l.bias.map(cast) };
-        let cast_norm = |n: RmsNorm| RmsNorm { weight: cast(n.weight), eps: n.eps };
-        let layers = layers
-            .into_iter()
-            .map(|b| Block {
-                input_layernorm: cast_norm(b.input_layernorm),
-                self_attn: Attention {
-                    q_proj: cast_linear(b.self_attn.q_proj),
-                    k_proj: cast_linear(b.self_attn.k_proj),
-                    v_proj: cast_linear(b.self_attn.v_proj),
-                    o_proj: cast_linear(b.self_attn.o_proj),
-                    ..b.self_attn
-                },
-                post_attention_layernorm: cast_norm(b.post_attention_layernorm),
-                mlp: Mlp {
-                    gate_proj: cast_linear(b.mlp.gate_proj),
-                    up_proj: cast_linear(b.mlp.up_proj),
-                    down_proj: cast_linear(b.mlp.down_proj),
-                },
-            })
-            .collect();
         Ok(Self {
             config: config.clone(),
             embed_tokens,
             layers,
-            norm: cast_norm(norm),
+            norm: RmsNorm { weight: cast(norm.weight), eps: norm.eps },
             lm_head,
             rotary: Rotary::new(config, device),
             device,
@@ -330,89 +400,256 @@ impl CausalLm {
     /// Logits `[B, T, vocab]` (f32) for token ids `input_ids: [B, T]` at positions 0..T,
     /// causal attention, no cache.
     pub fn forward(&self, input_ids: &Tensor) -> Tensor {
-        self.forward_inner(input_ids, None)
+        let _guard = tch::no_grad_guard();
+        let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
+        let positions = Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0).expand([b, t], false);
+        let (cos, sin) = self.rotary.tables(&positions, self.dtype.kind());
+        let step = Step { cos, sin, mask: None, is_causal: t > 1, write: None };
+        self.logits(&self.hidden(input_ids, &step, None))
     }
 
     /// Logits `[B, T, vocab]` (f32) for `input_ids: [B, T]` following the `cache.len()`
-    /// positions already in `cache`, which then holds all of them.
+    /// positions already in `cache`, which then holds all of them. An empty cache takes
+    /// B rows; later calls must pass the same B.
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Tensor {
-        self.forward_inner(input_ids, Some(cache))
-    }
-
-    fn forward_inner(&self, input_ids: &Tensor, mut cache: Option<&mut KvCache>) -> Tensor {
         let _guard = tch::no_grad_guard();
         let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
-        let start = cache.as_ref().map_or(0, |c| c.len());
-        let positions = Tensor::arange_start(start, start + t, (Kind::Int64, self.device)).unsqueeze(0).expand([b, t], false);
-        let mut x = self.embed_tokens.index_select(0, &input_ids.flatten(0, 1)).view([b, t, -1]);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(&x, &self.rotary, &positions, layer_cache);
+        if cache.rows() == 0 {
+            for _ in 0..b {
+                cache.push_row(t);
+            }
         }
-        let x = self.norm.forward(&x);
-        x.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float)
+        assert_eq!(cache.rows() as i64, b, "forward_cached: batch {b} but the cache holds {} rows", cache.rows());
+        let hidden = self.forward_block(input_ids, cache, 0);
+        self.logits(&hidden)
     }
 
-    /// An empty cache for this model.
+    /// Feeds `ids` to cache row `row` after the positions it already holds and returns
+    /// the logits of the last one (`[vocab]`, f32): a prompt's prefill, or a chunk of it.
+    pub fn prefill_row(&self, cache: &mut KvCache, row: usize, ids: &[u32]) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let input = self.ids_tensor(ids).unsqueeze(0);
+        let hidden = self.forward_block(&input, cache, row);
+        self.logits(&hidden.narrow(1, -1, 1)).view([-1])
+    }
+
+    /// One decoding step for cache rows `0..ids.len()`: row `b` gets token `ids[b]` at its
+    /// own next position. Returns the logits `[rows, vocab]` (f32).
+    pub fn decode_rows(&self, cache: &mut KvCache, ids: &[u32]) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let n = ids.len();
+        assert!(n > 0 && n <= cache.rows(), "decode_rows: {n} tokens for {} cache rows", cache.rows());
+        let lens: Vec<i64> = cache.lens[..n].to_vec();
+        let input = self.ids_tensor(ids).unsqueeze(1);
+        if lens.iter().all(|&l| l == lens[0]) {
+            // all rows at the same position: a plain block write, no mask
+            let hidden = self.forward_block(&input, cache, 0);
+            return self.logits(&hidden).squeeze_dim(1);
+        }
+        let max_len = lens.iter().copied().max().unwrap_or(0) + 1;
+        cache.reserve(n, max_len);
+        let positions = Tensor::from_slice(&lens).to_device(self.device);
+        let (cos, sin) = self.rotary.tables(&positions.unsqueeze(1), self.dtype.kind());
+        // row b sees keys 0..=lens[b]
+        let cols = Tensor::arange(max_len, (Kind::Int64, self.device)).unsqueeze(0);
+        let mask = cols.le_tensor(&positions.unsqueeze(1)).view([n as i64, 1, 1, max_len]);
+        let rows = Tensor::arange(n as i64, (Kind::Int64, self.device));
+        let write = KvWrite::Scatter { rows, positions, len: max_len };
+        let step = Step { cos, sin, mask: Some(mask), is_causal: false, write: Some(write) };
+        let hidden = self.hidden(&input, &step, Some(cache));
+        for len in &mut cache.lens[..n] {
+            *len += 1;
+        }
+        self.logits(&hidden).squeeze_dim(1)
+    }
+
+    /// `input: [B, T]` into cache rows `row0..row0 + B`, which must all hold the same
+    /// number of positions. Returns the final hidden states `[B, T, hidden]`.
+    fn forward_block(&self, input: &Tensor, cache: &mut KvCache, row0: usize) -> Tensor {
+        let (b, t) = input.size2().expect("input_ids must be [batch, seq]");
+        let rows = row0..row0 + b as usize;
+        let past = cache.lens[rows.clone()][0];
+        assert!(cache.lens[rows.clone()].iter().all(|&l| l == past), "rows at different positions need decode_rows");
+        cache.reserve(rows.end, past + t);
+        let positions = Tensor::arange_start(past, past + t, (Kind::Int64, self.device)).unsqueeze(0).expand([b, t], false);
+        let (cos, sin) = self.rotary.tables(&positions, self.dtype.kind());
+        let mask = (t > 1 && past > 0).then(|| {
+            // query i (absolute past + i) sees keys 0..=past + i
+            let q = Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(1) + past;
+            let k = Tensor::arange(past + t, (Kind::Int64, self.device)).unsqueeze(0);
+            k.le_tensor(&q)
+        });
+        let write = KvWrite::Block { row0: row0 as i64, past };
+        let step = Step { cos, sin, mask, is_causal: t > 1 && past == 0, write: Some(write) };
+        let hidden = self.hidden(input, &step, Some(cache));
+        for len in &mut cache.lens[rows] {
+            *len += t;
+        }
+        hidden
+    }
+
+    /// Embeddings → blocks → final norm.
+    fn hidden(&self, input_ids: &Tensor, step: &Step, mut cache: Option<&mut KvCache>) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
+        let mut x = self.embed_tokens.index_select(0, &input_ids.flatten(0, 1).to_device(self.device)).view([b, t, -1]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| {
+                let (k, v) = &mut c.layers[i];
+                (k, v)
+            });
+            x = layer.forward(&x, step, layer_cache);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// lm_head; f32 logits.
+    fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float)
+    }
+
+    fn ids_tensor(&self, ids: &[u32]) -> Tensor {
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        Tensor::from_slice(&ids).to_device(self.device)
+    }
+
+    /// An empty cache for this model (rows are added by `forward_cached` or
+    /// [`KvCache::push_row`]; capacity grows on demand).
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: (0..self.layers.len()).map(|_| LayerCache::default()).collect() }
+        let c = &self.config;
+        KvCache {
+            layers: Vec::new(),
+            lens: Vec::new(),
+            n_layers: c.num_hidden_layers as usize,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            kind: self.dtype.kind(),
+            device: self.device,
+            capacity_rows: 0,
+            capacity_len: 0,
+        }
     }
 
     /// Greedy decoding of one sequence: `prompt` then up to `max_new_tokens` argmax tokens,
     /// stopping after any of `stop_ids`. Returns the new tokens (the stop token included).
     pub fn generate_greedy(&self, prompt: &[u32], max_new_tokens: usize, stop_ids: &[u32]) -> Vec<u32> {
-        let _guard = tch::no_grad_guard();
         let mut cache = self.new_cache();
-        let ids: Vec<i64> = prompt.iter().map(|&i| i64::from(i)).collect();
-        let mut input = Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device);
+        let row = cache.push_row(prompt.len() as i64 + max_new_tokens as i64);
         let mut out = Vec::new();
-        while out.len() < max_new_tokens {
-            let logits = self.forward_cached(&input, &mut cache);
-            let next = logits.select(1, -1).argmax(-1, false).int64_value(&[0]) as u32;
+        if max_new_tokens == 0 {
+            return out;
+        }
+        let mut logits = self.prefill_row(&mut cache, row, prompt);
+        loop {
+            let next = logits.argmax(-1, false).int64_value(&[]) as u32;
             out.push(next);
-            if stop_ids.contains(&next) {
+            if stop_ids.contains(&next) || out.len() >= max_new_tokens {
                 break;
             }
-            input = Tensor::from_slice(&[i64::from(next)]).unsqueeze(0).to_device(self.device);
+            logits = self.decode_rows(&mut cache, &[next]).squeeze_dim(0);
         }
         out
     }
 }
 
-/// Keys and values of past positions, per layer (`[B, KV, T, D]`, appended along T).
-#[derive(Debug, Default)]
-pub struct LayerCache {
-    kv: Option<(Tensor, Tensor)>,
-}
-
-impl LayerCache {
-    fn append(&mut self, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
-        let (k, v) = match self.kv.take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
-        };
-        self.kv = Some((k.shallow_clone(), v.shallow_clone()));
-        (k, v)
-    }
-
-    fn len(&self) -> i64 {
-        self.kv.as_ref().map_or(0, |(k, _)| k.size()[2])
-    }
-}
-
-/// The KV cache of a batch of sequences that share positions (same length).
+/// Keys and values of past positions for a set of rows (sequences), per layer
+/// `[capacity_rows, capacity_len, kv_heads, head_dim]`, with each row's length. Rows are
+/// dense (`0..rows()`): a finished sequence is removed by moving the last row into its place.
 #[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<LayerCache>,
+    layers: Vec<(Tensor, Tensor)>,
+    lens: Vec<i64>,
+    n_layers: usize,
+    kv_heads: i64,
+    head_dim: i64,
+    kind: Kind,
+    device: Device,
+    capacity_rows: usize,
+    capacity_len: i64,
 }
 
 impl KvCache {
-    /// Positions held.
+    /// Positions held by row 0 (for a single sequence or a same-length batch).
     pub fn len(&self) -> i64 {
-        self.layers.first().map_or(0, LayerCache::len)
+        self.lens.first().copied().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Rows (sequences) in use.
+    pub fn rows(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Positions held by `row`.
+    pub fn row_len(&self, row: usize) -> i64 {
+        self.lens[row]
+    }
+
+    /// Adds an empty row (index returned) with room for `expected_len` positions.
+    pub fn push_row(&mut self, expected_len: i64) -> usize {
+        self.lens.push(0);
+        self.reserve(self.lens.len(), expected_len);
+        self.lens.len() - 1
+    }
+
+    /// Removes `row`, moving the last row into its place (returns the old index of the row
+    /// that moved, if any).
+    pub fn swap_remove_row(&mut self, row: usize) -> Option<usize> {
+        let last = self.lens.len() - 1;
+        if row != last {
+            let len = self.lens[last];
+            for (k, v) in &mut self.layers {
+                for t in [k, v] {
+                    let src = t.narrow(0, last as i64, 1).narrow(1, 0, len);
+                    t.narrow(0, row as i64, 1).narrow(1, 0, len).copy_(&src);
+                }
+            }
+        }
+        self.lens.swap_remove(row);
+        (row != last).then_some(last)
+    }
+
+    /// Drops every row (keeps the memory).
+    pub fn clear(&mut self) {
+        self.lens.clear();
+    }
+
+    /// Bytes held by the cache buffers.
+    pub fn capacity_bytes(&self) -> usize {
+        let elems = self.capacity_rows as i64 * self.capacity_len * self.kv_heads * self.head_dim;
+        2 * self.n_layers * elems as usize * self.kind.elt_size_in_bytes()
+    }
+
+    /// Ensures room for `rows` rows of `len` positions, growing (and copying) when needed:
+    /// lengths to the next multiple of 256 (at least 1.5× the old capacity), rows to the
+    /// next power of two.
+    pub fn reserve(&mut self, rows: usize, len: i64) {
+        if rows <= self.capacity_rows && len <= self.capacity_len {
+            return;
+        }
+        let new_rows = rows.max(self.capacity_rows).next_power_of_two();
+        let new_len = if len <= self.capacity_len {
+            self.capacity_len
+        } else {
+            let grown = (self.capacity_len * 3 / 2).max(len);
+            (grown + 255) / 256 * 256
+        };
+        let shape = [new_rows as i64, new_len, self.kv_heads, self.head_dim];
+        let old = std::mem::take(&mut self.layers);
+        self.layers = (0..self.n_layers)
+            .map(|_| (Tensor::zeros(shape, (self.kind, self.device)), Tensor::zeros(shape, (self.kind, self.device))))
+            .collect();
+        let used_rows = self.lens.len().min(self.capacity_rows) as i64;
+        let used_len = self.lens.iter().copied().max().unwrap_or(0).min(self.capacity_len);
+        if used_rows > 0 && used_len > 0 {
+            for ((k, v), (ok, ov)) in self.layers.iter_mut().zip(&old) {
+                k.narrow(0, 0, used_rows).narrow(1, 0, used_len).copy_(&ok.narrow(0, 0, used_rows).narrow(1, 0, used_len));
+                v.narrow(0, 0, used_rows).narrow(1, 0, used_len).copy_(&ov.narrow(0, 0, used_rows).narrow(1, 0, used_len));
+            }
+        }
+        self.capacity_rows = new_rows;
+        self.capacity_len = new_len;
     }
 }

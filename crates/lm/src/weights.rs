@@ -44,6 +44,11 @@ impl Weights {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// Every tensor with its HF name (unordered).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

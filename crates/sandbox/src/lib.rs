@@ -12,12 +12,14 @@
 pub mod docker;
 pub mod exec;
 pub mod local;
+pub mod provision;
 pub mod source;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use provision::{ProvisionError, Provisioned, Provisioner, WorkspaceRef};
 pub use spec::{EnvSpec, EnvSpecs, LogParser, SourceSpec};
 
 /// Where the repository lives inside every sandbox (SWE-bench convention).

@@ -9,7 +9,9 @@
 //! - `sources/<env key>/wheelhouse`: wheels for `spec.pip`, the project's own
 //!   dependencies and the build backend, so installs inside the sandbox run offline.
 //! - `workspaces/<instance id>/repo`: for git sources, one pristine repo per task at its
-//!   `base_commit` (fetched from the mirror up to that commit only).
+//!   `base_commit` (fetched from the mirror up to that commit only); for synth sources, the
+//!   sdist commit plus one deterministic commit holding the reverse of the task's gold patch
+//!   (the bug), whose id must equal the task's `base_commit`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,7 @@ pub fn find_python(pyenv_root: &Path, prefix: &str) -> Result<PathBuf, SandboxEr
 pub fn env_key(spec: &EnvSpec, setup_commit: Option<&str>) -> String {
     match (&spec.source, setup_commit) {
         (SourceSpec::Git(_), Some(c)) => format!("{}-{}", spec.key(), &c[..c.len().min(12)]),
+        // Synth: one environment per sdist; the bug lives in each task's workspace.
         _ => spec.key(),
     }
 }
@@ -101,7 +104,8 @@ pub fn prepare_env(spec: &EnvSpec, setup_commit: Option<&str>, opts: &SourceOpti
         .map_err(|e| SandboxError::io(format!("creating a staging dir in {}", dir.display()), e))?;
     let repo = staging.path().join("repo");
     match &spec.source {
-        SourceSpec::Sdist(req) => materialize_sdist(req, &python, staging.path(), &repo)?,
+        SourceSpec::Sdist(req) => materialize_sdist(req, None, &python, staging.path(), &repo)?,
+        SourceSpec::Synth { sdist, sha256 } => materialize_sdist(sdist, Some(sha256), &python, staging.path(), &repo)?,
         SourceSpec::Git(mirror) => {
             let commit = setup_commit.ok_or_else(|| SandboxError::Source {
                 what: key.clone(),
@@ -133,8 +137,15 @@ pub fn prepare_workspace(
     base_commit: &str,
     opts: &SourceOptions,
 ) -> Result<Option<PathBuf>, SandboxError> {
-    let SourceSpec::Git(mirror) = &spec.source else {
-        return Ok(None);
+    let mirror = match &spec.source {
+        SourceSpec::Git(mirror) => mirror,
+        SourceSpec::Sdist(_) => return Ok(None),
+        SourceSpec::Synth { .. } => {
+            return Err(SandboxError::Source {
+                what: instance_id.to_string(),
+                message: "a synth source's workspace is made from the task's gold patch: call prepare_task_workspace".into(),
+            })
+        }
     };
     let dir = opts.cache_root.join("workspaces").join(sanitize(instance_id));
     let repo = dir.join("repo");
@@ -155,12 +166,87 @@ pub fn prepare_workspace(
     Ok(Some(repo))
 }
 
+/// The workspace of one task, for every source kind: git sources as [`prepare_workspace`];
+/// synth sources get the environment's sdist commit with the reverse of `gold_patch`
+/// committed on top ([`commit_reverse_patch`]), checked against `base_commit`; `None` for
+/// sdist sources (their tasks share the environment's post-install repo).
+pub fn prepare_task_workspace(
+    spec: &EnvSpec,
+    instance_id: &str,
+    base_commit: &str,
+    gold_patch: &str,
+    opts: &SourceOptions,
+) -> Result<Option<PathBuf>, SandboxError> {
+    let SourceSpec::Synth { .. } = &spec.source else {
+        return prepare_workspace(spec, instance_id, base_commit, opts);
+    };
+    let dir = opts.cache_root.join("workspaces").join(sanitize(instance_id));
+    let repo = dir.join("repo");
+    let ready = dir.join("ready");
+    let is_ready = || fs::read_to_string(&ready).is_ok_and(|c| c.trim() == base_commit);
+    if is_ready() {
+        return Ok(Some(repo));
+    }
+    let env = prepare_env(spec, None, opts)?;
+    fs::create_dir_all(&dir).map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
+    let _lock = FileLock::acquire(&dir.join(".lock"))?;
+    if is_ready() {
+        return Ok(Some(repo));
+    }
+    let _ = fs::remove_file(&ready);
+    if repo.exists() {
+        fs::remove_dir_all(&repo).map_err(|e| SandboxError::io(format!("removing stale {}", repo.display()), e))?;
+    }
+    let head = commit_reverse_patch(&env.repo_dir, gold_patch, &repo)?;
+    if head != base_commit {
+        return Err(SandboxError::Source {
+            what: instance_id.to_string(),
+            message: format!(
+                "re-creating the bug from the sdist and the reverse of the gold patch gives commit {head}, but the task's base_commit is {base_commit}: the row was not made from this sdist (check `synth`/`sha256` in the environment spec) or its patch was edited"
+            ),
+        });
+    }
+    fs::write(&ready, base_commit).map_err(|e| SandboxError::io(format!("writing {}", ready.display()), e))?;
+    Ok(Some(repo))
+}
+
+/// Makes `dest` a repo at `clean_repo`'s HEAD (fetched, no remotes) plus, when `gold_patch`
+/// is not empty, one commit holding its reverse (`git apply -R`), with a fixed author,
+/// date and message so that the same sdist and patch always give the same commit id.
+/// Returns the id of HEAD. This is how a synthesized task's `base_commit` is computed.
+pub fn commit_reverse_patch(clean_repo: &Path, gold_patch: &str, dest: &Path) -> Result<String, SandboxError> {
+    let clean_head = head_commit(clean_repo)?;
+    materialize_git(clean_repo, &clean_head, dest)?;
+    if !gold_patch.trim().is_empty() {
+        let patch_file = dest.join(".git/swegym-gold.diff");
+        fs::write(&patch_file, gold_patch).map_err(|e| SandboxError::io(format!("writing {}", patch_file.display()), e))?;
+        let patch_s = patch_file.to_string_lossy().to_string();
+        git(dest, &["apply", "-R", "--whitespace=nowarn", &patch_s]).map_err(|e| SandboxError::Source {
+            what: dest.display().to_string(),
+            message: format!("the reverse of the gold patch does not apply to the sdist: {e}"),
+        })?;
+        let _ = fs::remove_file(&patch_file);
+        git(dest, &["add", "-A"])?;
+        git_commit(dest, "swegym synth: the task's bug (the reverse of its gold patch)")?;
+    }
+    head_commit(dest)
+}
+
+/// Removes a task's cached workspace (a synthesized candidate that was not kept).
+pub fn remove_workspace(instance_id: &str, opts: &SourceOptions) -> Result<(), SandboxError> {
+    let dir = opts.cache_root.join("workspaces").join(sanitize(instance_id));
+    match fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::io(format!("removing {}", dir.display()), e)),
+        _ => Ok(()),
+    }
+}
+
 /// The commit HEAD points at in a workspace repo.
 pub fn head_commit(repo: &Path) -> Result<String, SandboxError> {
     Ok(run(Command::new("git").arg("-C").arg(repo).args(["rev-parse", "HEAD"]), "git rev-parse HEAD")?.trim().to_string())
 }
 
-fn materialize_sdist(req: &str, python: &Path, staging: &Path, repo: &Path) -> Result<(), SandboxError> {
+fn materialize_sdist(req: &str, sha256: Option<&str>, python: &Path, staging: &Path, repo: &Path) -> Result<(), SandboxError> {
     let download = staging.join("sdist");
     run(
         Command::new(python)
@@ -176,6 +262,15 @@ fn materialize_sdist(req: &str, python: &Path, staging: &Path, repo: &Path) -> R
         .map(|e| e.path())
         .next()
         .ok_or_else(|| SandboxError::Source { what: req.into(), message: "pip downloaded nothing".into() })?;
+    if let Some(expect) = sha256 {
+        let got = file_sha256(&archive)?;
+        if got != expect {
+            return Err(SandboxError::Source {
+                what: req.into(),
+                message: format!("the sdist {} has sha256 {got}, the environment spec says {expect}: PyPI served another file; fix `sha256` only if you trust it", archive.display()),
+            });
+        }
+    }
     let unpack = staging.join("unpack");
     fs::create_dir_all(&unpack).map_err(|e| SandboxError::io("creating unpack dir", e))?;
     let name = archive.to_string_lossy().to_string();
@@ -193,6 +288,13 @@ fn materialize_sdist(req: &str, python: &Path, staging: &Path, repo: &Path) -> R
     git(repo, &["add", "-A", "-f", "."])?;
     git_commit(repo, &format!("swegym base: {req} (sdist)"))?;
     Ok(())
+}
+
+/// Hex sha256 of a file's bytes.
+pub fn file_sha256(path: &Path) -> Result<String, SandboxError> {
+    use sha2::{Digest, Sha256};
+    let bytes = fs::read(path).map_err(|e| SandboxError::io(format!("reading {}", path.display()), e))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn materialize_git(mirror: &Path, commit: &str, repo: &Path) -> Result<(), SandboxError> {
@@ -332,6 +434,23 @@ mod tests {
         assert!(!probe.status.success(), "the future commit must not be present");
         // Cached: a second call reuses it.
         assert_eq!(prepare_workspace(spec, "o__r-1", &base, &opts).unwrap().unwrap(), ws);
+    }
+
+    #[test]
+    fn reverse_patch_commit_is_deterministic_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clean = tmp.path().join("clean");
+        fs::create_dir_all(&clean).unwrap();
+        sh(&clean, "git init -q -b main && printf 'def f(a, b):\\n    return a < b\\n' > m.py && git add m.py && git -c user.name=t -c user.email=t@t commit -q -m base");
+        let gold = "diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n def f(a, b):\n-    return a <= b\n+    return a < b\n";
+        let one = commit_reverse_patch(&clean, gold, &tmp.path().join("one")).unwrap();
+        let two = commit_reverse_patch(&clean, gold, &tmp.path().join("two")).unwrap();
+        assert_eq!(one, two, "same sdist + same patch = same commit");
+        assert_eq!(fs::read_to_string(tmp.path().join("one/m.py")).unwrap(), "def f(a, b):\n    return a <= b\n");
+        assert_eq!(sh(&tmp.path().join("one"), "git log --format=%s | wc -l"), "2");
+        assert_eq!(commit_reverse_patch(&clean, "", &tmp.path().join("three")).unwrap(), sh(&clean, "git rev-parse HEAD"));
+        let e = commit_reverse_patch(&clean, &gold.replace("a < b", "a > b"), &tmp.path().join("four")).unwrap_err();
+        assert!(e.to_string().contains("does not apply"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub enum SourceSpec {
     /// A local git repository or mirror; each task's `base_commit` is checked out from it.
     /// Relative paths are relative to the spec file.
     Git(PathBuf),
+    /// Synthesized tasks over a PyPI sdist (`synth = "name==version"` + `sha256`): the
+    /// environment is the sdist's (as [`SourceSpec::Sdist`], the archive checked against
+    /// `sha256`); each task's workspace is the sdist commit with the *reverse* of the task's
+    /// gold patch applied and committed deterministically, so its `base_commit` (the bug)
+    /// is re-created from the sdist and the row alone (see `source::prepare_task_workspace`).
+    Synth { sdist: String, sha256: String },
 }
 
 /// One `[[environment]]` table as written.
@@ -41,6 +47,10 @@ pub struct RawEnvSpec {
     pub python: Option<String>,
     pub sdist: Option<String>,
     pub git: Option<PathBuf>,
+    /// `name==version` of a PyPI sdist whose tasks were synthesized (see [`SourceSpec::Synth`]).
+    pub synth: Option<String>,
+    /// sha256 of the sdist archive (hex); required with `synth`.
+    pub sha256: Option<String>,
     /// Requirements installed before the project (downloaded into the wheelhouse on the host).
     #[serde(default)]
     pub pip: Vec<String>,
@@ -78,16 +88,31 @@ impl EnvSpec {
     fn resolve(raw: RawEnvSpec, base_dir: &Path, path: &Path) -> Result<EnvSpec, SandboxError> {
         let err = |message: String| SandboxError::Spec { path: path.to_path_buf(), message };
         let what = format!("environment {} {}", raw.repo, raw.version);
-        let source = match (raw.sdist, raw.git) {
-            (Some(s), None) => {
+        let source = match (raw.sdist, raw.git, raw.synth) {
+            (Some(s), None, None) => {
                 if !s.contains("==") {
                     return Err(err(format!("{what}: sdist must be `name==version`, got {s:?}")));
                 }
+                if raw.sha256.is_some() {
+                    return Err(err(format!("{what}: `sha256` is checked for `synth` sources only; remove it or use `synth`")));
+                }
                 SourceSpec::Sdist(s)
             }
-            (None, Some(g)) => SourceSpec::Git(if g.is_absolute() { g } else { base_dir.join(g) }),
-            (Some(_), Some(_)) => return Err(err(format!("{what}: give `sdist` or `git`, not both"))),
-            (None, None) => return Err(err(format!("{what}: needs a source: `sdist = \"name==ver\"` or `git = \"path\"`"))),
+            (None, Some(g), None) => SourceSpec::Git(if g.is_absolute() { g } else { base_dir.join(g) }),
+            (None, None, Some(s)) => {
+                if !s.contains("==") {
+                    return Err(err(format!("{what}: synth must be `name==version`, got {s:?}")));
+                }
+                let sha256 = raw.sha256.map(|h| h.trim().to_ascii_lowercase()).unwrap_or_default();
+                if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(err(format!("{what}: a synth source needs `sha256 = \"<64 hex digits of the sdist archive>\"`")));
+                }
+                SourceSpec::Synth { sdist: s, sha256 }
+            }
+            (None, None, None) => {
+                return Err(err(format!("{what}: needs a source: `sdist = \"name==ver\"`, `git = \"path\"` or `synth = \"name==ver\"`")))
+            }
+            _ => return Err(err(format!("{what}: give one of `sdist`, `git` or `synth`"))),
         };
         if raw.repo.split('/').count() != 2 {
             return Err(err(format!("{what}: repo must be `owner/name`")));
@@ -144,6 +169,11 @@ impl EnvSpecs {
         self.by_key.get(&(repo.to_string(), version.to_string()))
     }
 
+    /// Every spec, ordered by (repo, version).
+    pub fn iter(&self) -> impl Iterator<Item = &EnvSpec> {
+        self.by_key.values()
+    }
+
     pub fn len(&self) -> usize {
         self.by_key.len()
     }
@@ -180,5 +210,20 @@ pip = ["pytest<9"]
         let typo = "[[environment]]\nrepo = \"a/b\"\nversion = \"1\"\nsdist=\"a==1\"\ntest_cmdd=\"x\"\n";
         let e = EnvSpecs::default().load_str(typo, Path::new("/"), Path::new("/x.toml")).unwrap_err();
         assert!(e.to_string().contains("test_cmdd"), "{e}");
+    }
+
+    #[test]
+    fn synth_sources_need_a_sha256() {
+        let ok = "[[environment]]\nrepo = \"a/b\"\nversion = \"1\"\nsynth = \"b==1\"\nsha256 = \"ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789\"\n";
+        let mut specs = EnvSpecs::default();
+        specs.load_str(ok, Path::new("/"), Path::new("/x.toml")).unwrap();
+        let expect = SourceSpec::Synth { sdist: "b==1".into(), sha256: "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789".into() };
+        assert_eq!(specs.get("a/b", "1").unwrap().source, expect);
+        let missing = "[[environment]]\nrepo = \"a/b\"\nversion = \"1\"\nsynth = \"b==1\"\n";
+        let e = EnvSpecs::default().load_str(missing, Path::new("/"), Path::new("/x.toml")).unwrap_err();
+        assert!(e.to_string().contains("sha256"), "{e}");
+        let both = "[[environment]]\nrepo = \"a/b\"\nversion = \"1\"\nsynth = \"b==1\"\nsdist = \"b==1\"\n";
+        let e = EnvSpecs::default().load_str(both, Path::new("/"), Path::new("/x.toml")).unwrap_err();
+        assert!(e.to_string().contains("one of"), "{e}");
     }
 }

@@ -1,16 +1,20 @@
 //! The data types every swegym stage exchanges, and their on-disk codecs.
 //!
 //! Architecture invariant: this crate depends on nothing of ours and knows nothing
-//! about sandboxes, models or the pipeline; it only says what a task, a prediction and
-//! a verdict *are* and how they are read and written.
+//! about sandboxes, models or the pipeline; it only says what a task, a prediction, a
+//! verdict and a rollout *are* and how they are read and written (and, in [`patch`], how a
+//! patch is read as text).
 
 pub mod parquet_io;
+pub mod patch;
 pub mod prediction;
+pub mod rollout;
 pub mod stats;
 pub mod task;
 pub mod verdict;
 
 pub use prediction::{load_predictions, Prediction};
+pub use rollout::{ExitReason, Message, Role, Rollout};
 pub use stats::DatasetStats;
 pub use task::{load_tasks, RowError, Task, TaskLoad};
 pub use verdict::{EvalStatus, Verdict};

@@ -136,8 +136,14 @@ pub async fn apply_patch(sandbox: &dyn Sandbox, patch: &str, timeout: Duration) 
 
 /// Resets the files the test patch touches (modified ones to HEAD, new ones removed, as
 /// SWE-bench's eval script does) and applies it with `git apply -v`. Returns the log.
+/// An empty test patch (a synthesized task tests with the repository's own tests) applies
+/// nothing and logs so.
 pub async fn apply_test_patch(sandbox: &dyn Sandbox, test_patch: &str, timeout: Duration) -> Result<String, ApplyError> {
     let mut log = String::new();
+    if test_patch.trim().is_empty() {
+        log.push_str(">>>>> No test patch: the repository's own tests\n");
+        return Ok(log);
+    }
     let (modified, new) = modified_and_new_files(test_patch);
     let mut paths = modified;
     paths.extend(new);

@@ -287,7 +287,7 @@ impl Run {
             }
             Err(e) => return self.env_error(format!("test patch: {e}"), started),
         }
-        if spec.test_directives.is_empty() {
+        if spec.test_directives.is_empty() && !spec.test_patch.trim().is_empty() {
             tracing::warn!("the test patch names no test file; running the whole suite");
         }
         let mut request = ExecRequest::new(spec.test_command.clone(), spec.timeout);

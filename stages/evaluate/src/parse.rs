@@ -344,6 +344,32 @@ pub fn parse_pytest(log: &str) -> ParsedLog {
     parsed
 }
 
+/// The message pytest's short summary prints after a failed or errored test
+/// (`FAILED tests/test_x.py::test_a - assert [1, 2] == [1, 2, 3]`), by test id (ids as
+/// [`parse_pytest`] writes them). Tests printed without a message are absent. Read from the
+/// last short-summary section only.
+pub fn pytest_failure_messages(log: &str) -> BTreeMap<String, String> {
+    let lines: Vec<String> = log.lines().map(|l| strip_ansi(l).into_owned()).collect();
+    let mut messages = BTreeMap::new();
+    let Some(end) = lines.iter().rposition(|l| parse_pytest_final(l).is_some()) else {
+        return messages;
+    };
+    let Some(start) = lines[..end].iter().rposition(|l| is_short_summary_header(l)) else {
+        return messages;
+    };
+    for line in &lines[start + 1..end] {
+        let Some(rest) = line.strip_prefix("FAILED ").or_else(|| line.strip_prefix("ERROR ")) else {
+            continue;
+        };
+        let Some((id, message)) = rest.split_once(" - ") else {
+            continue;
+        };
+        let id = id.split_whitespace().next().unwrap_or(id);
+        messages.entry(id.to_string()).or_insert_with(|| message.trim().to_string());
+    }
+    messages
+}
+
 fn count_line(c: &mut StatusCounts, status: TestStatus, n: u32) {
     match status {
         TestStatus::Passed => c.passed += n,
@@ -607,5 +633,14 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(normalize_unittest_id(raw), want, "{raw}");
         }
+    }
+
+    #[test]
+    fn failure_messages_come_from_the_short_summary() {
+        let log = "FAILED noise - not in summary\n=== short test summary info ===\nPASSED t.py::ok\nFAILED t.py::test_a - assert [1, 2] == [1, 2, 3]\nERROR t.py::test_b - ValueError: boom - twice\nFAILED t.py::test_c\n=== 2 failed, 1 passed, 1 error in 0.1s ===\n";
+        let m = pytest_failure_messages(log);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m["t.py::test_a"], "assert [1, 2] == [1, 2, 3]");
+        assert_eq!(m["t.py::test_b"], "ValueError: boom - twice");
     }
 }

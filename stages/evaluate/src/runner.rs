@@ -1,19 +1,19 @@
-//! Many evaluations at once: environments prepared once per (repo, version), a bounded set
-//! of tokio tasks each owning one sandbox, one callback per finished job for progress.
+//! Many evaluations at once: environments prepared once per (repo, version) (by the
+//! sandbox crate's `Provisioner`), a bounded set of tokio tasks each owning one sandbox,
+//! one callback per finished job for progress.
 //!
 //! Architecture invariant: one bad task (no environment spec, a broken build, a sandbox
 //! that would not start) becomes an `env_error` verdict for that task's jobs; the run goes
 //! on. Only the caller decides whether a run with many such verdicts is a systemic failure.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use swegym_sandbox::source::{self, SourceOptions};
-use swegym_sandbox::{Backend, EnvHandle, EnvSpec, EnvSpecs, Limits, PreparedEnv, Sandbox};
+use swegym_sandbox::source::SourceOptions;
+use swegym_sandbox::{Backend, EnvHandle, EnvSpec, EnvSpecs, Limits, PreparedEnv, Provisioned, Provisioner, WorkspaceRef};
 use swegym_schema::Task;
-use tokio::sync::{Mutex, OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::{env_error_outcome, evaluate_in_sandbox, run_tests_only, EvalOptions, EvalOutcome};
@@ -46,24 +46,24 @@ pub struct JobResult {
     pub sandbox_seconds: f64,
 }
 
-/// One environment, built at most once per run; the error is kept for every later task.
-type EnvCell = OnceCell<Result<(PreparedEnv, EnvHandle), String>>;
-
-/// Everything the runner needs, resolved by the caller.
+/// Everything the runner needs, resolved by the caller. Environments and sandboxes come
+/// from a [`Provisioner`] (in `swegym-sandbox`), which the caller may share with other
+/// stages so each environment is built once per process.
 pub struct Harness {
-    pub backend: Arc<dyn Backend>,
-    pub specs: EnvSpecs,
-    pub sources: SourceOptions,
-    pub limits: Limits,
+    pub provisioner: Arc<Provisioner>,
     pub eval: EvalOptions,
     /// Jobs running at once.
     pub jobs: usize,
-    envs: Mutex<HashMap<String, Arc<EnvCell>>>,
 }
 
 impl Harness {
     pub fn new(backend: Arc<dyn Backend>, specs: EnvSpecs, sources: SourceOptions, limits: Limits, eval: EvalOptions, jobs: usize) -> Harness {
-        Harness { backend, specs, sources, limits, eval, jobs: jobs.max(1), envs: Mutex::new(HashMap::new()) }
+        Harness::with_provisioner(Arc::new(Provisioner::new(backend, specs, sources, limits)), eval, jobs)
+    }
+
+    /// A harness over an existing provisioner (its built environments are reused).
+    pub fn with_provisioner(provisioner: Arc<Provisioner>, eval: EvalOptions, jobs: usize) -> Harness {
+        Harness { provisioner, eval, jobs: jobs.max(1) }
     }
 
     /// Runs every job, `self.jobs` at a time; `on_done` is called as each one finishes.
@@ -94,52 +94,23 @@ impl Harness {
                 Err(e) => panic!("an evaluation task panicked: {e}"),
             }
         }
-        match self.backend.cleanup().await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(sandboxes = n, "removed sandboxes whose teardown had failed"),
-            Err(e) => tracing::warn!(error = %e, "sweeping leftover sandboxes failed"),
-        }
+        self.provisioner.cleanup().await;
         results
     }
 
     /// Prepares (host side) and builds (in the backend) the environment of a task, once per key.
     pub async fn environment(&self, task: &Task) -> Result<(EnvSpec, PreparedEnv, EnvHandle), String> {
-        let spec = self.specs.get(&task.repo, &task.version).cloned().ok_or_else(|| {
-            format!(
-                "no environment spec for repo {} version {}: add an [[environment]] for it to an environments.toml and pass it with --env-specs",
-                task.repo, task.version
-            )
-        })?;
-        let commit = task.environment_setup_commit.clone().unwrap_or_else(|| task.base_commit.clone());
-        let key = source::env_key(&spec, Some(&commit));
-        let cell = {
-            let mut envs = self.envs.lock().await;
-            Arc::clone(envs.entry(key.clone()).or_insert_with(|| Arc::new(OnceCell::new())))
-        };
-        let built = cell
-            .get_or_init(|| async {
-                let started = Instant::now();
-                let (spec2, sources) = (spec.clone(), self.sources.clone());
-                let prepared = tokio::task::spawn_blocking(move || source::prepare_env(&spec2, Some(&commit), &sources))
-                    .await
-                    .map_err(|e| format!("preparing {key}: {e}"))?
-                    .map_err(|e| format!("preparing the environment source: {e}"))?;
-                let handle = self.backend.ensure_env(&prepared).await.map_err(|e| format!("building the environment: {e}"))?;
-                tracing::info!(env = %key, seconds = started.elapsed().as_secs_f64(), "environment ready");
-                Ok((prepared, handle))
-            })
-            .await
-            .clone()?;
-        Ok((spec, built.0, built.1))
+        let commit = task.environment_setup_commit.as_deref().unwrap_or(&task.base_commit);
+        self.provisioner.environment(&task.repo, &task.version, commit).await.map_err(|e| e.to_string())
     }
 
     async fn run_one(&self, job_idx: usize, job: Job) -> JobResult {
         let task = &job.task;
         let mut sandbox_seconds = 0.0;
-        let outcome = match self.sandbox_for(task).await {
-            Err(message) => env_error_for(task, &job, message),
-            Ok((spec, mut sandbox, create_s)) => {
-                sandbox_seconds += create_s;
+        let outcome = match self.provisioner.sandbox(&workspace_ref(task)).await {
+            Err(e) => env_error_for(task, &job, e.to_string()),
+            Ok(Provisioned { spec, mut sandbox, create_seconds }) => {
+                sandbox_seconds += create_seconds;
                 let outcome = match &job.kind {
                     JobKind::Patch { patch, model_name_or_path } => {
                         let opts = EvalOptions { model_name_or_path: model_name_or_path.clone(), ..self.eval.clone() };
@@ -157,24 +128,17 @@ impl Harness {
         };
         JobResult { job_idx, label: job.label, outcome, sandbox_seconds }
     }
+}
 
-    async fn sandbox_for(&self, task: &Task) -> Result<(EnvSpec, Box<dyn Sandbox>, f64), String> {
-        let (spec, _prepared, handle) = self.environment(task).await?;
-        let workspace = {
-            let (spec2, sources) = (spec.clone(), self.sources.clone());
-            let (id, base) = (task.instance_id.clone(), task.base_commit.clone());
-            tokio::task::spawn_blocking(move || source::prepare_workspace(&spec2, &id, &base, &sources))
-                .await
-                .map_err(|e| format!("preparing the workspace: {e}"))?
-                .map_err(|e| format!("preparing the workspace: {e}"))?
-        };
-        let created = Instant::now();
-        let sandbox = self
-            .backend
-            .create(&handle, workspace.as_deref(), &self.limits)
-            .await
-            .map_err(|e| format!("starting the sandbox: {e}"))?;
-        Ok((spec, sandbox, created.elapsed().as_secs_f64()))
+/// How the provisioner sees a task.
+pub fn workspace_ref(task: &Task) -> WorkspaceRef<'_> {
+    WorkspaceRef {
+        instance_id: &task.instance_id,
+        repo: &task.repo,
+        version: &task.version,
+        base_commit: &task.base_commit,
+        env_commit: task.environment_setup_commit.as_deref().unwrap_or(&task.base_commit),
+        gold_patch: &task.patch,
     }
 }
 

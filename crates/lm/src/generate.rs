@@ -1,0 +1,541 @@
+//! Batched generation with continuous batching: a [`Generator`] owns one [`KvCache`] whose
+//! rows are the sequences decoding together; requests join (their prompt is prefilled into
+//! a new row) and leave (EOS, a stop string, or the token limit) between decoding steps.
+//! Each request carries its own [`SamplingParams`] (greedy or temperature / top-k / top-p)
+//! and its own seeded RNG, so its output does not depend on what else is in the batch.
+//!
+//! [`Engine`] puts a generator on its own thread behind a channel, so many tokio tasks
+//! (agent episodes) can submit requests to one model: the thread batches whatever is
+//! pending.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::model::{CausalLm, KvCache};
+use crate::tokenizer::Tokenizer;
+
+/// How one request is decoded. `temperature == 0` is greedy (argmax); otherwise logits are
+/// divided by the temperature, cut to the `top_k` largest (0 = all) and to the smallest set
+/// whose probability reaches `top_p` (1 = all), and sampled with a ChaCha8 RNG seeded by
+/// `seed` — the order and semantics of transformers' warpers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub seed: u64,
+    /// Generation ends when the text contains one of these; the text is cut before it.
+    pub stop: Vec<String>,
+    /// Token ids that end generation besides the tokenizer's EOS.
+    pub stop_token_ids: Vec<u32>,
+    /// Do not stop at the tokenizer's EOS (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self { max_new_tokens, ..Self::default() }
+    }
+
+    fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+}
+
+/// A prompt (token ids) and how to continue it.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+/// Why generation of one request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An EOS or stop token id was generated (it is the last of `tokens`, not in `text`).
+    Eos,
+    /// The text reached this stop string (`text` ends just before it).
+    Stop(String),
+    /// `max_new_tokens` were generated, or the model's context is full.
+    Length,
+}
+
+/// The result of one request.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Every generated token, including a final EOS and the tokens of a stop string.
+    pub tokens: Vec<u32>,
+    /// The decoded reply: without a final EOS token, cut before a stop string.
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Wall time of the prompt's forward pass (up to the first token's logits).
+    pub prefill_seconds: f64,
+    /// Wall time from the first generated token to the last.
+    pub decode_seconds: f64,
+}
+
+/// A request that cannot run; the others go on.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens; the model's context is {context}")]
+    PromptTooLong { prompt: usize, context: usize },
+    #[error("sampling parameters: {0}")]
+    BadParams(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error("generation failed: {0}")]
+    Failed(String),
+    #[error("the generation engine stopped (its thread exited or panicked)")]
+    EngineStopped,
+}
+
+/// One sequence in the batch; its index in `Generator::active` is its cache row.
+struct Sequence {
+    id: u64,
+    params: SamplingParams,
+    prompt_tokens: usize,
+    tokens: Vec<u32>,
+    rng: ChaCha8Rng,
+    started: Instant,
+    prefill_seconds: f64,
+}
+
+/// Continuous batching over one model: [`Generator::add`] prefills a request into the
+/// batch, [`Generator::step`] decodes one token for every sequence in it.
+pub struct Generator<'m> {
+    model: &'m CausalLm,
+    tokenizer: Tokenizer,
+    cache: KvCache,
+    active: Vec<Sequence>,
+    eos_ids: Vec<u32>,
+    context: usize,
+}
+
+impl<'m> Generator<'m> {
+    /// A generator over `model`; `tokenizer` decodes replies and gives the EOS id.
+    pub fn new(model: &'m CausalLm, tokenizer: Tokenizer) -> Self {
+        let eos_ids = tokenizer.eos_id().into_iter().collect();
+        let context = model.config().max_position_embeddings as usize;
+        Self { model, tokenizer, cache: model.new_cache(), active: Vec::new(), eos_ids, context }
+    }
+
+    /// Sequences decoding now.
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// Bytes held by the KV cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.capacity_bytes()
+    }
+
+    /// Prefills `request` into a new row and picks its first token. Returns the completion
+    /// when it already ended (one-token limit, EOS first), else `None`: [`Generator::step`]
+    /// reports it under `id` later.
+    pub fn add(&mut self, id: u64, request: GenerationRequest) -> Result<Option<Completion>, GenerateError> {
+        let GenerationRequest { prompt, params } = request;
+        validate(&params)?;
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        if prompt.len() >= self.context {
+            return Err(GenerateError::PromptTooLong { prompt: prompt.len(), context: self.context });
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as i64 >= self.model.config().vocab_size) {
+            return Err(GenerateError::BadParams(format!("prompt token id {bad} is outside the vocabulary")));
+        }
+        let started = Instant::now();
+        let expected = (prompt.len() + params.max_new_tokens).min(self.context) as i64;
+        let row = self.cache.push_row(expected);
+        let logits = self.model.prefill_row(&mut self.cache, row, &prompt);
+        let mut seq = Sequence {
+            id,
+            rng: ChaCha8Rng::seed_from_u64(params.seed),
+            params,
+            prompt_tokens: prompt.len(),
+            tokens: Vec::new(),
+            started,
+            prefill_seconds: 0.0,
+        };
+        let token = if seq.params.is_greedy() {
+            logits.argmax(-1, false).int64_value(&[]) as u32
+        } else {
+            sample(&Vec::<f32>::try_from(&logits).expect("f32 logits"), &seq.params, &mut seq.rng)
+        };
+        seq.prefill_seconds = started.elapsed().as_secs_f64();
+        seq.started = Instant::now();
+        self.active.push(seq);
+        match self.push_token(row, token)? {
+            Some(done) => {
+                self.remove(row);
+                Ok(Some(done))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// One decoding step for every sequence; returns those that finished, by id.
+    pub fn step(&mut self) -> Result<Vec<(u64, Completion)>, GenerateError> {
+        if self.active.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inputs: Vec<u32> = self.active.iter().map(|s| *s.tokens.last().expect("a first token")).collect();
+        let logits = self.model.decode_rows(&mut self.cache, &inputs);
+        let greedy: Vec<i64> = Vec::try_from(&logits.argmax(-1, false)).expect("argmax ids");
+        let mut finished = Vec::new();
+        for row in 0..self.active.len() {
+            let token = if self.active[row].params.is_greedy() {
+                greedy[row] as u32
+            } else {
+                let row_logits = Vec::<f32>::try_from(&logits.get(row as i64)).expect("f32 logits");
+                let seq = &mut self.active[row];
+                sample(&row_logits, &seq.params, &mut seq.rng)
+            };
+            if let Some(done) = self.push_token(row, token)? {
+                finished.push((row, done));
+            }
+        }
+        // remove from the highest row down, so each swap-in comes from a live row
+        finished.sort_by_key(|(row, _)| std::cmp::Reverse(*row));
+        Ok(finished
+            .into_iter()
+            .map(|(row, done)| {
+                let id = self.active[row].id;
+                self.remove(row);
+                (id, done)
+            })
+            .collect())
+    }
+
+    /// Drops the sequence `id` (its caller went away); false when it is not in the batch.
+    pub fn cancel(&mut self, id: u64) -> bool {
+        match self.active.iter().position(|s| s.id == id) {
+            Some(row) => {
+                self.remove(row);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs `requests` to completion, at most `max_batch` at a time (the rest join as rows
+    /// free up), and returns their results in order.
+    pub fn run(
+        &mut self,
+        requests: Vec<GenerationRequest>,
+        max_batch: usize,
+    ) -> Vec<Result<Completion, GenerateError>> {
+        let n = requests.len();
+        let mut results: Vec<Option<Result<Completion, GenerateError>>> = (0..n).map(|_| None).collect();
+        let mut pending: VecDeque<(usize, GenerationRequest)> = requests.into_iter().enumerate().collect();
+        while !pending.is_empty() || !self.active.is_empty() {
+            while self.active.len() < max_batch.max(1) {
+                let Some((i, request)) = pending.pop_front() else { break };
+                match self.add(i as u64, request) {
+                    Ok(Some(done)) => results[i] = Some(Ok(done)),
+                    Ok(None) => {}
+                    Err(e) => results[i] = Some(Err(e)),
+                }
+            }
+            match self.step() {
+                Ok(done) => {
+                    for (id, c) in done {
+                        results[id as usize] = Some(Ok(c));
+                    }
+                }
+                Err(e) => {
+                    // a tokenizer failure ends the batch; report it to everything in flight
+                    let msg = e.to_string();
+                    for seq in std::mem::take(&mut self.active) {
+                        results[seq.id as usize] = Some(Err(GenerateError::Failed(msg.clone())));
+                    }
+                    self.cache.clear();
+                }
+            }
+        }
+        results.into_iter().map(|r| r.expect("every request ends")).collect()
+    }
+
+    /// Appends `token` to row `row`'s sequence; returns its completion when it ends.
+    fn push_token(&mut self, row: usize, token: u32) -> Result<Option<Completion>, GenerateError> {
+        let eos = {
+            let seq = &self.active[row];
+            (!seq.params.ignore_eos && self.eos_ids.contains(&token)) || seq.params.stop_token_ids.contains(&token)
+        };
+        let cache_len = self.cache.row_len(row) as usize;
+        let seq = &mut self.active[row];
+        seq.tokens.push(token);
+        if eos {
+            let text = self.tokenizer.decode(&seq.tokens[..seq.tokens.len() - 1], false)?;
+            return Ok(Some(finish(seq, text, FinishReason::Eos)));
+        }
+        if !seq.params.stop.is_empty() {
+            if let Some(done) = check_stop(&self.tokenizer, seq)? {
+                return Ok(Some(done));
+            }
+        }
+        // the next step feeds this token at position cache_len; the context must hold it
+        if seq.tokens.len() >= seq.params.max_new_tokens || cache_len >= self.context {
+            let text = self.tokenizer.decode(&seq.tokens, false)?;
+            return Ok(Some(finish(seq, text, FinishReason::Length)));
+        }
+        Ok(None)
+    }
+
+    fn remove(&mut self, row: usize) {
+        self.cache.swap_remove_row(row);
+        self.active.swap_remove(row);
+    }
+}
+
+fn validate(p: &SamplingParams) -> Result<(), GenerateError> {
+    if p.max_new_tokens == 0 {
+        return Err(GenerateError::BadParams("max_new_tokens must be at least 1".into()));
+    }
+    if !p.temperature.is_finite() || p.temperature < 0.0 {
+        return Err(GenerateError::BadParams(format!("temperature {} must be >= 0", p.temperature)));
+    }
+    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+        return Err(GenerateError::BadParams(format!("top_p {} must be in (0, 1]", p.top_p)));
+    }
+    if p.stop.iter().any(String::is_empty) {
+        return Err(GenerateError::BadParams("empty stop string".into()));
+    }
+    Ok(())
+}
+
+fn finish(seq: &Sequence, text: String, finish_reason: FinishReason) -> Completion {
+    Completion {
+        tokens: seq.tokens.clone(),
+        text,
+        finish_reason,
+        prompt_tokens: seq.prompt_tokens,
+        prefill_seconds: seq.prefill_seconds,
+        decode_seconds: seq.started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Looks for a stop string in the text the newest token completed. Only a tail of the
+/// tokens is decoded each step (enough bytes for the longest stop string plus slack for
+/// multi-byte characters); on a hit the whole reply is decoded and cut at the first stop.
+fn check_stop(tokenizer: &Tokenizer, seq: &Sequence) -> Result<Option<Completion>, GenerateError> {
+    let longest = seq.params.stop.iter().map(String::len).max().unwrap_or(0);
+    let window = (longest + 4).min(seq.tokens.len());
+    let tail = tokenizer.decode(&seq.tokens[seq.tokens.len() - window..], false)?;
+    if !seq.params.stop.iter().any(|s| tail.contains(s.as_str())) {
+        return Ok(None);
+    }
+    let text = tokenizer.decode(&seq.tokens, false)?;
+    let first = seq.params.stop.iter().filter_map(|s| text.find(s.as_str()).map(|at| (at, s))).min_by_key(|(at, _)| *at);
+    Ok(first.map(|(at, s)| finish(seq, text[..at].to_string(), FinishReason::Stop(s.clone()))))
+}
+
+/// Draws a token from `logits` with temperature, top-k and top-p (transformers' order).
+pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
+    let t = params.temperature.max(f32::MIN_POSITIVE);
+    let mut order: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
+    // descending by logit; ties by id so the order is total and reproducible
+    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if params.top_k > 0 && params.top_k < order.len() {
+        // keep everything tied with the k-th logit, as transformers' `< kth value` filter
+        let kth = logits[order[params.top_k - 1]];
+        order.retain(|&i| logits[i] >= kth);
+    }
+    let max = logits[order[0]] / t;
+    let weights: Vec<f64> = order.iter().map(|&i| f64::from(logits[i] / t - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut keep = order.len();
+    if params.top_p < 1.0 {
+        // the smallest prefix whose probability reaches top_p (at least one token)
+        let mut cumulative = 0.0;
+        for (n, w) in weights.iter().enumerate() {
+            cumulative += w / total;
+            if cumulative >= f64::from(params.top_p) {
+                keep = n + 1;
+                break;
+            }
+        }
+    }
+    let kept_total: f64 = weights[..keep].iter().sum();
+    let mut u = rng.random::<f64>() * kept_total;
+    for (n, w) in weights[..keep].iter().enumerate() {
+        u -= w;
+        if u < 0.0 {
+            return order[n] as u32;
+        }
+    }
+    order[keep - 1] as u32
+}
+
+/// How an [`Engine`] runs its model thread.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Most sequences decoding together; more requests wait for a free row.
+    pub max_batch: usize,
+    /// libtorch intra-op threads (None: leave libtorch's default).
+    pub threads: Option<i32>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { max_batch: 16, threads: None }
+    }
+}
+
+struct Job {
+    request: GenerationRequest,
+    reply: tokio::sync::oneshot::Sender<Result<Completion, GenerateError>>,
+}
+
+/// One model on its own thread, shared by many callers: [`Engine::generate`] (async) and
+/// [`Engine::generate_blocking`] queue a request; the thread admits pending requests into
+/// the batch between decoding steps and answers each when it finishes. A request whose
+/// caller went away (future dropped) is removed from the batch. Dropping the engine lets
+/// the thread finish what it holds and joins it.
+pub struct Engine {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    tokenizer: Tokenizer,
+}
+
+impl Engine {
+    /// Moves `model` onto a new thread and starts serving requests.
+    pub fn spawn(model: CausalLm, tokenizer: Tokenizer, options: EngineOptions) -> Engine {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread_tokenizer = tokenizer.clone();
+        let thread = std::thread::Builder::new()
+            .name("swegym-lm-engine".into())
+            .spawn(move || {
+                if let Some(n) = options.threads {
+                    tch::set_num_threads(n);
+                }
+                serve(&model, thread_tokenizer, options.max_batch.max(1), &rx);
+            })
+            .expect("spawn the engine thread");
+        Engine { jobs: Some(tx), thread: Some(thread), tokenizer }
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Queues `request` and waits for its completion without blocking the async runtime.
+    pub async fn generate(&self, request: GenerationRequest) -> Result<Completion, GenerateError> {
+        let rx = self.submit(request)?;
+        rx.await.map_err(|_| GenerateError::EngineStopped)?
+    }
+
+    /// Queues `request` and blocks this thread until it completes (not inside async code).
+    pub fn generate_blocking(&self, request: GenerationRequest) -> Result<Completion, GenerateError> {
+        let rx = self.submit(request)?;
+        rx.blocking_recv().map_err(|_| GenerateError::EngineStopped)?
+    }
+
+    fn submit(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Completion, GenerateError>>, GenerateError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let jobs = self.jobs.as_ref().ok_or(GenerateError::EngineStopped)?;
+        jobs.send(Job { request, reply }).map_err(|_| GenerateError::EngineStopped)?;
+        Ok(rx)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The engine thread: admit pending jobs, decode a step, answer finished ones; block
+/// for the next job when idle; return when every sender is gone and the batch is empty.
+fn serve(model: &CausalLm, tokenizer: Tokenizer, max_batch: usize, jobs: &mpsc::Receiver<Job>) {
+    let mut generator = Generator::new(model, tokenizer);
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut replies: HashMap<u64, tokio::sync::oneshot::Sender<Result<Completion, GenerateError>>> = HashMap::new();
+    let mut next_id = 0u64;
+    loop {
+        if generator.is_empty() && pending.is_empty() {
+            match jobs.recv() {
+                Ok(job) => pending.push_back(job),
+                Err(_) => return,
+            }
+        }
+        while let Ok(job) = jobs.try_recv() {
+            pending.push_back(job);
+        }
+        // callers that gave up free their rows
+        let gone: Vec<u64> = replies.iter().filter(|(_, r)| r.is_closed()).map(|(&id, _)| id).collect();
+        for id in gone {
+            generator.cancel(id);
+            replies.remove(&id);
+        }
+        while generator.len() < max_batch {
+            let Some(job) = pending.pop_front() else { break };
+            if job.reply.is_closed() {
+                continue;
+            }
+            let id = next_id;
+            next_id += 1;
+            match generator.add(id, job.request) {
+                Ok(Some(done)) => {
+                    let _ = job.reply.send(Ok(done));
+                }
+                Ok(None) => {
+                    replies.insert(id, job.reply);
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        match generator.step() {
+            Ok(done) => {
+                for (id, completion) in done {
+                    if let Some(reply) = replies.remove(&id) {
+                        let _ = reply.send(Ok(completion));
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (id, reply) in replies.drain() {
+                    generator.cancel(id);
+                    let _ = reply.send(Err(GenerateError::Failed(msg.clone())));
+                }
+            }
+        }
+    }
+}

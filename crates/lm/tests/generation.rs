@@ -1,0 +1,275 @@
+//! Batched generation: sequences of different lengths decoding together (joining and
+//! leaving the batch) give exactly the tokens each gives alone; greedy decoding equals the
+//! argmax of the uncached forward (itself checked against transformers); seeded sampling
+//! is reproducible; stop strings and EOS cut correctly; the threaded [`Engine`] serves
+//! concurrent tokio tasks.
+
+mod common;
+
+use common::{byte_tokenizer, fixture, smollm2_gguf, tiny_llama};
+use swegym_lm::{
+    CausalLm, Completion, Dtype, Engine, EngineOptions, FinishReason, GenerationRequest, Generator, GgufFile,
+    SamplingParams, Tokenizer,
+};
+use tch::{Device, Tensor};
+
+/// Prompts of different lengths (ids below 256: bytes of the tiny tokenizer).
+fn tiny_prompts() -> Vec<Vec<u32>> {
+    [3usize, 17, 1, 9, 30, 5, 12]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (0..len).map(|j| ((i * 37 + j * 11 + 5) % 250) as u32).collect())
+        .collect()
+}
+
+fn requests(prompts: &[Vec<u32>], params: impl Fn(usize) -> SamplingParams) -> Vec<GenerationRequest> {
+    prompts.iter().enumerate().map(|(i, p)| GenerationRequest { prompt: p.clone(), params: params(i) }).collect()
+}
+
+fn run(model: &CausalLm, tok: &Tokenizer, reqs: Vec<GenerationRequest>, max_batch: usize) -> Vec<Completion> {
+    Generator::new(model, tok.clone()).run(reqs, max_batch).into_iter().map(Result::unwrap).collect()
+}
+
+fn alone(model: &CausalLm, tok: &Tokenizer, reqs: &[GenerationRequest]) -> Vec<Completion> {
+    reqs.iter().map(|r| run(model, tok, vec![r.clone()], 1).remove(0)).collect()
+}
+
+fn tokens(c: &[Completion]) -> Vec<Vec<u32>> {
+    c.iter().map(|c| c.tokens.clone()).collect()
+}
+
+/// Different token limits per request, so rows leave at different steps and waiting
+/// requests join mid-batch.
+fn greedy_params(i: usize) -> SamplingParams {
+    SamplingParams { ignore_eos: true, ..SamplingParams::greedy(8 + 9 * i) }
+}
+
+#[test]
+fn tiny_batched_greedy_equals_each_prompt_alone() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let reqs = requests(&tiny_prompts(), greedy_params);
+    let single = alone(&model, &tok, &reqs);
+    for max_batch in [2, 4, 16] {
+        let batched = run(&model, &tok, reqs.clone(), max_batch);
+        assert_eq!(tokens(&batched), tokens(&single), "max_batch {max_batch}");
+    }
+    for (c, r) in single.iter().zip(&reqs) {
+        assert_eq!(c.tokens.len(), r.params.max_new_tokens);
+        assert_eq!(c.finish_reason, FinishReason::Length);
+        assert_eq!(c.prompt_tokens, r.prompt.len());
+    }
+}
+
+#[test]
+fn tiny_greedy_equals_argmax_of_uncached_forward() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let reqs = requests(&tiny_prompts()[..3], greedy_params);
+    for (c, r) in run(&model, &tok, reqs.clone(), 3).iter().zip(&reqs) {
+        let mut seq: Vec<i64> = r.prompt.iter().map(|&t| i64::from(t)).collect();
+        for &t in &c.tokens {
+            let logits = model.forward(&Tensor::from_slice(&seq).unsqueeze(0));
+            assert_eq!(logits.get(0).get(-1).argmax(-1, false).int64_value(&[]), i64::from(t));
+            seq.push(i64::from(t));
+        }
+    }
+}
+
+#[test]
+fn tiny_bf16_batched_greedy_equals_alone() {
+    let (model, tok) = (tiny_llama(Dtype::Bf16), byte_tokenizer());
+    let reqs = requests(&tiny_prompts(), greedy_params);
+    assert_eq!(tokens(&run(&model, &tok, reqs.clone(), 4)), tokens(&alone(&model, &tok, &reqs)));
+}
+
+fn sampling(i: usize) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: 12 + 5 * i,
+        temperature: 0.8 + 0.1 * i as f32,
+        top_k: [0, 50, 5][i % 3],
+        top_p: [1.0, 0.9, 0.7][(i / 2) % 3],
+        seed: 1000 + i as u64,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    }
+}
+
+#[test]
+fn tiny_seeded_sampling_is_reproducible_alone_and_in_a_batch() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let reqs = requests(&tiny_prompts(), sampling);
+    let first = alone(&model, &tok, &reqs);
+    assert_eq!(tokens(&alone(&model, &tok, &reqs)), tokens(&first));
+    assert_eq!(tokens(&run(&model, &tok, reqs.clone(), 3)), tokens(&first));
+    // sampling is not greedy, and another seed gives another continuation
+    let greedy = run(&model, &tok, requests(&tiny_prompts(), |i| greedy_like(&sampling(i))), 8);
+    assert_ne!(tokens(&greedy), tokens(&first));
+    let reseeded = requests(&tiny_prompts(), |i| SamplingParams { seed: 7 + i as u64, ..sampling(i) });
+    let other = run(&model, &tok, reseeded, 8);
+    let same = tokens(&other).iter().zip(tokens(&first)).filter(|(a, b)| *a == b).count();
+    assert!(same <= 1, "{same} of {} sequences unchanged by the seed", first.len());
+}
+
+fn greedy_like(p: &SamplingParams) -> SamplingParams {
+    SamplingParams { temperature: 0.0, ..p.clone() }
+}
+
+#[test]
+fn sampler_respects_top_k_and_top_p() {
+    use rand::SeedableRng;
+    let logits = [1.0f32, 5.0, 3.0, 4.9, -2.0, f32::NEG_INFINITY];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let draw = |p: SamplingParams, rng: &mut rand_chacha::ChaCha8Rng| {
+        let mut seen: Vec<u32> = (0..400).map(|_| swegym_lm::generate::sample(&logits, &p, rng)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen
+    };
+    let base = SamplingParams { temperature: 1.0, ..SamplingParams::default() };
+    assert_eq!(draw(SamplingParams { top_k: 2, ..base.clone() }, &mut rng), vec![1, 3]);
+    assert_eq!(draw(SamplingParams { top_k: 1, ..base.clone() }, &mut rng), vec![1]);
+    // p(1) = 0.49, p(3) = 0.45, p(2) = 0.07: 0.9 needs tokens 1 and 3
+    assert_eq!(draw(SamplingParams { top_p: 0.9, ..base.clone() }, &mut rng), vec![1, 3]);
+    assert_eq!(draw(SamplingParams { top_p: 0.3, ..base.clone() }, &mut rng), vec![1]);
+    // everything finite can come out at a high temperature; -inf never
+    assert_eq!(draw(SamplingParams { temperature: 50.0, ..base }, &mut rng), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn tiny_stop_strings_cut_the_text_before_the_first_stop() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let prompt = tiny_prompts()[1].clone();
+    let full = run(&model, &tok, vec![GenerationRequest { prompt: prompt.clone(), params: greedy_params(3) }], 1).remove(0);
+    let text = &full.text;
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() >= 20, "{text:?}");
+    // a stop string from the middle of the greedy text, and one that never occurs
+    let stop: String = chars[10..13].iter().collect();
+    let at = text.find(&stop).unwrap();
+    let params = SamplingParams { stop: vec!["never occurs here".into(), stop.clone()], ..greedy_params(3) };
+    let cut = run(&model, &tok, vec![GenerationRequest { prompt, params }], 1).remove(0);
+    assert_eq!(cut.text, text[..at]);
+    assert_eq!(cut.finish_reason, FinishReason::Stop(stop.clone()));
+    // generation stopped at the token that completed the stop string
+    assert!(cut.tokens.len() < full.tokens.len());
+    assert_eq!(cut.tokens[..], full.tokens[..cut.tokens.len()]);
+    assert!(tok.decode(&cut.tokens, false).unwrap().contains(&stop));
+    assert!(!tok.decode(&cut.tokens[..cut.tokens.len() - 1], false).unwrap().contains(&stop));
+}
+
+#[test]
+fn tiny_eos_ends_generation_and_is_left_out_of_the_text() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let prompt = tiny_prompts()[4].clone();
+    let full = run(&model, &tok, vec![GenerationRequest { prompt: prompt.clone(), params: greedy_params(2) }], 1).remove(0);
+    // make the 5th generated token a stop token id: generation must end right there
+    let stop_id = full.tokens[4];
+    let first = full.tokens.iter().position(|&t| t == stop_id).unwrap();
+    let params = SamplingParams { stop_token_ids: vec![stop_id], ..greedy_params(2) };
+    let c = run(&model, &tok, vec![GenerationRequest { prompt, params }], 1).remove(0);
+    assert_eq!(c.finish_reason, FinishReason::Eos);
+    assert_eq!(c.tokens, full.tokens[..=first]);
+    assert_eq!(c.text, tok.decode(&full.tokens[..first], false).unwrap());
+}
+
+#[test]
+fn bad_requests_fail_alone() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let mut reqs = requests(&tiny_prompts()[..2], greedy_params);
+    reqs.push(GenerationRequest { prompt: vec![], params: greedy_params(0) });
+    reqs.push(GenerationRequest { prompt: vec![1; 200], params: greedy_params(0) });
+    reqs.push(GenerationRequest { prompt: vec![1], params: SamplingParams { top_p: 0.0, ..greedy_params(0) } });
+    let results = Generator::new(&model, tok.clone()).run(reqs, 4);
+    assert!(results[0].is_ok() && results[1].is_ok());
+    let errors: Vec<String> = results[2..].iter().map(|r| r.as_ref().unwrap_err().to_string()).collect();
+    assert!(errors[0].contains("empty"), "{errors:?}");
+    assert!(errors[1].contains("200 tokens") && errors[1].contains("128"), "{errors:?}");
+    assert!(errors[2].contains("top_p"), "{errors:?}");
+    // a long prompt near the context limit ends with Length when the context is full
+    let long = GenerationRequest { prompt: vec![7; 120], params: greedy_params(20) };
+    let c = run(&model, &tok, vec![long], 1).remove(0);
+    assert_eq!((c.finish_reason, c.tokens.len()), (FinishReason::Length, 128 - 120 + 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_serves_concurrent_tasks_with_the_same_tokens_as_alone() {
+    let tok = byte_tokenizer();
+    let reqs = requests(&tiny_prompts(), |i| if i % 2 == 0 { greedy_params(i) } else { sampling(i) });
+    let want = tokens(&alone(&tiny_llama(Dtype::F32), &tok, &reqs));
+    let engine = std::sync::Arc::new(Engine::spawn(
+        tiny_llama(Dtype::F32),
+        tok,
+        EngineOptions { max_batch: 3, threads: None },
+    ));
+    let tasks: Vec<_> = reqs
+        .into_iter()
+        .map(|r| {
+            let engine = std::sync::Arc::clone(&engine);
+            tokio::spawn(async move { engine.generate(r).await.unwrap().tokens })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    assert_eq!(got, want);
+    // a bad request is answered with its error; the engine keeps serving
+    let err = engine.generate(GenerationRequest { prompt: vec![], params: greedy_params(0) }).await.unwrap_err();
+    assert!(err.to_string().contains("empty"));
+    let again = engine.generate(GenerationRequest { prompt: vec![1, 2], params: greedy_params(0) }).await.unwrap();
+    assert_eq!(again.tokens.len(), 8);
+}
+
+fn smollm2() -> Option<(CausalLm, Tokenizer)> {
+    let path = smollm2_gguf()?;
+    swegym_lm::init_cpu_runtime();
+    let file = GgufFile::open(&path).unwrap();
+    Some((CausalLm::from_gguf(&file, Dtype::F32, Device::Cpu).unwrap(), Tokenizer::from_gguf(&file).unwrap()))
+}
+
+fn chat_prompt(tok: &Tokenizer, user: &str) -> Vec<u32> {
+    let text = format!(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    );
+    tok.encode(&text, false).unwrap()
+}
+
+#[test]
+fn smollm2_batched_greedy_equals_alone_and_transformers() {
+    let Some((model, tok)) = smollm2() else { return };
+    let chat = &fixture("smollm2_reference_logits.json")["chat_greedy"];
+    let reference: Vec<u32> = serde_json::from_value(chat["generated_ids"].clone()).unwrap();
+    let reference_prompt: Vec<u32> = serde_json::from_value(chat["prompt_ids"].clone()).unwrap();
+    let mut prompts = vec![reference_prompt];
+    for user in ["What is 2+2?", "Name three colors.", "Write a haiku about Rust.", "Explain git rebase in one sentence."] {
+        prompts.push(chat_prompt(&tok, user));
+    }
+    let reqs = requests(&prompts, |i| SamplingParams::greedy([64, 20, 30, 40, 25][i]));
+    let single = alone(&model, &tok, &reqs);
+    let batched = run(&model, &tok, reqs, 3);
+    assert_eq!(tokens(&batched), tokens(&single));
+    assert_eq!(single[0].tokens, reference, "transformers' greedy ids");
+    assert_eq!(single[0].finish_reason, FinishReason::Eos);
+    assert_eq!(single[0].text.clone() + "<|im_end|>", chat["generated_text"].as_str().unwrap());
+}
+
+#[test]
+fn smollm2_stop_string_and_seeded_sampling() {
+    let Some((model, tok)) = smollm2() else { return };
+    let chat = &fixture("smollm2_reference_logits.json")["chat_greedy"];
+    let prompt: Vec<u32> = serde_json::from_value(chat["prompt_ids"].clone()).unwrap();
+    let params = SamplingParams { stop: vec!["def ".into()], ..SamplingParams::greedy(64) };
+    let c = run(&model, &tok, vec![GenerationRequest { prompt: prompt.clone(), params }], 1).remove(0);
+    // transformers' greedy reply starts "```python\ndef reverse_string(..."
+    assert_eq!(c.text, "```python\n");
+    assert_eq!(c.finish_reason, FinishReason::Stop("def ".into()));
+
+    let sampled = |seed: u64| {
+        let params = SamplingParams { temperature: 0.9, top_p: 0.95, top_k: 50, seed, ..SamplingParams::greedy(24) };
+        GenerationRequest { prompt: prompt.clone(), params }
+    };
+    let a = run(&model, &tok, vec![sampled(1), sampled(2), sampled(1)], 3);
+    assert_eq!(a[0].tokens, a[2].tokens);
+    assert_ne!(a[0].tokens, a[1].tokens);
+    assert_eq!(run(&model, &tok, vec![sampled(2)], 1)[0].tokens, a[1].tokens);
+}

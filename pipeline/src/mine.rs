@@ -1,0 +1,217 @@
+//! `swegym mine`: task instances from a local git history, as SWE-bench builds them minus
+//! GitHub. Commits changing both source and tests → candidates (base = parent, `patch` =
+//! source part, `test_patch` = test part, problem statement = commit message) → the tests
+//! before (base + test patch) and after (+ gold patch) in sandboxes → keep candidates with
+//! ≥ 1 FAIL_TO_PASS test, record PASS_TO_PASS.
+//!
+//! Out: `<out>/tasks.jsonl`, `<out>/environments.toml` (a `git` source at the repository),
+//! `<out>/mine_report.json`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use swegym_evaluate::patch::is_test_path;
+use swegym_evaluate::runner::{Job, JobKind, JobResult};
+use swegym_schema::{EvalStatus, Task};
+use swegym_synth::mine::{mine, MineOptions};
+use swegym_synth::select::{select, Outcomes};
+use swegym_synth::{DropReason, SelectRules};
+
+use crate::context::Context;
+use crate::evaluate::HarnessArgs;
+use crate::output;
+use crate::Exit;
+
+#[derive(clap::Args, Debug)]
+pub struct MineArgs {
+    /// A local git repository (a clone; its history from HEAD is read).
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// `owner/name` written into the rows (default `local/<directory name>`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The environment's version key written into the rows.
+    #[arg(long, default_value = "0")]
+    pub version: String,
+    /// pyenv Python version of the environment.
+    #[arg(long, default_value = "3.11")]
+    pub python: String,
+    /// Test requirements (pip specifiers).
+    #[arg(long = "pip", default_values_t = ["pytest<9".to_string()])]
+    pub pip: Vec<String>,
+    /// Install commands run in /testbed (default `pip install -e .`).
+    #[arg(long = "install")]
+    pub install: Vec<String>,
+    /// Test command (default SWE-bench's pytest command).
+    #[arg(long)]
+    pub test_cmd: Option<String>,
+    /// Only commits after this date (`git log --since`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Newest commits looked at, at most.
+    #[arg(long)]
+    pub max_commits: Option<usize>,
+    /// Also merge commits (diffed against their first parent).
+    #[arg(long)]
+    pub merges: bool,
+    /// Build one environment at this revision for every candidate (default: one per base commit).
+    #[arg(long)]
+    pub env_commit: Option<String>,
+    #[command(flatten)]
+    pub harness: HarnessArgs,
+}
+
+#[derive(Debug, Serialize)]
+struct MineReport {
+    repo: String,
+    commits_seen: usize,
+    candidates: usize,
+    kept: usize,
+    dropped: BTreeMap<DropReason, u32>,
+    wall_seconds: f64,
+}
+
+fn git(repo: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git").arg("-C").arg(repo).args(args).output().context("running git")?;
+    anyhow::ensure!(out.status.success(), "git {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub async fn run(ctx: &Context, args: MineArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let repo = std::fs::canonicalize(&args.repo).map_err(|e| Exit::bad_input(format!("--repo {}: {e}", args.repo.display())))?;
+    let name = match &args.name {
+        Some(n) if n.split('/').count() == 2 => n.clone(),
+        Some(n) => return Err(Exit::bad_input(format!("--name {n:?} must be `owner/name`"))),
+        None => format!("local/{}", repo.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| "repo".into())),
+    };
+    let opts = MineOptions { since: args.since.clone(), max_commits: args.max_commits, include_merges: args.merges };
+    let mined = mine(&repo, &opts, &is_test_path).map_err(|e| Exit::bad_input(e.to_string()))?;
+    let env_commit = match &args.env_commit {
+        Some(rev) => Some(git(&repo, &["rev-parse", &format!("{rev}^{{commit}}")]).map_err(|e| Exit::bad_input(format!("--env-commit: {e}")))?),
+        None => None,
+    };
+    let out_dir = args.harness.out.clone().unwrap_or_else(|| output::default_out_dir("mine"));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::write(out_dir.join("environments.toml"), env_toml(&args, &name, &repo)).context("writing environments.toml")?;
+    eprintln!("{}: {} commits read, {} candidates (source + tests)", repo.display(), mined.commits_seen, mined.candidates.len());
+
+    let prefix = name.replace('/', "__");
+    let tasks: Vec<Task> = mined
+        .candidates
+        .iter()
+        .map(|c| Task {
+            instance_id: format!("{prefix}-{}", &c.commit[..12]),
+            repo: name.clone(),
+            base_commit: c.parent.clone(),
+            patch: c.patch.clone(),
+            test_patch: c.test_patch.clone(),
+            problem_statement: c.message.clone(),
+            hints_text: String::new(),
+            fail_to_pass: Vec::new(),
+            pass_to_pass: Vec::new(),
+            version: args.version.clone(),
+            environment_setup_commit: env_commit.clone(),
+            created_at: c.created_at.clone(),
+        })
+        .collect();
+    let mut dropped = mined.skipped.clone();
+    let mut kept = Vec::new();
+    if !tasks.is_empty() {
+        let harness = args.harness.harness(ctx, &out_dir.join("tasks.jsonl")).await?;
+        let mut jobs = Vec::new();
+        for t in &tasks {
+            let t = Arc::new(t.clone());
+            jobs.push(Job { task: Arc::clone(&t), kind: JobKind::TestsOnly, label: "before".into() });
+            let gold = JobKind::Patch { patch: t.patch.clone(), model_name_or_path: "gold".into() };
+            jobs.push(Job { task: t, kind: gold, label: "after".into() });
+        }
+        let bar = output::progress(jobs.len(), "mining");
+        let bar2 = bar.clone();
+        let results = harness.run(jobs, move |_| bar2.inc(1)).await;
+        bar.finish_and_clear();
+        for (task, pair) in tasks.iter().zip(results.chunks(2)) {
+            let [before, after] = pair else { unreachable!("two jobs per candidate") };
+            match judge(before, after) {
+                Ok(sel) => {
+                    let mut t = task.clone();
+                    t.fail_to_pass = sel.fail_to_pass;
+                    t.pass_to_pass = sel.pass_to_pass;
+                    tracing::info!(instance_id = %t.instance_id, f2p = t.fail_to_pass.len(), p2p = t.pass_to_pass.len(), "kept");
+                    kept.push(t);
+                }
+                Err(reason) => {
+                    tracing::info!(instance_id = %task.instance_id, reason = reason.as_str(), "dropped");
+                    *dropped.entry(reason).or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut text = String::new();
+    for t in &kept {
+        text.push_str(&serde_json::to_string(t)?);
+        text.push('\n');
+    }
+    std::fs::write(out_dir.join("tasks.jsonl"), text).context("writing tasks.jsonl")?;
+    let report = MineReport {
+        repo: name,
+        commits_seen: mined.commits_seen,
+        candidates: tasks.len(),
+        kept: kept.len(),
+        dropped,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    output::write_json(&out_dir.join("mine_report.json"), &report)?;
+    let drops: Vec<String> = report.dropped.iter().map(|(r, n)| format!("{}: {n}", r.as_str())).collect();
+    println!(
+        "{} instances kept of {} candidates ({} commits; dropped {}) → {}",
+        report.kept,
+        report.candidates,
+        report.commits_seen,
+        if drops.is_empty() { "none".to_string() } else { drops.join(", ") },
+        out_dir.join("tasks.jsonl").display()
+    );
+    Ok(())
+}
+
+/// FAIL_TO_PASS / PASS_TO_PASS from the runs before and after the gold patch.
+fn judge(before: &JobResult, after: &JobResult) -> Result<swegym_synth::Selection, DropReason> {
+    let a = &after.outcome;
+    match a.verdict.status {
+        EvalStatus::TestTimeout => return Err(DropReason::TestTimeout),
+        EvalStatus::PatchApplyFailed | EvalStatus::EnvError if a.grade.is_none() => return Err(DropReason::CandidateError),
+        _ if a.log_problem.is_some() => return Err(DropReason::TestsDidNotRun),
+        _ => {}
+    }
+    if before.outcome.verdict.status == EvalStatus::TestTimeout {
+        return Err(DropReason::TestTimeout);
+    }
+    let passed = |o: &swegym_evaluate::EvalOutcome| -> Outcomes { o.statuses.iter().map(|(id, s)| (id.clone(), s.passes())).collect() };
+    select(&passed(&before.outcome), &passed(a), &SelectRules::mine())
+}
+
+/// The environment of the mined rows: a `git` source at the repository itself.
+fn env_toml(args: &MineArgs, name: &str, repo: &std::path::Path) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let list = |v: &[String]| format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
+    let mut t = format!(
+        "# Written by `swegym mine`; the rows' base commits are fetched from this repository.\n[[environment]]\nrepo = {}\nversion = {}\npython = {}\ngit = {}\npip = {}\n",
+        q(name),
+        q(&args.version),
+        q(&args.python),
+        q(&repo.to_string_lossy()),
+        list(&args.pip)
+    );
+    if !args.install.is_empty() {
+        t.push_str(&format!("install = {}\n", list(&args.install)));
+    }
+    if let Some(cmd) = &args.test_cmd {
+        t.push_str(&format!("test_cmd = {}\n", q(cmd)));
+    }
+    t
+}

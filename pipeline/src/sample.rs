@@ -1,0 +1,320 @@
+//! `swegym sample`: K agent rollouts per task with a policy (oracle, an OpenAI-compatible
+//! server, or a replay script) in sandboxes, written durably to a rollouts Parquet; with
+//! `--evaluate`, each rollout's patch is then graded and the verdict columns filled.
+//!
+//! Two-step arguments: the raw flags are validated into the stage's `SampleConfig` and a
+//! policy object here; the API key is read from the environment variable the user names,
+//! once, here (the stage reads no environment).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use swegym_evaluate::runner::{Harness, Job, JobKind};
+use swegym_evaluate::EvalOptions;
+use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
+use swegym_sample::policy::oracle::OraclePolicy;
+use swegym_sample::policy::replay::ReplayPolicy;
+use swegym_sample::{EpisodeConfig, ExitReason, Policy, Rollout, SampleConfig, SamplingParams};
+use swegym_sandbox::{Limits, Provisioner};
+use swegym_schema::rollout::write_rollouts;
+
+use crate::context::{BackendArg, Context};
+use crate::evaluate::load_dataset;
+use crate::{output, Exit};
+
+/// Which policy writes the agent's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyArg {
+    /// Knows the gold patch; plays an expert trajectory (warm-start data).
+    Oracle,
+    /// An OpenAI-compatible chat endpoint (--base-url, --model).
+    Openai,
+    /// Canned replies from --replay-file (a JSON array of strings), in order.
+    Replay,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// Task dataset: JSONL, JSON array or Parquet in the SWE-bench / SWE-Gym schema.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    #[arg(long, value_enum)]
+    pub policy: PolicyArg,
+    /// OpenAI-compatible base URL (with /v1), for --policy openai.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Model name sent to the server, for --policy openai.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Name of the environment variable holding the API key (none sent when unset).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// A LoRA adapter the server hosts; sent as the model name.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Seconds one HTTP request may take.
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout: u64,
+    /// Retries of a failed request (429, 5xx, timeouts), with exponential backoff.
+    #[arg(long, default_value_t = 5)]
+    pub max_retries: u32,
+    /// Replies for --policy replay.
+    #[arg(long)]
+    pub replay_file: Option<PathBuf>,
+    /// Rollouts per task.
+    #[arg(short = 'k', long, default_value_t = 4)]
+    pub k: u32,
+    /// Rollouts running at once.
+    #[arg(short = 'j', long, default_value_t = 2)]
+    pub jobs: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// New tokens per reply.
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens: u32,
+    /// LM calls per rollout.
+    #[arg(long, default_value_t = 30)]
+    pub max_turns: u32,
+    /// Prompt + reply tokens allowed (SmolLM2: 8192).
+    #[arg(long, default_value_t = 32768)]
+    pub max_context_tokens: usize,
+    /// Characters of one observation kept (head and tail).
+    #[arg(long, default_value_t = 30000)]
+    pub max_observation_chars: usize,
+    /// Unparseable replies in a row that end a rollout.
+    #[arg(long, default_value_t = 3)]
+    pub max_format_errors: u32,
+    /// Seconds one execute_bash command may run.
+    #[arg(long, default_value_t = 300)]
+    pub command_timeout: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The RFT iteration recorded in each row.
+    #[arg(long, default_value_t = 0)]
+    pub iteration: u32,
+    /// Only these instance ids.
+    #[arg(long = "instance-ids", num_args = 1..)]
+    pub instance_ids: Vec<String>,
+    /// Grade each rollout's patch afterwards and fill the `resolved` / `status` columns.
+    #[arg(long)]
+    pub evaluate: bool,
+    /// Seconds the test command may run when grading (default: the environment spec's).
+    #[arg(long)]
+    pub test_timeout: Option<u64>,
+    /// Sandbox backend.
+    #[arg(long, value_enum, default_value = "local")]
+    pub backend: BackendArg,
+    /// More environment specs (`environments.toml`).
+    #[arg(long = "env-specs")]
+    pub env_specs: Vec<PathBuf>,
+    /// Memory limit of one sandbox, GiB.
+    #[arg(long, default_value_t = 4.0)]
+    pub memory_gib: f64,
+    /// The rollouts Parquet; `<out minus .parquet>.partial.jsonl` holds finished rollouts
+    /// while the run goes (a rerun resumes from it).
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// What `<out>.summary.json` holds.
+#[derive(Debug, Serialize)]
+struct SampleSummary {
+    policy_id: String,
+    tasks: usize,
+    k: u32,
+    rollouts: usize,
+    ran: usize,
+    resumed: usize,
+    panicked: usize,
+    exit_reasons: BTreeMap<String, usize>,
+    empty_patch: usize,
+    resolved: Option<usize>,
+    mean_turns: f64,
+    wall_seconds: f64,
+    /// Rollouts run by this call per hour of wall time.
+    rollouts_per_hour: f64,
+}
+
+fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
+    Ok(match args.policy {
+        PolicyArg::Oracle => Arc::new(OraclePolicy),
+        PolicyArg::Replay => {
+            let path = args.replay_file.as_ref().ok_or_else(|| Exit::bad_input("--policy replay needs --replay-file"))?;
+            Arc::new(ReplayPolicy::from_file(path).map_err(|e| Exit::bad_input(e.to_string()))?)
+        }
+        PolicyArg::Openai => {
+            let (Some(base_url), Some(model)) = (&args.base_url, &args.model) else {
+                return Err(Exit::bad_input("--policy openai needs --base-url and --model"));
+            };
+            let api_key = match &args.api_key_env {
+                None => None,
+                Some(var) => Some(std::env::var(var).map_err(|_| Exit::bad_input(format!("--api-key-env {var}: the variable is not set")))?),
+            };
+            let config = OpenAiConfig {
+                adapter: args.adapter.clone(),
+                api_key,
+                request_timeout: Duration::from_secs(args.request_timeout),
+                max_retries: args.max_retries,
+                ..OpenAiConfig::new(base_url.clone(), model.clone())
+            };
+            Arc::new(OpenAiPolicy::new(config).map_err(|e| Exit::infra(e.to_string()))?)
+        }
+    })
+}
+
+pub async fn run(ctx: &Context, args: SampleArgs) -> anyhow::Result<()> {
+    let mut tasks = load_dataset(&args.dataset)?;
+    if !args.instance_ids.is_empty() {
+        tasks.retain(|t| args.instance_ids.contains(&t.instance_id));
+        if tasks.is_empty() {
+            return Err(Exit::bad_input("no task of the dataset has one of the --instance-ids"));
+        }
+    }
+    if args.k == 0 {
+        return Err(Exit::bad_input("-k must be at least 1"));
+    }
+    let policy = build_policy(&args)?;
+    let config = SampleConfig {
+        k: args.k,
+        jobs: args.jobs.max(1),
+        iteration: args.iteration,
+        seed: args.seed,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            max_tokens: args.max_tokens,
+            ..SamplingParams::default()
+        },
+        episode: EpisodeConfig {
+            max_turns: args.max_turns,
+            max_observation_chars: args.max_observation_chars,
+            max_context_tokens: args.max_context_tokens,
+            max_format_errors: args.max_format_errors.max(1),
+            command_timeout: Duration::from_secs(args.command_timeout),
+            ..EpisodeConfig::default()
+        },
+    };
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let specs = ctx.env_specs(&args.dataset, &args.env_specs)?;
+    let backend = ctx.backend(args.backend).await?;
+    let limits = Limits { memory_bytes: (args.memory_gib * (1u64 << 30) as f64) as u64, ..Limits::default() };
+    let provisioner = Arc::new(Provisioner::new(backend, specs, ctx.source_options(), limits));
+
+    let total = tasks.len() * args.k as usize;
+    let bar = output::progress(total, "sampling");
+    let bar2 = bar.clone();
+    let outcome = swegym_sample::sample(&tasks, Arc::clone(&policy), provisioner.clone(), &config, &args.out, move |r: &Rollout| {
+        bar2.inc(1);
+        bar2.println(format!("{:<50} #{:<3} {:<16} turns {:>3}{}", r.instance_id, r.sample_idx, r.exit_reason, r.turns, if r.empty_patch { "  (empty patch)" } else { "" }));
+    })
+    .await
+    .map_err(|e| Exit::infra(e.to_string()))?;
+    bar.finish_and_clear();
+    let mut rollouts = outcome.rollouts.clone();
+
+    let mut resolved = None;
+    if args.evaluate {
+        let eval = EvalOptions { test_timeout: args.test_timeout.map(Duration::from_secs), ..EvalOptions::default() };
+        resolved = Some(evaluate_rollouts(provisioner, eval, args.jobs, &tasks, &mut rollouts, &args.out).await?);
+    }
+
+    let mut exit_reasons = BTreeMap::new();
+    for reason in ExitReason::ALL {
+        exit_reasons.insert(reason.as_str().to_string(), rollouts.iter().filter(|r| r.exit_reason == reason).count());
+    }
+    let summary = SampleSummary {
+        policy_id: policy.id(),
+        tasks: tasks.len(),
+        k: args.k,
+        rollouts: rollouts.len(),
+        ran: outcome.ran,
+        resumed: outcome.resumed,
+        panicked: outcome.panicked,
+        exit_reasons,
+        empty_patch: rollouts.iter().filter(|r| r.empty_patch).count(),
+        resolved,
+        mean_turns: rollouts.iter().map(|r| r.turns as f64).sum::<f64>() / rollouts.len().max(1) as f64,
+        wall_seconds: outcome.wall_seconds,
+        rollouts_per_hour: if outcome.wall_seconds > 0.0 { outcome.ran as f64 * 3600.0 / outcome.wall_seconds } else { 0.0 },
+    };
+    let summary_path = summary_path(&args.out);
+    output::write_json(&summary_path, &summary)?;
+    println!(
+        "{} rollouts ({} run now, {} resumed) of {} tasks × {} → {}",
+        summary.rollouts,
+        summary.ran,
+        summary.resumed,
+        summary.tasks,
+        summary.k,
+        args.out.display()
+    );
+    let reasons: Vec<String> = summary.exit_reasons.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+    println!("exit reasons: {}; empty patch {}; mean turns {:.1}", reasons.join(", "), summary.empty_patch, summary.mean_turns);
+    if let Some(n) = resolved {
+        println!("resolved {n}/{}", summary.rollouts);
+    }
+    println!("{:.0} rollouts/hour ({:.1} s wall); summary: {}", summary.rollouts_per_hour, summary.wall_seconds, summary_path.display());
+    if outcome.panicked > 0 {
+        return Err(Exit::infra(format!("{} rollouts panicked; rerun the same command to run them", outcome.panicked)));
+    }
+    let infra = rollouts.iter().filter(|r| r.exit_reason.is_infra_failure()).count();
+    if !rollouts.is_empty() && infra == rollouts.len() {
+        let first = rollouts.iter().find_map(|r| r.error.clone()).unwrap_or_default();
+        return Err(Exit::infra(format!("every rollout failed in the infrastructure (sandbox or policy); first error: {first}")));
+    }
+    Ok(())
+}
+
+fn summary_path(out: &Path) -> PathBuf {
+    out.with_extension("summary.json")
+}
+
+/// Grades every rollout without a verdict (in the same process, reusing the environments
+/// the provisioner built), fills `resolved` / `status`, rewrites the Parquet; returns how
+/// many rollouts are resolved.
+async fn evaluate_rollouts(
+    provisioner: Arc<Provisioner>,
+    eval: EvalOptions,
+    jobs: usize,
+    tasks: &[swegym_schema::Task],
+    rollouts: &mut [Rollout],
+    out: &Path,
+) -> anyhow::Result<usize> {
+    let by_id: BTreeMap<&str, &swegym_schema::Task> = tasks.iter().map(|t| (t.instance_id.as_str(), t)).collect();
+    let mut job_rows = Vec::new();
+    let mut jobs_list = Vec::new();
+    for (i, r) in rollouts.iter().enumerate() {
+        if r.status.is_some() {
+            continue;
+        }
+        let Some(task) = by_id.get(r.instance_id.as_str()) else { continue };
+        job_rows.push(i);
+        jobs_list.push(Job {
+            task: Arc::new((*task).clone()),
+            kind: JobKind::Patch { patch: r.patch.clone(), model_name_or_path: r.policy_id.clone() },
+            label: format!("{}-s{}", r.policy_id, r.sample_idx),
+        });
+    }
+    if !jobs_list.is_empty() {
+        let harness = Arc::new(Harness::with_provisioner(provisioner, eval, jobs));
+        let bar = output::progress(jobs_list.len(), "grading");
+        let bar2 = bar.clone();
+        let results = harness.run(jobs_list, move |_| bar2.inc(1)).await;
+        bar.finish_and_clear();
+        for result in results {
+            let r = &mut rollouts[job_rows[result.job_idx]];
+            r.resolved = Some(result.outcome.verdict.resolved);
+            r.status = Some(result.outcome.verdict.status.as_str().to_string());
+        }
+        write_rollouts(out, rollouts).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(rollouts.iter().filter(|r| r.resolved == Some(true)).count())
+}

@@ -1,0 +1,354 @@
+//! The oracle: knows the task's gold patch and plays the trajectory an expert would —
+//! look at the repository, `grep -n` a symbol the fix touches, view the region, make the gold
+//! edits with `str_replace_editor`, run the tests of the failing test files, finish. Its
+//! rollouts are the warm-start (off-policy) SFT data for models too weak to solve anything
+//! yet, as SWE-Gym used gpt-4o / Claude trajectories.
+//!
+//! Each gold hunk becomes a `str_replace` whose `old_str` is the changed lines with one line
+//! of context on each side. If the editor refuses it (not unique, not found), the next try
+//! uses the whole hunk; if that fails too, the hunk goes in through `git apply` of a
+//! heredoc. New files are `create`d, deleted ones `rm`ed, renames and binary sections
+//! applied with `git apply`. The policy keeps no state: the step and try are replayed from
+//! the conversation (each earlier reply and its observation), so one oracle serves many
+//! concurrent rollouts.
+
+use swegym_schema::patch::{split_file_diffs, FileDiff};
+use swegym_schema::{Role, Task};
+
+use super::{Completion, Policy, PolicyError, PolicyRequest};
+use crate::action::{Action, EditorArgs, EditorCommand};
+
+const TESTBED: &str = swegym_sandbox::TESTBED;
+
+pub struct OraclePolicy;
+
+/// One hunk of a file section.
+#[derive(Debug, Clone, PartialEq)]
+struct Hunk {
+    old_start: usize,
+    old_count: usize,
+    /// The function context after the second `@@`.
+    context: String,
+    /// (' ' | '-' | '+', line text without the newline).
+    lines: Vec<(char, String)>,
+    /// The hunk as diff text (header included).
+    text: String,
+}
+
+impl Hunk {
+    /// (old, new) over `lines[from..to]`.
+    fn strings(&self, from: usize, to: usize) -> (String, String) {
+        let side = |keep: char| {
+            self.lines[from..to].iter().filter(|(k, _)| *k == ' ' || *k == keep).map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+        };
+        (side('-'), side('+'))
+    }
+
+    /// The changed lines with one context line on each side.
+    fn tight(&self) -> (String, String) {
+        let first = self.lines.iter().position(|(k, _)| *k != ' ').unwrap_or(0);
+        let last = self.lines.iter().rposition(|(k, _)| *k != ' ').unwrap_or(self.lines.len().saturating_sub(1));
+        self.strings(first.saturating_sub(1), (last + 2).min(self.lines.len()))
+    }
+
+    fn full(&self) -> (String, String) {
+        self.strings(0, self.lines.len())
+    }
+}
+
+fn parse_hunks(section: &str) -> Vec<Hunk> {
+    let mut hunks: Vec<Hunk> = Vec::new();
+    for line in section.split_inclusive('\n') {
+        let bare = line.trim_end_matches('\n');
+        if let Some(rest) = bare.strip_prefix("@@ -") {
+            let (ranges, context) = rest.split_once(" @@").unwrap_or((rest, ""));
+            let old = ranges.split(' ').next().unwrap_or("1");
+            let (start, count) = match old.split_once(',') {
+                Some((s, c)) => (s.parse().unwrap_or(1), c.parse().unwrap_or(1)),
+                None => (old.parse().unwrap_or(1), 1),
+            };
+            hunks.push(Hunk { old_start: start, old_count: count, context: context.trim().to_string(), lines: Vec::new(), text: line.to_string() });
+        } else if let Some(h) = hunks.last_mut() {
+            h.text.push_str(line);
+            match bare.chars().next() {
+                Some(k @ (' ' | '-' | '+')) => h.lines.push((k, bare[1..].to_string())),
+                None => h.lines.push((' ', String::new())),
+                _ => {} // "\ No newline at end of file"
+            }
+        }
+    }
+    hunks
+}
+
+/// One step of the plan; edits have up to three renderings (tries).
+#[derive(Debug, Clone)]
+enum Step {
+    Act { thought: String, action: Action },
+    Edit { path: String, hunk: Hunk, header: String },
+}
+
+impl Step {
+    fn tries(&self) -> usize {
+        match self {
+            Step::Act { .. } => 1,
+            Step::Edit { .. } => 3,
+        }
+    }
+
+    fn render(&self, attempt: usize) -> String {
+        let (thought, action) = match self {
+            Step::Act { thought, action } => (thought.clone(), action.clone()),
+            Step::Edit { path, hunk, header } => {
+                let abs = format!("{TESTBED}/{path}");
+                let editor = |(old, new): (String, String)| {
+                    Action::StrReplaceEditor(EditorArgs {
+                        command: EditorCommand::StrReplace,
+                        path: abs.clone(),
+                        file_text: None,
+                        old_str: Some(old),
+                        new_str: Some(new),
+                        insert_line: None,
+                        view_range: None,
+                    })
+                };
+                match attempt {
+                    0 => (format!("Now I'll make the change in `{path}` around line {}.", hunk.old_start), editor(hunk.tight())),
+                    1 => ("That snippet was not unique; I'll include more surrounding context.".to_string(), editor(hunk.full())),
+                    _ => (
+                        "The editor could not place this change; I'll apply it as a patch instead.".to_string(),
+                        Action::ExecuteBash { command: git_apply(&format!("{header}{}", hunk.text)) },
+                    ),
+                }
+            }
+        };
+        format!("{thought}\n{}", action.render())
+    }
+}
+
+fn git_apply(patch: &str) -> String {
+    format!("cd {TESTBED} && git apply --verbose <<'SWEGYM_PATCH_EOF'\n{}SWEGYM_PATCH_EOF", if patch.ends_with('\n') { patch.to_string() } else { format!("{patch}\n") })
+}
+
+/// A word of the fix to grep for: the function named in the first hunk header, else the
+/// longest identifier of the first changed line.
+fn symbol(hunk: &Hunk) -> Option<String> {
+    let ctx = hunk.context.as_str();
+    for kw in ["def ", "class "] {
+        if let Some(i) = ctx.find(kw) {
+            let name: String = ctx[i + kw.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() {
+                return Some(format!("{kw}{name}"));
+            }
+        }
+    }
+    let line = hunk.lines.iter().find(|(k, _)| *k != ' ')?;
+    line.1
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| w.len() >= 4 && !w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .max_by_key(|w| w.len())
+        .map(str::to_string)
+}
+
+fn view(path: String, range: Option<Vec<i64>>) -> Action {
+    Action::StrReplaceEditor(EditorArgs { command: EditorCommand::View, path, file_text: None, old_str: None, new_str: None, insert_line: None, view_range: range })
+}
+
+/// The whole trajectory for a task.
+fn plan(task: &Task) -> Result<Vec<Step>, PolicyError> {
+    let files: Vec<FileDiff> = split_file_diffs(&task.patch).into_iter().filter(FileDiff::changes_content).collect();
+    if files.is_empty() {
+        return Err(PolicyError::Unsupported(format!("{}: the oracle needs a gold patch and this task has none", task.instance_id)));
+    }
+    let mut steps = vec![Step::Act {
+        thought: "I'll start by exploring the repository structure to understand where the relevant code lives.".into(),
+        action: view(TESTBED.to_string(), None),
+    }];
+    let first_modified = files.iter().find(|f| !f.is_new && !f.is_deleted && !f.is_rename_or_copy && !f.is_binary);
+    if let Some(f) = first_modified {
+        if let Some(sym) = parse_hunks(&f.text).first().and_then(symbol) {
+            steps.push(Step::Act {
+                thought: format!("The issue points at `{sym}`. Let me find where it is defined."),
+                action: Action::ExecuteBash { command: format!("grep -n {} {TESTBED}/{}", crate::editor::quote(&sym), f.path()) },
+            });
+        }
+    }
+    for f in &files {
+        let path = f.path().to_string();
+        let header: String = f.text.lines().take_while(|l| !l.starts_with("@@")).map(|l| format!("{l}\n")).collect();
+        if f.is_rename_or_copy || f.is_binary || (!f.is_new && !f.is_deleted && !f.text.contains("\n@@")) {
+            steps.push(Step::Act {
+                thought: format!("I'll apply the change to `{path}` as a patch."),
+                action: Action::ExecuteBash { command: git_apply(&f.text) },
+            });
+        } else if f.is_new {
+            let mut text: String = parse_hunks(&f.text).iter().flat_map(|h| h.lines.iter()).filter(|(k, _)| *k == '+').map(|(_, l)| format!("{l}\n")).collect();
+            if f.text.contains("\\ No newline at end of file") {
+                text.pop();
+            }
+            steps.push(Step::Act {
+                thought: format!("The fix needs a new file, `{path}`."),
+                action: Action::StrReplaceEditor(EditorArgs {
+                    command: EditorCommand::Create,
+                    path: format!("{TESTBED}/{path}"),
+                    file_text: Some(text),
+                    old_str: None,
+                    new_str: None,
+                    insert_line: None,
+                    view_range: None,
+                }),
+            });
+        } else if f.is_deleted {
+            steps.push(Step::Act {
+                thought: format!("`{path}` is no longer needed; I'll remove it."),
+                action: Action::ExecuteBash { command: format!("rm {TESTBED}/{path}") },
+            });
+        } else {
+            let hunks = parse_hunks(&f.text);
+            if let Some(h) = hunks.first() {
+                let from = h.old_start.saturating_sub(5).max(1) as i64;
+                let to = (h.old_start + h.old_count + 5) as i64;
+                steps.push(Step::Act {
+                    thought: format!("Let me look at the relevant part of `{path}`."),
+                    action: view(format!("{TESTBED}/{path}"), Some(vec![from, to])),
+                });
+            }
+            for hunk in hunks {
+                steps.push(Step::Edit { path: path.clone(), hunk, header: header.clone() });
+            }
+        }
+    }
+    // The failing tests' files as they exist before the test patch (files it creates do not
+    // exist yet in the agent's workspace).
+    let new_test_files: Vec<String> = split_file_diffs(&task.test_patch).into_iter().filter(|f| f.is_new).map(|f| f.path().to_string()).collect();
+    let mut test_files: Vec<String> = Vec::new();
+    for t in &task.fail_to_pass {
+        let file = t.split("::").next().unwrap_or(t).split_whitespace().next().unwrap_or("").to_string();
+        if file.ends_with(".py") && !new_test_files.contains(&file) && !test_files.contains(&file) {
+            test_files.push(file);
+        }
+    }
+    if !test_files.is_empty() {
+        steps.push(Step::Act {
+            thought: "Now let me run the related tests to make sure the change works and nothing else broke.".into(),
+            action: Action::ExecuteBash {
+                command: format!("cd {TESTBED} && python -m pytest -q -p no:cacheprovider {} 2>&1 | tail -n 15", test_files.join(" ")),
+            },
+        });
+    }
+    let changed: Vec<String> = files.iter().map(|f| format!("`{}`", f.path())).collect();
+    steps.push(Step::Act {
+        thought: "The change is complete.".into(),
+        action: Action::Finish { message: format!("I fixed the issue described in the PR by editing {}.", changed.join(", ")) },
+    });
+    Ok(steps)
+}
+
+/// Whether an observation says the tool call failed.
+fn failed(observation: &str) -> bool {
+    let body = observation.split_once('\n').map_or("", |(_, b)| b);
+    body.starts_with("ERROR:") || (observation.starts_with("EXECUTION RESULT of [execute_bash]") && !observation.contains("[Command finished with exit code 0]"))
+}
+
+#[async_trait::async_trait]
+impl Policy for OraclePolicy {
+    fn id(&self) -> String {
+        "oracle".into()
+    }
+
+    async fn complete(&self, request: PolicyRequest<'_>) -> Result<Completion, PolicyError> {
+        let steps = plan(request.task)?;
+        // Replay the conversation: which step, which try.
+        let (mut step, mut attempt) = (0usize, 0usize);
+        let msgs = request.messages;
+        for (i, m) in msgs.iter().enumerate() {
+            if m.role != Role::Assistant {
+                continue;
+            }
+            let observation = msgs.get(i + 1).filter(|o| o.role == Role::User).map(|o| o.content.as_str()).unwrap_or("");
+            if !observation.starts_with("EXECUTION RESULT of [") {
+                continue; // not executed (a format error): say it again
+            }
+            let tries = steps.get(step).map_or(1, Step::tries);
+            if failed(observation) && attempt + 1 < tries {
+                attempt += 1;
+            } else {
+                step += 1;
+                attempt = 0;
+            }
+        }
+        let text = steps.get(step).unwrap_or_else(|| steps.last().expect("a plan ends with finish")).render(attempt);
+        let prompt_tokens = self.count_tokens(msgs) as u64;
+        let completion_tokens = text.chars().count().div_ceil(4) as u64;
+        Ok(Completion { text, prompt_tokens, completion_tokens })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(patch: &str) -> Task {
+        serde_json::from_value(serde_json::json!({
+            "instance_id": "o__r-1", "repo": "o/r", "base_commit": "abc", "version": "1.0", "patch": patch,
+            "test_patch": "diff --git a/tests/test_a.py b/tests/test_a.py\n--- a/tests/test_a.py\n+++ b/tests/test_a.py\n@@ -1 +1,2 @@\n x\n+y\n",
+            "FAIL_TO_PASS": ["tests/test_a.py::test_x"], "PASS_TO_PASS": [],
+        }))
+        .unwrap()
+    }
+
+    const TWO_HUNKS: &str = "diff --git a/src/m.py b/src/m.py\n--- a/src/m.py\n+++ b/src/m.py\n@@ -10,7 +10,7 @@ def f(data):\n     for item in data:\n         try:\n             v = item[k]\n-        except KeyError:\n+        except (KeyError, TypeError):\n             pass\n         else:\n             use(v)\n@@ -30,6 +30,7 @@ def g(data):\n     try:\n         v = data[k]\n     except KeyError:\n         pass\n+    log(v)\n     return v\n";
+
+    #[test]
+    fn hunks_become_str_replace_strings() {
+        let hunks = parse_hunks(TWO_HUNKS);
+        assert_eq!(hunks.len(), 2);
+        assert_eq!((hunks[0].old_start, hunks[0].old_count, hunks[0].context.as_str()), (10, 7, "def f(data):"));
+        assert_eq!(
+            hunks[0].tight(),
+            ("            v = item[k]\n        except KeyError:\n            pass".into(), "            v = item[k]\n        except (KeyError, TypeError):\n            pass".into())
+        );
+        assert_eq!(hunks[1].tight(), ("        pass\n    return v".into(), "        pass\n    log(v)\n    return v".into()));
+        let (old, new) = hunks[1].full();
+        assert!(old.starts_with("    try:\n") && old.ends_with("    return v") && new.contains("    log(v)\n"));
+        assert_eq!(symbol(&hunks[0]).as_deref(), Some("def f"));
+    }
+
+    #[tokio::test]
+    async fn trajectory_replays_from_the_conversation() {
+        use swegym_schema::Message;
+        let t = task(TWO_HUNKS);
+        let params = crate::policy::SamplingParams::default();
+        let mut msgs = vec![Message::system("s"), Message::user("u")];
+        let mut kinds = Vec::new();
+        for turn in 0..12 {
+            let c = OraclePolicy.complete(PolicyRequest { task: &t, messages: &msgs, params: &params }).await.unwrap();
+            let action = crate::action::parse_action(&c.text).unwrap();
+            kinds.push(match &action {
+                Action::StrReplaceEditor(a) => a.command.as_str().to_string(),
+                other => other.tool_name().to_string(),
+            });
+            if matches!(action, Action::Finish { .. }) {
+                break;
+            }
+            msgs.push(Message::assistant(c.text));
+            // The second hunk's first try fails once (as if not unique).
+            let obs = if turn == 4 { "ERROR:\nNo replacement was performed." } else { "ok\n[Command finished with exit code 0]" };
+            msgs.push(Message::user(format!("EXECUTION RESULT of [{}]:\n{obs}", action.tool_name())));
+        }
+        assert_eq!(kinds, ["view", "execute_bash", "view", "str_replace", "str_replace", "str_replace", "execute_bash", "finish"]);
+        // The retry uses the whole hunk.
+        let retry = &msgs[12].content;
+        assert!(retry.contains("more surrounding context") && retry.contains("<parameter=old_str>\n    try:\n"), "{retry}");
+    }
+
+    #[test]
+    fn new_deleted_and_renamed_files() {
+        let patch = "diff --git a/src/new.py b/src/new.py\nnew file mode 100644\n--- /dev/null\n+++ b/src/new.py\n@@ -0,0 +1,2 @@\n+a = 1\n+b = 2\ndiff --git a/src/old.py b/src/old.py\ndeleted file mode 100644\n--- a/src/old.py\n+++ /dev/null\n@@ -1 +0,0 @@\n-x\ndiff --git a/src/a.py b/src/b.py\nsimilarity index 100%\nrename from src/a.py\nrename to src/b.py\n";
+        let steps = plan(&task(patch)).unwrap();
+        let texts: Vec<String> = steps.iter().map(|s| s.render(0)).collect();
+        assert!(texts.iter().any(|t| t.contains("<parameter=command>create</parameter>") && t.contains("<parameter=file_text>\na = 1\nb = 2\n\n</parameter>")), "{texts:#?}");
+        assert!(texts.iter().any(|t| t.contains("rm /testbed/src/old.py")));
+        assert!(texts.iter().any(|t| t.contains("git apply --verbose <<'SWEGYM_PATCH_EOF'\ndiff --git a/src/a.py b/src/b.py\n")));
+        assert!(plan(&task("")).is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! Problem statements for synthesized bugs, written as a user's bug report: which
+//! function misbehaves, the failing tests and what they report (expected vs actual, the
+//! exception), never where or how to fix it (no line, no mutation kind, no diff).
+
+use sha2::{Digest, Sha256};
+
+/// One failing test and the message pytest printed for it, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailingTest {
+    pub id: String,
+    pub message: Option<String>,
+}
+
+/// What a bug report is written from.
+#[derive(Debug, Clone)]
+pub struct BugReport<'a> {
+    /// Repository-relative path of the buggy file.
+    pub file: &'a str,
+    /// Qualified name of the buggy function.
+    pub function: &'a str,
+    /// The FAIL_TO_PASS tests with their messages (the first few are quoted).
+    pub failing: &'a [FailingTest],
+    /// Picks the wording (e.g. the instance id), so one statement is stable.
+    pub wording_key: &'a str,
+}
+
+const SHOWN: usize = 3;
+const MESSAGE_CHARS: usize = 400;
+
+/// `pkg/sub/mod.py` + `C.m` → `pkg.sub.mod.C.m` (`__init__.py` names the package).
+pub fn dotted_name(file: &str, function: &str) -> String {
+    let module = file.trim_end_matches(".py").trim_end_matches("/__init__").replace('/', ".");
+    let module = module.strip_prefix("src.").unwrap_or(&module).to_string();
+    format!("{module}.{function}")
+}
+
+/// The exception a message names (`ValueError: bad` → `ValueError`), if any.
+fn exception_name(message: &str) -> Option<&str> {
+    let head = message.split([':', ' ', '(']).next()?.trim();
+    let name = head.rsplit('.').next()?;
+    let is_exc = (name.ends_with("Error") || name.ends_with("Exception") || name == "StopIteration") && name != "AssertionError";
+    is_exc.then_some(name)
+}
+
+fn truncate(s: &str) -> String {
+    let s = s.trim();
+    if s.chars().count() <= MESSAGE_CHARS {
+        return s.to_string();
+    }
+    let cut: String = s.chars().take(MESSAGE_CHARS).collect();
+    format!("{cut} …")
+}
+
+/// The problem statement (markdown).
+pub fn problem_statement(report: &BugReport) -> String {
+    let digest = Sha256::digest(report.wording_key.as_bytes());
+    let pick = digest[0] as usize;
+    let dotted = dotted_name(report.file, report.function);
+    let short = report.function.rsplit('.').next().unwrap_or(report.function);
+    let exception = report.failing.iter().filter_map(|t| t.message.as_deref().and_then(exception_name)).next();
+    let title = match exception {
+        Some(exc) => format!("`{short}` raises `{exc}` where it used to work"),
+        None => ["`{f}` returns wrong results", "Incorrect behaviour of `{f}`", "`{f}` gives unexpected output"][pick % 3].replace("{f}", short),
+    };
+    let intro = [
+        "`{d}` (in `{file}`) no longer behaves correctly.",
+        "Something is off with `{d}` from `{file}`: calls that should work give the wrong outcome.",
+        "I ran the test suite and `{d}` in `{file}` misbehaves.",
+    ][(pick / 3) % 3]
+        .replace("{d}", &dotted)
+        .replace("{file}", report.file);
+    let n = report.failing.len();
+    let mut out = format!("{title}\n\n{intro}\n\n");
+    out.push_str(&format!(
+        "{} {} fail{}:\n\n",
+        n,
+        if n == 1 { "test" } else { "tests" },
+        if n > SHOWN { format!(", for example (first {SHOWN})") } else { String::new() }
+    ));
+    for t in report.failing.iter().take(SHOWN) {
+        out.push_str(&format!("- `{}`\n", t.id));
+        match &t.message {
+            Some(m) => out.push_str(&format!("  ```\n  {}\n  ```\n", truncate(m).replace('\n', "\n  "))),
+            None => out.push_str("  (no message; run the test to see the failure)\n"),
+        }
+    }
+    out.push_str(&format!(
+        "\nExpected: `{short}` behaves as its documentation and these tests describe, and they pass; the rest of the test suite must keep passing.\n"
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_function_quotes_the_failure_and_hides_the_fix() {
+        let failing = vec![
+            FailingTest { id: "tests/test_more.py::ChunkedTests::test_even".into(), message: Some("AssertionError: Lists differ: [[1, 2]] != [[1], [2]]".into()) },
+            FailingTest { id: "tests/test_more.py::ChunkedTests::test_odd".into(), message: None },
+        ];
+        let s = problem_statement(&BugReport { file: "more_itertools/more.py", function: "chunked", failing: &failing, wording_key: "x" });
+        assert!(s.contains("`more_itertools.more.chunked`"), "{s}");
+        assert!(s.contains("2 tests fail:"), "{s}");
+        assert!(s.contains("Lists differ: [[1, 2]] != [[1], [2]]"), "{s}");
+        assert!(!s.contains("line"), "no line number: {s}");
+        let again = problem_statement(&BugReport { file: "more_itertools/more.py", function: "chunked", failing: &failing, wording_key: "x" });
+        assert_eq!(s, again);
+    }
+
+    #[test]
+    fn exceptions_make_the_title() {
+        let failing = vec![FailingTest { id: "t.py::a".into(), message: Some("TypeError: unsupported operand".into()) }];
+        let s = problem_statement(&BugReport { file: "src/pkg/__init__.py", function: "C.m", failing: &failing, wording_key: "k" });
+        assert!(s.starts_with("`m` raises `TypeError`"), "{s}");
+        assert!(s.contains("`pkg.C.m`"), "{s}");
+        assert_eq!(exception_name("AssertionError: x"), None);
+        assert_eq!(exception_name("json.decoder.JSONDecodeError: x"), Some("JSONDecodeError"));
+    }
+}

@@ -1,0 +1,106 @@
+//! End to end: `swegym synth` on a real PyPI sdist (tabulate 0.9.0) is deterministic for a
+//! seed, keeps only mutants that parse and that leave other tests passing, reports its
+//! yield per mutation kind, and what it keeps validates; a sample of the shipped
+//! synth-pypi dataset validates (gold resolves, FAIL_TO_PASS fails before).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn synth(out: &Path) -> String {
+    let out = common::run_ok(
+        common::swegym()
+            .args(["synth", "--env-specs", "datasets/synth-pypi/environments.toml", "--env", "astanin/python-tabulate"])
+            .args(["--n", "3", "--seed", "7", "--max-tries", "24", "-j", "2", "--timeout", "60"])
+            .arg("--out")
+            .arg(out),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rows(dir: &Path) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    for split in ["train", "test"] {
+        let text = std::fs::read_to_string(dir.join(format!("{split}.jsonl"))).unwrap();
+        all.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
+    }
+    all
+}
+
+#[test]
+fn synth_is_deterministic_parses_and_reports_yield() {
+    if !common::slow("synth_is_deterministic_parses_and_reports_yield") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let table = synth(&a);
+    synth(&b);
+    for f in ["train.jsonl", "test.jsonl", "synth_manifest.jsonl"] {
+        assert_eq!(std::fs::read_to_string(a.join(f)).unwrap(), std::fs::read_to_string(b.join(f)).unwrap(), "{f} differs between two runs with seed 7");
+    }
+    assert!(table.contains("| mutation kind | tried | kept | yield |"), "{table}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("synth_report.json")).unwrap()).unwrap();
+    let by_kind = report["yields"]["by_kind"].as_object().unwrap();
+    let (tried, kept): (u64, u64) = by_kind.values().fold((0, 0), |(t, k), y| (t + y["tried"].as_u64().unwrap(), k + y["kept"].as_u64().unwrap()));
+    let rows = rows(&a);
+    assert_eq!(kept as usize, rows.len());
+    assert_eq!(rows.len(), 3, "{report}");
+    assert!(tried >= kept);
+    for row in &rows {
+        let id = row["instance_id"].as_str().unwrap();
+        assert!(!row["FAIL_TO_PASS"].as_array().unwrap().is_empty(), "{id}");
+        assert!(!row["PASS_TO_PASS"].as_array().unwrap().is_empty(), "{id}: a kept bug leaves tests passing");
+        assert_eq!(row["test_patch"], "", "synthesized tasks test with the library's own suite");
+        let statement = row["problem_statement"].as_str().unwrap();
+        let fixed_line = row["patch"].as_str().unwrap().lines().find(|l| l.starts_with('+') && !l.starts_with("+++")).unwrap_or("").trim_start_matches('+').trim();
+        assert!(!statement.contains("diff --git"), "{statement}");
+        assert!(fixed_line.len() < 16 || !statement.contains(fixed_line), "the statement gives the fix away: {statement}");
+        // The mutant (the task's base, re-created from the sdist and the row) parses.
+        let file = swegym_file(row);
+        let mutant = common::cache_root().join("workspaces").join(id).join("repo").join(&file);
+        let check = Command::new("python3").args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"]).arg(&mutant).output().unwrap();
+        assert!(check.status.success(), "{id}: {} does not parse: {}", mutant.display(), String::from_utf8_lossy(&check.stderr));
+    }
+    let out = common::run_ok(common::swegym().args(["dataset", "validate"]).arg(a.join("train.jsonl")).arg("--env-specs").arg("datasets/synth-pypi/environments.toml").arg("--out").arg(tmp.path().join("v")));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("instances valid"));
+}
+
+/// The file a row's gold patch edits.
+fn swegym_file(row: &serde_json::Value) -> String {
+    let patch = row["patch"].as_str().unwrap();
+    let header = patch.lines().next().unwrap();
+    header.rsplit(" b/").next().unwrap().to_string()
+}
+
+#[test]
+fn shipped_synth_dataset_sample_validates() {
+    if !common::slow("shipped_synth_dataset_sample_validates") {
+        return;
+    }
+    // The first two rows of each repo in the held-out split.
+    let text = std::fs::read_to_string(common::repo_root().join("datasets/synth-pypi/test.jsonl")).unwrap();
+    let mut ids: Vec<String> = Vec::new();
+    let mut per_repo = std::collections::BTreeMap::<String, usize>::new();
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let n = per_repo.entry(row["repo"].as_str().unwrap().to_string()).or_default();
+        if *n < 2 {
+            *n += 1;
+            ids.push(row["instance_id"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(per_repo.len() >= 4, "{per_repo:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = common::run_ok(common::swegym().args(["dataset", "validate", "datasets/synth-pypi/test.jsonl", "-j", "2", "--instance-ids"]).args(&ids).arg("--out").arg(tmp.path().join("v")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("{n} of {n} instances valid", n = ids.len())), "{stdout}");
+}
+
+#[test]
+fn an_unknown_mutation_kind_is_named() {
+    let out = common::swegym().args(["synth", "--kinds", "flip_everything"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("comparison_operator"), "{}", String::from_utf8_lossy(&out.stderr));
+}
