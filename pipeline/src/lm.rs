@@ -364,7 +364,7 @@ fn run_ours(lm: &CausalLm, tokenizer: &Tokenizer, args: &GenerateBenchArgs, batc
     let prompts: Vec<Vec<u32>> =
         (0..batch).map(|_| (0..args.prompt_len).map(|_| rng.random_range(100..vocab)).collect()).collect();
     let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(args.new_tokens) };
-    let mut one = || {
+    let one = || {
         let mut generator = Generator::new(lm, tokenizer.clone());
         let t0 = Instant::now();
         for (i, p) in prompts.iter().enumerate() {

@@ -1,0 +1,44 @@
+//! Times the pieces of one decoding step of a model (GGUF or HF folder) on the CPU:
+//! `cargo run --release -p swegym-lm --example decode_profile -- MODEL [f32|bf16] [threads]`.
+
+use std::time::Instant;
+
+use swegym_lm::{Dtype, GenerationRequest, Generator, SamplingParams};
+
+fn main() {
+    swegym_lm::init_cpu_runtime();
+    let args: Vec<String> = std::env::args().collect();
+    let dtype: Dtype = args.get(2).map_or("f32", String::as_str).parse().unwrap();
+    tch::set_num_threads(args.get(3).map_or(2, |t| t.parse().unwrap()));
+    let (model, tok) = swegym_lm::load_model(std::path::Path::new(&args[1]), dtype, tch::Device::Cpu).unwrap();
+    let _guard = tch::no_grad_guard();
+    let x = tch::Tensor::randn([1, 1, 576], (tch::Kind::Float, tch::Device::Cpu)).to_kind(dtype.kind());
+    let w = tch::Tensor::randn([1536 * 2, 576], (tch::Kind::Float, tch::Device::Cpu)).to_kind(dtype.kind());
+    let t = Instant::now();
+    for _ in 0..1000 {
+        let _ = x.linear::<tch::Tensor>(&w, None);
+    }
+    eprintln!("gemv 1x576x3072: {:.1} us", t.elapsed().as_secs_f64() * 1e3);
+    for batch in [1usize, 8] {
+        let prompt: Vec<u32> = (0..512).map(|i| 100 + (i * 7919) % 40000).collect();
+        let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(64) };
+        let mut g = Generator::new(&model, tok.clone());
+        let t0 = Instant::now();
+        for i in 0..batch {
+            let _ = g.add(i as u64, GenerationRequest { prompt: prompt.clone(), params: params.clone() }).unwrap();
+        }
+        let t1 = Instant::now();
+        let mut steps = 0;
+        while !g.is_empty() {
+            g.step().unwrap();
+            steps += 1;
+        }
+        let dt = t1.elapsed().as_secs_f64();
+        eprintln!(
+            "batch {batch}: prefill {:.0} tok/s, decode {:.1} ms/step, {:.1} tok/s",
+            (batch * 512) as f64 / (t1 - t0).as_secs_f64(),
+            1e3 * dt / steps as f64,
+            (batch * steps) as f64 / dt
+        );
+    }
+}
