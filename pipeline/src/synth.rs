@@ -1,5 +1,6 @@
 //! `swegym synth`: SWE-smith-style task synthesis in clean PyPI sdists. Per environment:
-//! build it and run its test suite clean → parse its Python with tree-sitter and plan
+//! build it and run its test suite clean, twice (the tests passing in both are the
+//! reference) → parse its Python with tree-sitter and plan
 //! mutations (seeded) → run the suite on each mutant in a sandbox (the evaluate stage's
 //! harness, the mutant being the task's own base commit) → keep mutants that break ≥ 1
 //! test and leave others passing → rows with FAIL_TO_PASS / PASS_TO_PASS, a bug-report
@@ -103,7 +104,10 @@ struct ManifestRow {
 struct EnvReport {
     repo: String,
     version: String,
+    /// Tests passing in both clean runs (the reference).
     clean_passing_tests: usize,
+    /// Tests passing in one clean run only, or whose id changed between the runs.
+    unstable_tests: usize,
     clean_test_seconds: f64,
     sites: usize,
     planned: usize,
@@ -155,6 +159,7 @@ pub async fn run(ctx: &Context, args: SynthArgs) -> anyhow::Result<()> {
             repo: spec.repo.clone(),
             version: spec.version.clone(),
             clean_passing_tests: 0,
+            unstable_tests: 0,
             clean_test_seconds: 0.0,
             sites: 0,
             planned: 0,
@@ -295,16 +300,26 @@ async fn synth_env(
     let (_, prepared, _) = harness.environment(&probe).await.map_err(anyhow::Error::msg)?;
     probe.base_commit = source::head_commit(&prepared.repo_dir)?;
 
-    // The clean suite: what passes before any bug.
-    let clean = run_jobs(harness, vec![probe]).await.pop().expect("one job");
-    let v = &clean.outcome.verdict;
-    if !matches!(v.status, EvalStatus::Resolved | EvalStatus::Unresolved) {
-        anyhow::bail!("the clean test suite did not run cleanly ({}: {}); see the environment spec", v.status, v.error.clone().unwrap_or_default());
+    // The clean suite, run twice, one run after the other: the reference is what passes in
+    // both. A flaky test, or one whose id changes from run to run (a parameter made from the
+    // clock), would otherwise look broken by every mutant and never pass for the gold patch.
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let clean = run_jobs(harness, vec![probe.clone()]).await.pop().expect("one job");
+        let v = &clean.outcome.verdict;
+        if !matches!(v.status, EvalStatus::Resolved | EvalStatus::Unresolved) {
+            anyhow::bail!("the clean test suite did not run cleanly ({}: {}); see the environment spec", v.status, v.error.clone().unwrap_or_default());
+        }
+        report.clean_test_seconds = v.test_seconds;
+        runs.push(outcomes(&clean.outcome.statuses));
     }
-    let clean_outcomes = outcomes(&clean.outcome.statuses);
+    let clean_outcomes: Outcomes = runs[0].iter().map(|(id, passed)| (id.clone(), *passed && runs[1].get(id).copied().unwrap_or(false))).collect();
     report.clean_passing_tests = clean_outcomes.values().filter(|p| **p).count();
-    report.clean_test_seconds = v.test_seconds;
-    tracing::info!(passing = report.clean_passing_tests, seconds = v.test_seconds, "clean suite");
+    report.unstable_tests = runs[0].values().filter(|p| **p).count().max(runs[1].values().filter(|p| **p).count()) - report.clean_passing_tests;
+    if report.unstable_tests > 0 {
+        tracing::warn!(tests = report.unstable_tests, "tests flaky or with ids that change between runs are left out of the reference");
+    }
+    tracing::info!(passing = report.clean_passing_tests, seconds = report.clean_test_seconds, "clean suite");
 
     // Every mutation site of the library's own (non-test) Python files, then the plan.
     let files = python_sources(&prepared.repo_dir)?;
@@ -334,6 +349,7 @@ async fn synth_env(
     let batch = (harness.jobs * 4).max(4);
     let bar = output::progress(max_tries, &format!("synth {}", spec.repo));
     let mut next = 0;
+    let mut seen_ids = std::collections::HashSet::new();
     'batches: while next < max_tries && kept.len() < args.n {
         let chunk = &planned[next..(next + batch).min(max_tries)];
         next += chunk.len();
@@ -341,24 +357,35 @@ async fn synth_env(
         let mut pending = Vec::new();
         for m in chunk {
             match candidate(spec, &prefix, &prepared.repo_dir, &sources, m).await {
+                // Two different edits can make the same mutant (`return not x`: the `not`
+                // dropped, or the return value replaced by `x`): the first one stands.
+                Ok(task) if !seen_ids.insert(task.instance_id.clone()) => {
+                    tracing::info!(instance_id = %task.instance_id, kind = %m.kind, "same mutant as an earlier candidate; skipped");
+                    pending.push(Slot::Duplicate);
+                }
                 Ok(task) => {
-                    pending.push(Some(tasks.len()));
+                    pending.push(Slot::Task(tasks.len()));
                     tasks.push(task);
                 }
                 Err(e) => {
                     tracing::warn!(kind = %m.kind, file = %m.file, function = %m.function, error = %e, reason = "candidate_error", "dropped");
-                    pending.push(None);
+                    pending.push(Slot::Error);
                 }
             }
         }
         let results = run_jobs(harness, tasks.clone()).await;
         for (m, slot) in chunk.iter().zip(pending) {
             bar.inc(1);
-            report.tried += 1;
-            let Some(idx) = slot else {
-                report.yields.dropped(m.kind, DropReason::CandidateError);
-                continue;
+            let idx = match slot {
+                Slot::Duplicate => continue,
+                Slot::Error => {
+                    report.tried += 1;
+                    report.yields.dropped(m.kind, DropReason::CandidateError);
+                    continue;
+                }
+                Slot::Task(idx) => idx,
             };
+            report.tried += 1;
             let (task, result) = (&tasks[idx], &results[idx]);
             match judge(result, &clean_outcomes, rules) {
                 Ok(selection) => {
@@ -401,6 +428,13 @@ async fn synth_env(
     bar.finish_and_clear();
     report.kept = kept.len();
     Ok(kept)
+}
+
+/// What became of one planned mutation in a batch.
+enum Slot {
+    Task(usize),
+    Error,
+    Duplicate,
 }
 
 /// Runs each task's tests (no patch: the task's base is the mutant) through the harness.

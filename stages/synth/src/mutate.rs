@@ -333,10 +333,8 @@ impl PythonFile {
                     }
                 }
             }
-            MutationKind::DropCondition if node.kind() == "if_statement" => {
-                if node.child_by_field_name("alternative").is_none() {
-                    self.remove_statement(out, kind, function, node);
-                }
+            MutationKind::DropCondition if node.kind() == "if_statement" && node.child_by_field_name("alternative").is_none() => {
+                self.remove_statement(out, kind, function, node);
             }
             MutationKind::DropCondition if node.kind() == "boolean_operator" && in_condition(node) => {
                 let (Some(left), Some(right)) = (node.child_by_field_name("left"), node.child_by_field_name("right")) else {
