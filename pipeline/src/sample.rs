@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use swegym_evaluate::runner::{Harness, Job, JobKind};
 use swegym_evaluate::EvalOptions;
+use swegym_sample::policy::local::LocalPolicy;
 use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
 use swegym_sample::policy::oracle::OraclePolicy;
 use swegym_sample::policy::replay::ReplayPolicy;
@@ -29,6 +30,8 @@ use crate::{output, Exit};
 /// Which policy writes the agent's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PolicyArg {
+    /// Our own model (--model: a GGUF file or an HF folder); episodes share one batched engine.
+    Local,
     /// Knows the gold patch; plays an expert trajectory (warm-start data).
     Oracle,
     /// An OpenAI-compatible chat endpoint (--base-url, --model).
@@ -47,9 +50,15 @@ pub struct SampleArgs {
     /// OpenAI-compatible base URL (with /v1), for --policy openai.
     #[arg(long)]
     pub base_url: Option<String>,
-    /// Model name sent to the server, for --policy openai.
+    /// Model name sent to the server (--policy openai), or the model file/folder (--policy local).
     #[arg(long)]
     pub model: Option<String>,
+    /// Weights dtype of the local model.
+    #[arg(long, default_value = "f32")]
+    pub dtype: swegym_lm::Dtype,
+    /// Device of the local model: auto (CUDA when libtorch has it), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: swegym_lm::DeviceChoice,
     /// Name of the environment variable holding the API key (none sent when unset).
     #[arg(long)]
     pub api_key_env: Option<String>,
@@ -144,6 +153,14 @@ struct SampleSummary {
 fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
     Ok(match args.policy {
         PolicyArg::Oracle => Arc::new(OraclePolicy),
+        PolicyArg::Local => {
+            let model = args.model.as_ref().ok_or_else(|| Exit::bad_input("--policy local needs --model (a GGUF file or an HF folder)"))?;
+            let path = std::path::Path::new(model);
+            if !path.exists() {
+                return Err(Exit::bad_input(format!("--model {model}: no such file or folder")));
+            }
+            Arc::new(LocalPolicy::load(path, args.dtype, args.device, args.jobs.max(1), None).map_err(|e| Exit::bad_input(e.to_string()))?)
+        }
         PolicyArg::Replay => {
             let path = args.replay_file.as_ref().ok_or_else(|| Exit::bad_input("--policy replay needs --replay-file"))?;
             Arc::new(ReplayPolicy::from_file(path).map_err(|e| Exit::bad_input(e.to_string()))?)

@@ -7,9 +7,9 @@
 //!   SGLang, llama.cpp), LoRA adapters by name.
 //! - [`replay::ReplayPolicy`]: canned replies in order (tests, demos).
 //!
-//! The `local` policy (our tch model through the batched engine of `crates/lm`) is wired by
-//! the pipeline once that engine exists.
+//! - [`local::LocalPolicy`]: our own model (crates/lm) through its batched engine.
 
+pub mod local;
 pub mod openai;
 pub mod oracle;
 pub mod replay;
@@ -88,6 +88,7 @@ pub trait Policy: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyKind {
+    Local,
     Oracle,
     Openai,
     Replay,

@@ -1,0 +1,79 @@
+//! The `local` policy: our own model (crates/lm) on this machine. Every episode's request
+//! goes to one [`Engine`], whose thread decodes all pending requests as one batch, so
+//! `-j N` concurrent episodes share one model and one forward pass per token.
+
+use std::path::Path;
+
+use swegym_lm::chat::{ChatMessage, ChatTemplate, Role as ChatRole};
+use swegym_lm::{chat_template_for, load_model, DeviceChoice, Dtype, Engine, EngineOptions, GenerateError, GenerationRequest};
+use swegym_schema::{Message, Role};
+
+use super::{Completion, Policy, PolicyError, PolicyRequest};
+
+/// A model loaded from a GGUF file or an HF folder, serving all episodes of a run.
+pub struct LocalPolicy {
+    engine: Engine,
+    template: ChatTemplate,
+    id: String,
+}
+
+impl LocalPolicy {
+    /// Loads the model and starts its engine thread (`max_batch` rows decode together).
+    pub fn load(path: &Path, dtype: Dtype, device: DeviceChoice, max_batch: usize, threads: Option<i32>) -> Result<LocalPolicy, PolicyError> {
+        swegym_lm::init_cpu_runtime();
+        let device = device.resolve().map_err(|e| PolicyError::Server(e.to_string()))?;
+        let (model, tokenizer) = load_model(path, dtype, device).map_err(|e| PolicyError::Server(e.to_string()))?;
+        let template = chat_template_for(path, &tokenizer)
+            .or_else(|| ChatTemplate::from_tokenizer(&tokenizer))
+            .ok_or_else(|| PolicyError::Unsupported(format!("{}: no chat template found (ChatML or Llama 3)", path.display())))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| path.display().to_string());
+        let engine = Engine::spawn(model, tokenizer, EngineOptions { max_batch: max_batch.max(1), threads });
+        Ok(LocalPolicy { engine, template, id: format!("local:{name}") })
+    }
+
+    fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>, PolicyError> {
+        let chat: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: match m.role {
+                    Role::System => ChatRole::System,
+                    Role::User => ChatRole::User,
+                    Role::Assistant => ChatRole::Assistant,
+                },
+                content: m.content.clone(),
+            })
+            .collect();
+        let tokenized = self.template.tokenize(self.engine.tokenizer(), &chat, true).map_err(|e| PolicyError::Server(e.to_string()))?;
+        Ok(tokenized.ids)
+    }
+}
+
+#[async_trait::async_trait]
+impl Policy for LocalPolicy {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    async fn complete(&self, request: PolicyRequest<'_>) -> Result<Completion, PolicyError> {
+        let prompt = self.prompt_ids(request.messages)?;
+        let p = request.params;
+        let params = swegym_lm::SamplingParams {
+            max_new_tokens: p.max_tokens as usize,
+            temperature: p.temperature as f32,
+            top_p: p.top_p as f32,
+            seed: p.seed.unwrap_or(0),
+            stop: p.stop.clone(),
+            ..swegym_lm::SamplingParams::default()
+        };
+        let prompt_tokens = prompt.len() as u64;
+        match self.engine.generate(GenerationRequest { prompt, params }).await {
+            Ok(c) => Ok(Completion { text: c.text, prompt_tokens, completion_tokens: c.tokens.len() as u64 }),
+            Err(e @ GenerateError::PromptTooLong { .. }) => Err(PolicyError::ContextExceeded(e.to_string())),
+            Err(e) => Err(PolicyError::Server(format!("local model: {e}"))),
+        }
+    }
+
+    fn count_tokens(&self, messages: &[Message]) -> usize {
+        self.prompt_ids(messages).map(|ids| ids.len()).unwrap_or_else(|_| crate::prompt::estimate_tokens(messages))
+    }
+}
