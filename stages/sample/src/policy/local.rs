@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use swegym_lm::chat::{ChatMessage, ChatTemplate, Role as ChatRole};
+use swegym_lm::chat::{ChatMessage, ChatTemplate};
 use swegym_lm::{chat_template_for, load_model, DeviceChoice, Dtype, Engine, EngineOptions, GenerateError, GenerationRequest};
-use swegym_schema::{Message, Role};
+use swegym_schema::Message;
 
 use super::{Completion, Policy, PolicyError, PolicyRequest};
 
@@ -34,14 +34,7 @@ impl LocalPolicy {
     fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>, PolicyError> {
         let chat: Vec<ChatMessage> = messages
             .iter()
-            .map(|m| ChatMessage {
-                role: match m.role {
-                    Role::System => ChatRole::System,
-                    Role::User => ChatRole::User,
-                    Role::Assistant => ChatRole::Assistant,
-                },
-                content: m.content.clone(),
-            })
+            .map(|m| ChatMessage { role: m.role, content: m.content.clone() })
             .collect();
         let tokenized = self.template.tokenize(self.engine.tokenizer(), &chat, true).map_err(|e| PolicyError::Server(e.to_string()))?;
         Ok(tokenized.ids)
