@@ -60,6 +60,13 @@ pub(crate) struct ContainerPlan<'a> {
     pub empty_testbed: bool,
 }
 
+impl<'a> ContainerPlan<'a> {
+    /// A writable, unlimited container that builds an image from `image` (committed after).
+    pub fn build(image: &'a str, name: String) -> ContainerPlan<'a> {
+        ContainerPlan { image, name, role: "build", limits: None, cpu_shares: None, readonly_rootfs: false, empty_testbed: false }
+    }
+}
+
 /// The labels of containers made by this process.
 pub(crate) fn own_labels(role: &str) -> HashMap<String, String> {
     HashMap::from([

@@ -148,15 +148,7 @@ impl DockerBackend {
         let started = Instant::now();
         let key = format!("python {version}");
         let name = format!("swegym-build-py-{}", super::run::unique_token());
-        let plan = ContainerPlan {
-            image: &base,
-            name,
-            role: "build",
-            limits: None,
-            cpu_shares: None,
-            readonly_rootfs: false,
-            empty_testbed: false,
-        };
+        let plan = ContainerPlan::build(&base, name);
         let id = container::start_container(&self.docker, &plan).await?;
         let result = async {
             let rel = prefix.strip_prefix("/").unwrap_or(&prefix).to_path_buf();
@@ -187,15 +179,7 @@ impl DockerBackend {
         }
         let started = Instant::now();
         let name = format!("swegym-build-env-{}", super::run::unique_token());
-        let plan = ContainerPlan {
-            image: &parent,
-            name,
-            role: "build",
-            limits: None,
-            cpu_shares: None,
-            readonly_rootfs: false,
-            empty_testbed: false,
-        };
+        let plan = ContainerPlan::build(&parent, name);
         let id = container::start_container(&self.docker, &plan).await?;
         let result = self.run_env_build(&id, env, &python).await.and(Ok(()));
         let result = match result {
