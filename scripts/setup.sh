@@ -10,6 +10,11 @@
 # and writes one untracked file into the clone:
 #   .cargo/config.local.toml   LIBTORCH + rpath for this machine, included by .cargo/config.toml
 #
+# With SWEGYM_SETUP_REF=1 (CI sets it) it also builds the reference stack the numerics and
+# interop tests compare against (several GB, once):
+#   venv-ref/      torch + transformers + peft (crates/lm/scripts/requirements-ref.txt)
+#   models/smollm2-hf/   the SmolLM2 GGUF as an HF folder, written by transformers
+#
 # A second run with everything present takes well under 2 s (stamp check).
 # Options: --force  redo every step (wheels already downloaded are still reused).
 set -euo pipefail
@@ -233,10 +238,28 @@ ensure_cargo_local() {
     printf '%s\n' "$text" >"$CARGO_LOCAL"
 }
 
+# ---------------------------------------------------------------- 7. reference stack (opt-in)
+ensure_ref() {
+    [[ "${SWEGYM_SETUP_REF:-0}" == "1" ]] || return 0
+    local ref=$CACHE/venv-ref req=$REPO/crates/lm/scripts/requirements-ref.txt req_key
+    req_key=$(sha256sum "$req" | cut -d' ' -f1)
+    if [[ $FORCE -eq 1 || ! -f "$ref/.requirements.sha256" || "$(cat "$ref/.requirements.sha256")" != "$req_key" ]]; then
+        [[ -x "$ref/bin/python" ]] || { log "creating $ref"; "$(pick_python)" -m venv "$ref"; }
+        log "installing crates/lm/scripts/requirements-ref.txt into $ref (torch, transformers, peft)"
+        "$ref/bin/python" -m pip install -q -r "$req"
+        echo "$req_key" >"$ref/.requirements.sha256"
+    fi
+    if [[ $FORCE -eq 1 || ! -f "$CACHE/models/smollm2-hf/model.safetensors" ]]; then
+        log "writing $CACHE/models/smollm2-hf with transformers"
+        SWEGYM_CACHE=$CACHE "$ref/bin/python" "$REPO/crates/lm/scripts/make_smollm2_hf.py" >/dev/null
+    fi
+}
+
 main() {
     local t0=$SECONDS
     ensure_apt
     if [[ $FORCE -eq 0 ]] && all_present; then
+        ensure_ref
         return
     fi
     mkdir -p "$CACHE/wheels"
@@ -245,6 +268,7 @@ main() {
     ensure_gguf
     ensure_cargo_local
     setup_key >"$STAMP"
+    ensure_ref
     log "done in $((SECONDS - t0)) s: LIBTORCH=$LIBTORCH_DIR, model=$GGUF, venv=$VENV"
 }
 main

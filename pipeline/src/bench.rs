@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Harness(HarnessBenchArgs),
     /// Generation tokens/s (prefill, decode) vs transformers, per dtype and batch size.
     Generate(crate::lm::GenerateBenchArgs),
+    /// LoRA training tokens/s, peak RSS and matmul-limit fraction vs PyTorch + PEFT.
+    Train(crate::train::TrainBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -65,6 +67,55 @@ pub async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Harness(args) => harness(ctx, args).await,
         BenchCommand::Generate(args) => crate::lm::bench_generate(ctx, args).await,
+        BenchCommand::Train(args) => crate::train::bench(ctx, args).await,
+    }
+}
+
+/// Our model and the reference side of a model benchmark (transformers / PEFT).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReferenceModels {
+    /// Our model (default: the SmolLM2 GGUF in the cache).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The same model as an HF folder for the Python side (default: <cache>/models/smollm2-hf,
+    /// made by crates/lm/scripts/make_smollm2_hf.py; `SWEGYM_SETUP_REF=1 make setup` makes it).
+    #[arg(long)]
+    pub hf_model: Option<PathBuf>,
+    /// Python with torch + transformers + peft (default: <cache>/venv-ref/bin/python).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+}
+
+impl ReferenceModels {
+    /// `(model, hf_model, python)` with the cache defaults filled in.
+    pub fn resolve(&self, ctx: &crate::context::Context) -> (PathBuf, PathBuf, PathBuf) {
+        let models = ctx.cache_root.join("models");
+        (
+            self.model.clone().unwrap_or_else(|| models.join("SmolLM2-135M-Instruct.Q4_1.gguf")),
+            self.hf_model.clone().unwrap_or_else(|| models.join("smollm2-hf")),
+            self.python.clone().unwrap_or_else(|| ctx.cache_root.join("venv-ref/bin/python")),
+        )
+    }
+
+    /// Whether the Python side can run: its interpreter and the HF folder exist.
+    pub fn python_side_here(&self, ctx: &crate::context::Context) -> bool {
+        let (_, hf_model, python) = self.resolve(ctx);
+        python.exists() && hf_model.join("model.safetensors").exists()
+    }
+}
+
+/// min / median / max of a sample.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stat {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    pub fn of(mut v: Vec<f64>) -> Stat {
+        v.sort_by(f64::total_cmp);
+        Stat { min: v[0], median: median(&mut v.clone()), max: v[v.len() - 1] }
     }
 }
 

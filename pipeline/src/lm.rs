@@ -11,6 +11,7 @@ use swegym_lm::chat::{ChatMessage, Role};
 use swegym_lm::{CausalLm, DeviceChoice, Dtype, GenerationRequest, Generator, SamplingParams, Tokenizer};
 use tch::Tensor;
 
+use crate::bench::Stat;
 use crate::Exit;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +45,12 @@ pub struct ModelArgs {
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// A LoRA adapter folder (PEFT layout: adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Fold the adapter into the base weights instead of keeping it as separate layers.
+    #[arg(long, requires = "adapter")]
+    pub merge_adapter: bool,
 }
 
 impl ModelArgs {
@@ -52,7 +59,12 @@ impl ModelArgs {
             tch::set_num_threads(n);
         }
         let device = self.device.resolve().map_err(|e| Exit::bad_input(e.to_string()))?;
-        swegym_lm::load_model(&self.model, self.dtype.dtype(), device).map_err(|e| Exit::bad_input(e.to_string()))
+        let (mut model, tokenizer) =
+            swegym_lm::load_model(&self.model, self.dtype.dtype(), device).map_err(|e| Exit::bad_input(e.to_string()))?;
+        if let Some(dir) = &self.adapter {
+            swegym_lm::lora::load_adapter(&mut model, dir, self.merge_adapter).map_err(|e| Exit::bad_input(e.to_string()))?;
+        }
+        Ok((model, tokenizer))
     }
 }
 
@@ -83,6 +95,25 @@ pub struct ChatArgs {
 pub enum LmCommand {
     /// Top-k next-token logits after a text (no special tokens added).
     Logits(LogitsArgs),
+    /// Write a tiny random model of a real model's architecture family (Llama), with that
+    /// model's tokenizer and chat template, as an HF folder: fast tests and smoke runs.
+    Tiny(TinyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TinyArgs {
+    /// Where the tokenizer and chat template come from (GGUF file or HF folder).
+    #[arg(long)]
+    pub tokenizer_from: PathBuf,
+    /// The HF folder to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    pub layers: i64,
+    #[arg(long, default_value_t = 64)]
+    pub hidden: i64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -147,6 +178,23 @@ fn chat_blocking(args: &ChatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn tiny(args: &TinyArgs) -> anyhow::Result<()> {
+    let (tokenizer, template) = if args.tokenizer_from.is_dir() {
+        let tok = Tokenizer::from_file(args.tokenizer_from.join("tokenizer.json")).map_err(|e| Exit::bad_input(e.to_string()))?;
+        let template = std::fs::read_to_string(args.tokenizer_from.join("chat_template.jinja")).ok();
+        (tok, template)
+    } else {
+        let file = swegym_lm::GgufFile::open(&args.tokenizer_from).map_err(|e| Exit::bad_input(e.to_string()))?;
+        let tok = Tokenizer::from_gguf(&file).map_err(|e| Exit::bad_input(e.to_string()))?;
+        let template = file.get("tokenizer.chat_template").and_then(|v| v.as_str().map(str::to_string));
+        (tok, template)
+    };
+    swegym_lm::export::save_tiny_llama(&tokenizer, template.as_deref(), args.layers, args.hidden, args.seed, &args.out)
+        .map_err(|e| Exit::infra(e.to_string()))?;
+    eprintln!("wrote a {}-layer, hidden-{} Llama with {} tokens of vocabulary to {}", args.layers, args.hidden, tokenizer.vocab_size(), args.out.display());
+    Ok(())
+}
+
 #[derive(Debug, Serialize)]
 struct TopLogit {
     id: i64,
@@ -165,6 +213,7 @@ struct LogitsReport {
 pub async fn run(cmd: LmCommand) -> anyhow::Result<()> {
     match cmd {
         LmCommand::Logits(args) => tokio::task::spawn_blocking(move || logits(&args)).await.context("logits thread")?,
+        LmCommand::Tiny(args) => tokio::task::spawn_blocking(move || tiny(&args)).await.context("tiny thread")?,
     }
 }
 
@@ -200,16 +249,8 @@ fn logits(args: &LogitsArgs) -> anyhow::Result<()> {
 /// `swegym bench generate`: see the `bench` module doc.
 #[derive(clap::Args, Debug)]
 pub struct GenerateBenchArgs {
-    /// Our model (default: the SmolLM2 GGUF in the cache).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// The same model as an HF folder for transformers (default: <cache>/models/smollm2-hf,
-    /// made by crates/lm/scripts/make_smollm2_hf.py).
-    #[arg(long)]
-    pub hf_model: Option<PathBuf>,
-    /// Python with torch + transformers (default: <cache>/venv-ref/bin/python).
-    #[arg(long)]
-    pub python: Option<PathBuf>,
+    #[command(flatten)]
+    pub models: crate::bench::ReferenceModels,
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/lm/scripts/bench_generate_hf.py"))]
     pub script: PathBuf,
     /// Where the transformers numbers come from when it cannot run here.
@@ -231,20 +272,6 @@ pub struct GenerateBenchArgs {
     /// Timed runs per configuration (after one warm-up); medians are reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct Stat {
-    min: f64,
-    median: f64,
-    max: f64,
-}
-
-impl Stat {
-    fn of(mut v: Vec<f64>) -> Stat {
-        v.sort_by(f64::total_cmp);
-        Stat { min: v[0], median: crate::bench::median(&mut v.clone()), max: v[v.len() - 1] }
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -272,7 +299,7 @@ struct GenerateBench {
     prefill_ratio: Option<f64>,
 }
 
-fn proc_status_mib(field: &str) -> f64 {
+pub(crate) fn proc_status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -281,16 +308,13 @@ fn proc_status_mib(field: &str) -> f64 {
 }
 
 /// Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS.
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 pub async fn bench_generate(ctx: &crate::context::Context, args: GenerateBenchArgs) -> anyhow::Result<()> {
-    let models = ctx.cache_root.join("models");
-    let model = args.model.clone().unwrap_or_else(|| models.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
-    let hf_model = args.hf_model.clone().unwrap_or_else(|| models.join("smollm2-hf"));
-    let python = args.python.clone().unwrap_or_else(|| ctx.cache_root.join("venv-ref/bin/python"));
-    let transformers_here = !args.no_transformers && python.exists() && hf_model.join("model.safetensors").exists();
+    let (model, hf_model, python) = args.models.resolve(ctx);
+    let transformers_here = !args.no_transformers && args.models.python_side_here(ctx);
     if !args.no_transformers && !transformers_here {
         eprintln!(
             "transformers cannot run here ({} or {} is missing): comparing with the numbers in {} instead",

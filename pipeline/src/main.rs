@@ -9,11 +9,15 @@ mod bench;
 mod context;
 mod dataset;
 mod evaluate;
+mod export;
 mod lm;
 mod mine;
 mod output;
+mod report;
+mod run;
 mod sample;
 mod synth;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +46,12 @@ enum Command {
     Mine(mine::MineArgs),
     /// Sample agent rollouts (K per task) with a policy in sandboxes → rollouts Parquet.
     Sample(sample::SampleArgs),
+    /// Online RFT from a config: per iteration sample, grade, filter, export, LoRA-train, evaluate (resumable).
+    Run(run::RunArgs),
+    /// The per-iteration tables of a run, and report.md, metrics.parquet and SVG plots in its folder.
+    Report(report::ReportArgs),
+    /// The kept SFT data of a run's iterations as one dataset (.parquet in the TRL layout, or .jsonl).
+    Export(export::ExportArgs),
     /// Benchmarks that print machine-readable results.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -50,6 +60,8 @@ enum Command {
     /// Model tools (numerics checks).
     #[command(subcommand)]
     Lm(lm::LmCommand),
+    /// LoRA fine-tuning on an SFT dataset (Parquet/JSONL `messages`) → a PEFT adapter folder.
+    Train(train::TrainArgs),
 }
 
 /// A failure with its exit code (see the module doc).
@@ -91,8 +103,12 @@ fn main() {
             Command::Chat(args) => lm::chat(args).await,
             Command::Lm(cmd) => lm::run(cmd).await,
             Command::Sample(args) => sample::run(&ctx, args).await,
+            Command::Run(args) => run::run(&ctx, args).await,
+            Command::Report(args) => report::run(args),
+            Command::Export(args) => export::run(args),
             Command::Synth(args) => synth::run(&ctx, args).await,
             Command::Mine(args) => mine::run(&ctx, args).await,
+            Command::Train(args) => train::run(args).await,
         }
     });
     if let Err(err) = result {

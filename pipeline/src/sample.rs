@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use swegym_evaluate::runner::{Harness, Job, JobKind};
 use swegym_evaluate::EvalOptions;
-use swegym_sample::policy::local::LocalPolicy;
+use swegym_sample::policy::local::{AdapterLoad, LocalPolicy};
 use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
 use swegym_sample::policy::oracle::OraclePolicy;
 use swegym_sample::policy::replay::ReplayPolicy;
@@ -62,7 +62,8 @@ pub struct SampleArgs {
     /// Name of the environment variable holding the API key (none sent when unset).
     #[arg(long)]
     pub api_key_env: Option<String>,
-    /// A LoRA adapter the server hosts; sent as the model name.
+    /// --policy openai: a LoRA adapter the server hosts, sent as the model name.
+    /// --policy local: a PEFT adapter folder, merged into the model's weights.
     #[arg(long)]
     pub adapter: Option<String>,
     /// Seconds one HTTP request may take.
@@ -159,7 +160,15 @@ fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
             if !path.exists() {
                 return Err(Exit::bad_input(format!("--model {model}: no such file or folder")));
             }
-            Arc::new(LocalPolicy::load(path, args.dtype, args.device, args.jobs.max(1), None).map_err(|e| Exit::bad_input(e.to_string()))?)
+            let adapter = args.adapter.as_deref().map(Path::new);
+            if let Some(dir) = adapter.filter(|d| !d.join("adapter_config.json").exists()) {
+                return Err(Exit::bad_input(format!("--adapter {}: no adapter_config.json there (a PEFT adapter folder)", dir.display())));
+            }
+            let adapter = adapter.map(|dir| AdapterLoad { dir, merge: true });
+            Arc::new(
+                LocalPolicy::load_with_adapter(path, adapter, args.dtype, args.device, args.jobs.max(1), None)
+                    .map_err(|e| Exit::bad_input(e.to_string()))?,
+            )
         }
         PolicyArg::Replay => {
             let path = args.replay_file.as_ref().ok_or_else(|| Exit::bad_input("--policy replay needs --replay-file"))?;
@@ -297,7 +306,7 @@ fn summary_path(out: &Path) -> PathBuf {
 /// Grades every rollout without a verdict (in the same process, reusing the environments
 /// the provisioner built), fills `resolved` / `status`, rewrites the Parquet; returns how
 /// many rollouts are resolved.
-async fn evaluate_rollouts(
+pub(crate) async fn evaluate_rollouts(
     provisioner: Arc<Provisioner>,
     eval: EvalOptions,
     jobs: usize,

@@ -211,6 +211,8 @@ impl<'m> Generator<'m> {
         let logits = self.model.decode_rows(&mut self.cache, &inputs);
         let greedy: Vec<i64> = Vec::try_from(&logits.argmax(-1, false)).expect("argmax ids");
         let mut finished = Vec::new();
+        // indexed: `push_token` needs `&mut self` inside the loop
+        #[allow(clippy::needless_range_loop)]
         for row in 0..self.active.len() {
             let token = if self.active[row].params.is_greedy() {
                 greedy[row] as u32

@@ -12,6 +12,7 @@ mod dequant;
 pub mod export;
 pub mod generate;
 pub mod gguf;
+pub mod lora;
 pub mod model;
 pub mod tokenizer;
 pub mod weights;
@@ -23,7 +24,8 @@ pub use generate::{
     Completion, Engine, EngineOptions, FinishReason, GenerateError, GenerationRequest, Generator, SamplingParams,
 };
 pub use gguf::{GgmlType, GgufError, GgufFile, MetadataValue, TensorInfo};
-pub use model::{CausalLm, Dtype, KvCache};
+pub use lora::{AdapterConfig, LoraConfig, LoraTarget};
+pub use model::{CausalLm, Dtype, KvCache, TrainStep};
 pub use tokenizer::{PreTokenizer, Tokenizer, TokenizerError};
 pub use weights::Weights;
 
@@ -48,6 +50,8 @@ pub enum ModelError {
     UnknownFormat { path: PathBuf },
     #[error("device {requested}: {problem}")]
     Device { requested: String, problem: String },
+    #[error("{path}: bad LoRA adapter: {message}")]
+    Adapter { path: PathBuf, message: String },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{config_path, ModelConfig};
 use crate::gguf::GgufFile;
+use crate::lora::{LoraConfig, LoraLayer, LoraPair, LoraTarget};
 use crate::weights::Weights;
 use crate::ModelError;
 
@@ -57,22 +58,34 @@ impl Dtype {
     }
 }
 
-/// `y = x W^T (+ b)`.
+/// `y = x W^T (+ b)`, plus a LoRA delta when adapters are attached. A fused projection
+/// (q/k/v, gate/up) records its parts (which projection, how many output rows) so LoRA
+/// and adapters address each part by its HF name.
 #[derive(Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    parts: Vec<(LoraTarget, i64)>,
+    lora: Option<LoraLayer>,
 }
 
 impl Linear {
-    fn load(w: &mut Weights, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<Self, ModelError> {
+    fn load(w: &mut Weights, prefix: &str, target: LoraTarget, (out, inp): (i64, i64), bias: bool) -> Result<Self, ModelError> {
         let weight = w.take(&format!("{prefix}.weight"), &[out, inp])?;
         let bias = if bias { Some(w.take(&format!("{prefix}.bias"), &[out])?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, parts: vec![(target, out)], lora: None })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+    /// `x W^T + b`, plus the LoRA delta (`train` switches LoRA dropout on).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            None => y,
+            Some(lora) => {
+                let sizes: Vec<i64> = self.parts.iter().map(|p| p.1).collect();
+                y + lora.delta(x, &sizes, train, self.weight.kind())
+            }
+        }
     }
 
     /// One projection computing `parts` side by side (outputs concatenated in order).
@@ -85,12 +98,27 @@ impl Linear {
         } else {
             None
         };
-        Linear { weight, bias }
+        let fused_parts = parts.iter().flat_map(|l| l.parts.iter().copied()).collect();
+        Linear { weight, bias, parts: fused_parts, lora: None }
     }
 
     fn cast(self, device: Device, kind: Kind) -> Linear {
         let cast = |t: Tensor| t.to_device(device).to_kind(kind);
-        Linear { weight: cast(self.weight), bias: self.bias.map(cast) }
+        Linear { weight: cast(self.weight), bias: self.bias.map(cast), ..self }
+    }
+
+    /// Folds the LoRA delta into the weight rows of each part and drops the LoRA layer.
+    fn merge_lora(&mut self) {
+        let Some(lora) = self.lora.take() else { return };
+        let _guard = tch::no_grad_guard();
+        let mut row = 0;
+        for ((_, out), pair) in self.parts.iter().zip(&lora.pairs) {
+            if let Some(p) = pair {
+                let delta = (p.b.matmul(&p.a) * lora.scale).to_kind(self.weight.kind());
+                let _ = self.weight.narrow(0, row, *out).g_add_(&delta.to_device(self.weight.device()));
+            }
+            row += out;
+        }
     }
 }
 
@@ -163,6 +191,8 @@ struct Step {
     mask: Option<Tensor>,
     is_causal: bool,
     write: Option<KvWrite>,
+    /// Training forward (LoRA dropout on).
+    train: bool,
 }
 
 /// Where a forward pass writes its keys/values into a [`KvCache`] and what it attends to.
@@ -186,12 +216,12 @@ pub struct Attention {
 impl Attention {
     fn load(w: &mut Weights, prefix: &str, c: &ModelConfig) -> Result<Self, ModelError> {
         let (h, q_out, kv_out) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-        let q = Linear::load(w, &format!("{prefix}.q_proj"), q_out, h, c.attention_bias)?;
-        let k = Linear::load(w, &format!("{prefix}.k_proj"), kv_out, h, c.attention_bias)?;
-        let v = Linear::load(w, &format!("{prefix}.v_proj"), kv_out, h, c.attention_bias)?;
+        let q = Linear::load(w, &format!("{prefix}.q_proj"), LoraTarget::Q, (q_out, h), c.attention_bias)?;
+        let k = Linear::load(w, &format!("{prefix}.k_proj"), LoraTarget::K, (kv_out, h), c.attention_bias)?;
+        let v = Linear::load(w, &format!("{prefix}.v_proj"), LoraTarget::V, (kv_out, h), c.attention_bias)?;
         Ok(Self {
             qkv_proj: Linear::fuse(vec![q, k, v]),
-            o_proj: Linear::load(w, &format!("{prefix}.o_proj"), h, q_out, false)?,
+            o_proj: Linear::load(w, &format!("{prefix}.o_proj"), LoraTarget::O, (h, q_out), false)?,
             n_heads: c.num_attention_heads,
             n_kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
@@ -203,7 +233,7 @@ impl Attention {
     fn forward(&self, x: &Tensor, step: &Step, cache: Option<(&mut Tensor, &mut Tensor)>) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let qkv = self.qkv_proj.forward(x).view([b, t, nh + 2 * nkv, d]);
+        let qkv = self.qkv_proj.forward(x, step.train).view([b, t, nh + 2 * nkv, d]);
         let qk = apply_rope(&qkv.narrow(2, 0, nh + nkv), &step.cos, &step.sin);
         let q = qk.narrow(2, 0, nh).transpose(1, 2);
         let k = qk.narrow(2, nh, nkv);
@@ -225,7 +255,7 @@ impl Attention {
         };
         let (k, v) = (k.transpose(1, 2), v.transpose(1, 2));
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, step.mask.as_ref(), 0.0, step.is_causal, None, true);
-        self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, nh * d]))
+        self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, nh * d]), step.train)
     }
 }
 
@@ -240,21 +270,21 @@ pub struct Mlp {
 impl Mlp {
     fn load(w: &mut Weights, prefix: &str, c: &ModelConfig) -> Result<Self, ModelError> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
-        let gate = Linear::load(w, &format!("{prefix}.gate_proj"), i, h, false)?;
-        let up = Linear::load(w, &format!("{prefix}.up_proj"), i, h, false)?;
+        let gate = Linear::load(w, &format!("{prefix}.gate_proj"), LoraTarget::Gate, (i, h), false)?;
+        let up = Linear::load(w, &format!("{prefix}.up_proj"), LoraTarget::Up, (i, h), false)?;
         Ok(Self {
             gate_up_proj: Linear::fuse(vec![gate, up]),
-            down_proj: Linear::load(w, &format!("{prefix}.down_proj"), h, i, false)?,
+            down_proj: Linear::load(w, &format!("{prefix}.down_proj"), LoraTarget::Down, (h, i), false)?,
             intermediate_size: i,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let gate_up = self.gate_up_proj.forward(x);
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let gate_up = self.gate_up_proj.forward(x, train);
         let i = self.intermediate_size;
         let gate = gate_up.narrow(-1, 0, i);
         let up = gate_up.narrow(-1, i, i);
-        self.down_proj.forward(&(gate.silu() * up))
+        self.down_proj.forward(&(gate.silu() * up), train)
     }
 }
 
@@ -285,7 +315,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor, step: &Step, cache: Option<(&mut Tensor, &mut Tensor)>) -> Tensor {
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), step, cache);
-        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h), step.train)
     }
 
     fn cast(self, device: Device, kind: Kind) -> Block {
@@ -404,7 +434,7 @@ impl CausalLm {
         let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
         let positions = Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0).expand([b, t], false);
         let (cos, sin) = self.rotary.tables(&positions, self.dtype.kind());
-        let step = Step { cos, sin, mask: None, is_causal: t > 1, write: None };
+        let step = Step { cos, sin, mask: None, is_causal: t > 1, write: None, train: false };
         self.logits(&self.hidden(input_ids, &step, None))
     }
 
@@ -455,7 +485,7 @@ impl CausalLm {
         let mask = cols.le_tensor(&positions.unsqueeze(1)).view([n as i64, 1, 1, max_len]);
         let rows = Tensor::arange(n as i64, (Kind::Int64, self.device));
         let write = KvWrite::Scatter { rows, positions, len: max_len };
-        let step = Step { cos, sin, mask: Some(mask), is_causal: false, write: Some(write) };
+        let step = Step { cos, sin, mask: Some(mask), is_causal: false, write: Some(write), train: false };
         let hidden = self.hidden(&input, &step, Some(cache));
         for len in &mut cache.lens[..n] {
             *len += 1;
@@ -480,7 +510,7 @@ impl CausalLm {
             k.le_tensor(&q)
         });
         let write = KvWrite::Block { row0: row0 as i64, past };
-        let step = Step { cos, sin, mask, is_causal: t > 1 && past == 0, write: Some(write) };
+        let step = Step { cos, sin, mask, is_causal: t > 1 && past == 0, write: Some(write), train: false };
         let hidden = self.hidden(input, &step, Some(cache));
         for len in &mut cache.lens[rows] {
             *len += t;
@@ -651,5 +681,144 @@ impl KvCache {
         }
         self.capacity_rows = new_rows;
         self.capacity_len = new_len;
+    }
+}
+
+/// What a training forward shares across layers: RoPE tables for positions `0..T` of a
+/// right-padded batch and causal attention (padding sits after every real token, so no
+/// real token attends to it).
+pub struct TrainStep(Step);
+
+/// Training: the forward pass layer by layer with autograd on (so a trainer can seed each
+/// layer's dropout and recompute layers for activation checkpointing), and LoRA layers.
+impl CausalLm {
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The shared inputs of a training forward over `[batch, seq]` tokens.
+    pub fn train_step(&self, batch: i64, seq: i64) -> TrainStep {
+        let positions = Tensor::arange(seq, (Kind::Int64, self.device)).unsqueeze(0).expand([batch, seq], false);
+        let (cos, sin) = self.rotary.tables(&positions, self.dtype.kind());
+        TrainStep(Step { cos, sin, mask: None, is_causal: seq > 1, write: None, train: true })
+    }
+
+    /// Token embeddings `[B, T, hidden]` of `input_ids: [B, T]`.
+    pub fn embed(&self, input_ids: &Tensor) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
+        self.embed_tokens.index_select(0, &input_ids.flatten(0, 1).to_device(self.device)).view([b, t, -1])
+    }
+
+    /// Decoder layer `i` on `x: [B, T, hidden]` (LoRA dropout on).
+    pub fn layer_forward(&self, i: usize, x: &Tensor, step: &TrainStep) -> Tensor {
+        self.layers[i].forward(x, &step.0, None)
+    }
+
+    /// The final RMSNorm.
+    pub fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.norm.forward(x)
+    }
+
+    /// The output projection `[vocab, hidden]` (the embeddings when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    fn linears(&self) -> impl Iterator<Item = (usize, &Linear)> {
+        self.layers.iter().enumerate().flat_map(|(i, l)| {
+            [&l.self_attn.qkv_proj, &l.self_attn.o_proj, &l.mlp.gate_up_proj, &l.mlp.down_proj].map(|lin| (i, lin))
+        })
+    }
+
+    fn linears_mut(&mut self) -> impl Iterator<Item = (usize, &mut Linear)> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, l)| {
+            [&mut l.self_attn.qkv_proj, &mut l.self_attn.o_proj, &mut l.mlp.gate_up_proj, &mut l.mlp.down_proj].map(|lin| (i, lin))
+        })
+    }
+
+    /// `(out, in)` of every projection `config` targets, by `(layer, target)`.
+    pub fn lora_shapes(&self, config: &LoraConfig) -> std::collections::BTreeMap<(usize, LoraTarget), (i64, i64)> {
+        let mut shapes = std::collections::BTreeMap::new();
+        for (layer, lin) in self.linears() {
+            let inp = lin.weight.size()[1];
+            for &(target, out) in &lin.parts {
+                if config.target_modules.contains(&target) {
+                    shapes.insert((layer, target), (out, inp));
+                }
+            }
+        }
+        shapes
+    }
+
+    /// Attaches LoRA pairs (f32, moved to the model's device), replacing any attached
+    /// before; projections without a pair get none.
+    pub fn set_lora(&mut self, mut pairs: std::collections::BTreeMap<(usize, LoraTarget), LoraPair>, config: &LoraConfig) {
+        let device = self.device;
+        for (layer, lin) in self.linears_mut() {
+            let parts: Vec<Option<LoraPair>> = lin
+                .parts
+                .iter()
+                .map(|&(target, _)| {
+                    pairs.remove(&(layer, target)).map(|p| LoraPair {
+                        a: p.a.to_kind(Kind::Float).to_device(device).detach(),
+                        b: p.b.to_kind(Kind::Float).to_device(device).detach(),
+                    })
+                })
+                .collect();
+            lin.lora = parts.iter().any(Option::is_some).then(|| LoraLayer { pairs: parts, scale: config.scale(), dropout: config.dropout });
+        }
+    }
+
+    /// Attaches a fresh adapter: A Kaiming-uniform (bound 1/√in, as PEFT), B zero, drawn
+    /// from libtorch's generator seeded with `seed`.
+    pub fn add_lora(&mut self, config: &LoraConfig, seed: u64) {
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(seed as i64);
+        let pairs = self
+            .lora_shapes(config)
+            .into_iter()
+            .map(|(key, (out, inp))| {
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a = Tensor::empty([config.r, inp], (Kind::Float, Device::Cpu)).uniform_(-bound, bound);
+                let b = Tensor::zeros([out, config.r], (Kind::Float, Device::Cpu));
+                (key, LoraPair { a, b })
+            })
+            .collect();
+        self.set_lora(pairs, config);
+    }
+
+    /// Whether any LoRA layer is attached (unmerged).
+    pub fn has_lora(&self) -> bool {
+        self.linears().any(|(_, l)| l.lora.is_some())
+    }
+
+    /// Folds every attached LoRA layer into the base weights (then detached from them).
+    pub fn merge_lora(&mut self) {
+        for (_, lin) in self.linears_mut() {
+            lin.merge_lora();
+        }
+    }
+
+    /// The LoRA matrices under their PEFT names, ordered by layer, projection, A then B.
+    /// The tensors share storage (and autograd state) with the model's.
+    pub fn lora_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        let mut entries: Vec<(usize, LoraTarget, &LoraPair)> = Vec::new();
+        for (layer, lin) in self.linears() {
+            if let Some(lora) = &lin.lora {
+                for ((target, _), pair) in lin.parts.iter().zip(&lora.pairs) {
+                    if let Some(p) = pair {
+                        entries.push((layer, *target, p));
+                    }
+                }
+            }
+        }
+        entries.sort_by_key(|(layer, target, _)| (*layer, *target));
+        for (layer, target, p) in entries {
+            let prefix = target.peft_prefix(layer);
+            out.push((format!("{prefix}.lora_A.weight"), p.a.shallow_clone()));
+            out.push((format!("{prefix}.lora_B.weight"), p.b.shallow_clone()));
+        }
+        out
     }
 }

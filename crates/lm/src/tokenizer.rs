@@ -114,6 +114,46 @@ impl Tokenizer {
         Ok(Self { inner, bos_id, eos_id, pad_id: None })
     }
 
+    /// A byte-level BPE without merges (one token per byte, GPT-2's byte-to-char map, ids
+    /// 0..256) plus `specials` as ids 256.. (the last is taken as EOS): the tokenizer of
+    /// tiny test models.
+    pub fn byte_level(specials: &[&str]) -> Self {
+        let mut bytes: Vec<u32> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).map(u32::from).collect();
+        let mut chars = bytes.clone();
+        let mut n = 0;
+        for b in 0..256u32 {
+            if !bytes.contains(&b) {
+                bytes.push(b);
+                chars.push(256 + n);
+                n += 1;
+            }
+        }
+        let mut vocab = serde_json::Map::new();
+        for (b, c) in bytes.iter().zip(&chars) {
+            vocab.insert(char::from_u32(*c).expect("GPT-2 byte chars are valid").to_string(), (*b).into());
+        }
+        let mut added = Vec::new();
+        for (i, content) in specials.iter().enumerate() {
+            vocab.insert((*content).into(), (256 + i).into());
+            added.push(serde_json::json!({"id": 256 + i, "content": content, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true}));
+        }
+        let spec = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": []},
+        });
+        let inner: tokenizers::Tokenizer = spec.to_string().parse().expect("a valid byte-level tokenizer spec");
+        let eos_id = (!specials.is_empty()).then(|| 255 + specials.len() as u32);
+        Self { inner, bos_id: None, eos_id, pad_id: None }
+    }
+
     /// Builds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
         let path = file.path().to_path_buf();

@@ -28,6 +28,11 @@ impl std::fmt::Debug for Weights {
 }
 
 impl Weights {
+    /// Tensors made in memory (`source` names them in errors).
+    pub fn from_map(source: &Path, tensors: HashMap<String, Tensor>) -> Self {
+        Self { source: source.to_path_buf(), tensors }
+    }
+
     pub fn source(&self) -> &Path {
         &self.source
     }
@@ -185,4 +190,35 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
             format!("model.layers.{layer}.{hf_module}.{param}")
         }
     })
+}
+
+/// Writes `tensors` (by name) to a safetensors file in their own dtype (f32, bf16 or f16;
+/// others are written as f32), with PEFT/transformers' `format: pt` metadata. The file
+/// appears whole or not at all (written beside it, then renamed).
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), ModelError> {
+    let bad = |message: String| ModelError::Safetensors { path: path.to_path_buf(), message };
+    let mut data: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let (t, dtype) = match t.kind() {
+            Kind::BFloat16 => (t.shallow_clone(), StDtype::BF16),
+            Kind::Half => (t.shallow_clone(), StDtype::F16),
+            _ => (t.to_kind(Kind::Float), StDtype::F32),
+        };
+        let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+        let numel = t.numel();
+        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, numel)?;
+        data.push((name.clone(), dtype, t.size().iter().map(|&d| d as usize).collect(), bytes));
+    }
+    let views = data
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| bad(format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| bad(format!("cannot write: {e}")))
 }

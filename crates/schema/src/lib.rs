@@ -2,19 +2,23 @@
 //!
 //! Architecture invariant: this crate depends on nothing of ours and knows nothing
 //! about sandboxes, models or the pipeline; it only says what a task, a prediction, a
-//! verdict and a rollout *are* and how they are read and written (and, in [`patch`], how a
-//! patch is read as text).
+//! verdict, a rollout, an SFT record and an iteration's metrics *are* and how they are read
+//! and written (and, in [`patch`], how a patch is read as text).
 
+pub mod metrics;
 pub mod parquet_io;
 pub mod patch;
 pub mod prediction;
 pub mod rollout;
+pub mod sft;
 pub mod stats;
 pub mod task;
 pub mod verdict;
 
+pub use metrics::{FilterCounts, IterationMetrics, SplitMetrics, TrainMetrics};
 pub use prediction::{load_predictions, Prediction};
 pub use rollout::{ExitReason, Message, Role, Rollout};
+pub use sft::{read_sft, write_sft, SftRecord};
 pub use stats::DatasetStats;
 pub use task::{load_tasks, RowError, Task, TaskLoad};
 pub use verdict::{EvalStatus, Verdict};

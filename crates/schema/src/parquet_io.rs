@@ -57,6 +57,14 @@ pub fn write_parquet<T: Serialize>(path: &Path, schema: SchemaRef, rows: &[T]) -
     Ok(())
 }
 
+/// The number of rows a Parquet file holds (from its footer; no data is read).
+pub fn parquet_num_rows(path: &Path) -> Result<i64, SchemaError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).map_err(|source| SchemaError::Io { path: path.to_path_buf(), source })?;
+    let reader = SerializedFileReader::new(file).map_err(|e| SchemaError::Parquet { path: path.to_path_buf(), message: e.to_string() })?;
+    Ok(reader.metadata().file_metadata().num_rows())
+}
+
 /// Reads a Parquet file back as JSON objects, one per row (for tests and small tools).
 pub fn read_parquet_json(path: &Path) -> Result<Vec<serde_json::Value>, SchemaError> {
     let rows = crate::task::read_rows(path)?;

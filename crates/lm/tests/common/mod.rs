@@ -50,41 +50,7 @@ pub fn smollm2_hf_dir() -> Option<PathBuf> {
 /// A byte-level tokenizer without merges for the tiny fixtures (vocab 320): ids 0..256 are
 /// the 256 bytes (GPT-2's byte-to-char map), 256 `<|im_start|>`, 257 `<|im_end|>` (EOS).
 pub fn byte_tokenizer() -> swegym_lm::Tokenizer {
-    let mut bytes: Vec<u32> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).map(u32::from).collect();
-    let mut chars = bytes.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bytes.contains(&b) {
-            bytes.push(b);
-            chars.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut vocab = serde_json::Map::new();
-    for (b, c) in bytes.iter().zip(&chars) {
-        vocab.insert(char::from_u32(*c).unwrap().to_string(), (*b).into());
-    }
-    vocab.insert("<|im_start|>".into(), 256.into());
-    vocab.insert("<|im_end|>".into(), 257.into());
-    let special = |id: u32, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
-    let spec = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(256, "<|im_start|>"), special(257, "<|im_end|>")],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": []},
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokenizer.json");
-    std::fs::write(&path, spec.to_string()).unwrap();
-    swegym_lm::Tokenizer::from_file(&path).unwrap()
+    swegym_lm::Tokenizer::byte_level(&["<|im_start|>", "<|im_end|>"])
 }
 
 /// The tiny random Llama fixture (2 layers, hidden 64, vocab 320, tied embeddings).

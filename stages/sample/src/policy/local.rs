@@ -1,6 +1,7 @@
-//! The `local` policy: our own model (crates/lm) on this machine. Every episode's request
-//! goes to one [`Engine`], whose thread decodes all pending requests as one batch, so
-//! `-j N` concurrent episodes share one model and one forward pass per token.
+//! The `local` policy: our own model (crates/lm) on this machine, optionally with a LoRA
+//! adapter (PEFT layout; merged into the base weights or kept as separate layers). Every
+//! episode's request goes to one [`Engine`], whose thread decodes all pending requests as
+//! one batch, so `-j N` concurrent episodes share one model and one forward pass per token.
 
 use std::path::Path;
 
@@ -17,16 +18,48 @@ pub struct LocalPolicy {
     id: String,
 }
 
+/// A LoRA adapter to put on the base model when loading.
+#[derive(Debug, Clone, Copy)]
+pub struct AdapterLoad<'a> {
+    /// A PEFT-layout folder (`adapter_config.json` + `adapter_model.safetensors`).
+    pub dir: &'a Path,
+    /// Fold it into the base weights (generation as fast as the base) instead of keeping
+    /// separate LoRA layers.
+    pub merge: bool,
+}
+
 impl LocalPolicy {
     /// Loads the model and starts its engine thread (`max_batch` rows decode together).
     pub fn load(path: &Path, dtype: Dtype, device: DeviceChoice, max_batch: usize, threads: Option<i32>) -> Result<LocalPolicy, PolicyError> {
+        LocalPolicy::load_with_adapter(path, None, dtype, device, max_batch, threads)
+    }
+
+    /// [`LocalPolicy::load`], with `adapter` applied to the base weights; the policy id
+    /// names both (`local:<model>+<adapter dir>`).
+    pub fn load_with_adapter(
+        path: &Path,
+        adapter: Option<AdapterLoad<'_>>,
+        dtype: Dtype,
+        device: DeviceChoice,
+        max_batch: usize,
+        threads: Option<i32>,
+    ) -> Result<LocalPolicy, PolicyError> {
         swegym_lm::init_cpu_runtime();
         let device = device.resolve().map_err(|e| PolicyError::Server(e.to_string()))?;
-        let (model, tokenizer) = load_model(path, dtype, device).map_err(|e| PolicyError::Server(e.to_string()))?;
+        let (mut model, tokenizer) = load_model(path, dtype, device).map_err(|e| PolicyError::Server(e.to_string()))?;
+        if let Some(a) = adapter {
+            swegym_lm::lora::load_adapter(&mut model, a.dir, a.merge).map_err(|e| PolicyError::Server(e.to_string()))?;
+        }
         let template = chat_template_for(path, &tokenizer)
             .or_else(|| ChatTemplate::from_tokenizer(&tokenizer))
             .ok_or_else(|| PolicyError::Unsupported(format!("{}: no chat template found (ChatML or Llama 3)", path.display())))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| path.display().to_string());
+        let mut name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| path.display().to_string());
+        if let Some(a) = adapter {
+            // The last two path components (`iter-000/adapter`) say which adapter it is.
+            let parts: Vec<String> = a.dir.components().rev().take(2).map(|c| c.as_os_str().to_string_lossy().to_string()).collect();
+            name.push('+');
+            name.push_str(&parts.into_iter().rev().collect::<Vec<_>>().join("/"));
+        }
         let engine = Engine::spawn(model, tokenizer, EngineOptions { max_batch: max_batch.max(1), threads });
         Ok(LocalPolicy { engine, template, id: format!("local:{name}") })
     }

@@ -1,0 +1,186 @@
+//! Per-iteration metrics of an RFT run: what one policy did on one split
+//! ([`SplitMetrics`]) and what one iteration did as a whole ([`IterationMetrics`], the
+//! `iter-NNN/metrics.json` of a run directory).
+//!
+//! Indexing: policy_0 is the base model, policy_{i+1} = base + adapter_i. Iteration i
+//! samples the train split with policy_i and trains adapter_i; its `test` metrics are
+//! policy_{i+1}'s held-out evaluation. policy_0's held-out evaluation (the zero-shot row)
+//! is the run's `zero-shot/metrics.json`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rollout::{ExitReason, Rollout};
+
+/// What one policy did on one split: rates are over rollouts (in [0, 1]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitMetrics {
+    /// `train` or `test`.
+    pub split: String,
+    /// Which policy: `base`, `base+adapter-000`, `oracle`, …
+    pub policy: String,
+    pub rollouts: u64,
+    /// Distinct tasks sampled.
+    pub instances: u64,
+    /// Rollouts whose patch resolved the task.
+    pub resolved: u64,
+    /// Resolved rollouts / rollouts (with one rollout per task, the paper's resolve rate).
+    pub resolve_rate: f64,
+    /// Distinct tasks with at least one resolved rollout.
+    pub unique_resolved: u64,
+    pub empty_patch: u64,
+    /// Rollouts whose patch changes nothing outside test files / rollouts.
+    pub empty_patch_rate: f64,
+    /// Rollouts not graded (no verdict): counted in the denominators as unresolved.
+    pub ungraded: u64,
+    /// Rollouts per exit reason (every reason present, zeros included).
+    pub exit_reasons: BTreeMap<String, u64>,
+    /// Assistant turns (LM calls) per rollout.
+    pub mean_turns: f64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Sampling + grading wall time of the stage that produced these rollouts.
+    pub wall_s: f64,
+}
+
+impl SplitMetrics {
+    /// Metrics of graded rollouts (`resolved` null counts as unresolved and `ungraded`).
+    pub fn from_rollouts(split: &str, policy: &str, rollouts: &[Rollout], wall_s: f64) -> SplitMetrics {
+        let n = rollouts.len() as u64;
+        let rate = |k: u64| if n == 0 { 0.0 } else { k as f64 / n as f64 };
+        let resolved = rollouts.iter().filter(|r| r.resolved == Some(true)).count() as u64;
+        let empty_patch = rollouts.iter().filter(|r| r.empty_patch).count() as u64;
+        let instances: std::collections::BTreeSet<&str> = rollouts.iter().map(|r| r.instance_id.as_str()).collect();
+        let solved: std::collections::BTreeSet<&str> =
+            rollouts.iter().filter(|r| r.resolved == Some(true)).map(|r| r.instance_id.as_str()).collect();
+        let exit_reasons = ExitReason::ALL
+            .iter()
+            .map(|reason| (reason.as_str().to_string(), rollouts.iter().filter(|r| r.exit_reason == *reason).count() as u64))
+            .collect();
+        SplitMetrics {
+            split: split.to_string(),
+            policy: policy.to_string(),
+            rollouts: n,
+            instances: instances.len() as u64,
+            resolved,
+            resolve_rate: rate(resolved),
+            unique_resolved: solved.len() as u64,
+            empty_patch,
+            empty_patch_rate: rate(empty_patch),
+            ungraded: rollouts.iter().filter(|r| r.resolved.is_none()).count() as u64,
+            exit_reasons,
+            mean_turns: if n == 0 { 0.0 } else { rollouts.iter().map(|r| r.turns as f64).sum::<f64>() / n as f64 },
+            prompt_tokens: rollouts.iter().map(|r| r.prompt_tokens).sum(),
+            completion_tokens: rollouts.iter().map(|r| r.completion_tokens).sum(),
+            wall_s,
+        }
+    }
+
+    /// The share of rollouts that ended for `reason`.
+    pub fn exit_rate(&self, reason: ExitReason) -> f64 {
+        let k = self.exit_reasons.get(reason.as_str()).copied().unwrap_or(0);
+        if self.rollouts == 0 { 0.0 } else { k as f64 / self.rollouts as f64 }
+    }
+}
+
+/// What the rejection filter did in one iteration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FilterCounts {
+    /// Rollouts that entered the filter (policy samples plus warm-start rollouts).
+    pub input: u64,
+    pub kept: u64,
+    /// Drops by reason (`not_resolved`, `too_long`, `duplicate_patch`, `over_instance_cap`, …).
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// What training did in one iteration (or why it did not train).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainMetrics {
+    /// False when the iteration kept nothing new and the previous adapter was carried.
+    pub trained: bool,
+    /// Why training was skipped (null when it ran).
+    pub skipped_reason: Option<String>,
+    /// SFT examples the adapter was trained on (cumulative over iterations 0..=i).
+    pub examples: u64,
+    pub examples_used: u64,
+    /// Examples the trainer dropped, by reason (`too_long`, …).
+    pub examples_dropped: BTreeMap<String, u64>,
+    pub steps: u64,
+    pub tokens: u64,
+    pub loss_first: Option<f64>,
+    pub loss_last: Option<f64>,
+    pub tokens_per_s: f64,
+    /// The adapter policy_{i+1} uses (`iter-NNN/adapter`, or an earlier one when carried).
+    pub adapter: Option<String>,
+}
+
+/// One iteration of an RFT run (`iter-NNN/metrics.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IterationMetrics {
+    pub iteration: u32,
+    /// policy_i on the train split (the rollouts the filter saw).
+    pub train: SplitMetrics,
+    /// Warm-start rollouts (oracle) or records (an SFT file) added in this iteration.
+    pub warm_start: Option<SplitMetrics>,
+    /// Records read from a warm-start SFT file (kept as they are).
+    pub warm_start_records: u64,
+    pub filter: FilterCounts,
+    /// SFT records exported by this iteration (its `sft.parquet`).
+    pub kept: u64,
+    /// SFT records of iterations 0..=i (what adapter_i trains on).
+    pub kept_cumulative: u64,
+    pub training: TrainMetrics,
+    /// policy_{i+1} on the held-out split at temperature 0.
+    pub test: SplitMetrics,
+    /// Wall seconds per stage (`sample`, `warm_start`, `filter`, `export`, `train`, `eval`).
+    pub stage_seconds: BTreeMap<String, f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::Message;
+
+    fn rollout(id: &str, idx: u32, reason: ExitReason, resolved: Option<bool>, empty: bool, turns: u32) -> Rollout {
+        Rollout {
+            instance_id: id.into(),
+            sample_idx: idx,
+            iteration: 0,
+            policy_id: "p".into(),
+            messages: vec![Message::user("x")],
+            patch: String::new(),
+            empty_patch: empty,
+            exit_reason: reason,
+            turns,
+            prompt_tokens: 10,
+            completion_tokens: 2,
+            wall_seconds: 1.0,
+            temperature: 1.0,
+            seed: 0,
+            error: None,
+            resolved,
+            status: None,
+        }
+    }
+
+    #[test]
+    fn rates_over_rollouts() {
+        let rs = vec![
+            rollout("a", 0, ExitReason::Submitted, Some(true), false, 3),
+            rollout("a", 1, ExitReason::Submitted, Some(true), false, 5),
+            rollout("b", 0, ExitReason::StuckInLoop, Some(false), true, 10),
+            rollout("c", 0, ExitReason::MaxTurns, None, true, 30),
+        ];
+        let m = SplitMetrics::from_rollouts("train", "base", &rs, 2.0);
+        assert_eq!((m.rollouts, m.instances, m.resolved, m.unique_resolved, m.empty_patch, m.ungraded), (4, 3, 2, 1, 2, 1));
+        assert_eq!(m.resolve_rate, 0.5);
+        assert_eq!(m.empty_patch_rate, 0.5);
+        assert_eq!(m.exit_rate(ExitReason::StuckInLoop), 0.25);
+        assert_eq!(m.exit_reasons.len(), ExitReason::ALL.len());
+        assert_eq!(m.mean_turns, 12.0);
+        assert_eq!((m.prompt_tokens, m.completion_tokens), (40, 8));
+        let empty = SplitMetrics::from_rollouts("test", "base", &[], 0.0);
+        assert_eq!((empty.resolve_rate, empty.mean_turns), (0.0, 0.0));
+    }
+}

@@ -1,0 +1,625 @@
+//! `swegym run CONFIG`: online rejection-sampling fine-tuning, iteration by iteration,
+//! resumable.
+//!
+//! The sequence (policy_0 = the base model, policy_{i+1} = base + adapter_i):
+//! ```text
+//! zero-shot:  eval      policy_0 on the test split, temperature 0           zero-shot/eval.parquet
+//! iteration i:
+//!   warm_start (i = 0, optional) oracle trajectories on the train split      warm_start.parquet
+//!   sample      policy_i on the train split at [policy] temperature, graded  rollouts.parquet
+//!   filter      keep / drop(reason) per rollout ([filter])                   filter.json
+//!   export      kept rollouts (+ a warm-start SFT file) → SFT records        sft.parquet
+//!   train       LoRA from the base on the kept data of iterations 0..=i      adapter/
+//!   eval        policy_{i+1} on the test split, temperature 0                eval.parquet
+//!   metrics                                                                  metrics.json
+//! report: report.md, metrics.parquet, resolve_rate.svg, empty_patch_rate.svg
+//! ```
+//! Adapters are trained from the base on the cumulative kept data (not continued from the
+//! previous adapter): each adapter is a function of the data alone, a resumed or re-run
+//! iteration gives the same adapter, and early-iteration data is not forgotten. An
+//! iteration that keeps nothing new trains nothing: policy_{i+1} = policy_i (its held-out
+//! evaluation is reused), and the reason is recorded.
+//!
+//! Every stage writes its outputs atomically and then a manifest (`dir`); a rerun skips
+//! stages with a manifest and resumes the others (sampling from its durable per-rollout
+//! log, training from its checkpoint), so a kill -9 anywhere loses at most the work in
+//! flight.
+
+pub mod config;
+pub mod dir;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+use swegym_evaluate::EvalOptions;
+use swegym_filter::{Candidate, Decision};
+use swegym_lm::chat::{ChatMessage, ChatTemplate};
+use swegym_sample::policy::local::{AdapterLoad, LocalPolicy};
+use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
+use swegym_sample::policy::oracle::OraclePolicy;
+use swegym_sample::{Policy, Rollout};
+use swegym_sandbox::{Limits, Provisioner};
+use swegym_schema::rollout::read_rollouts;
+use swegym_schema::{FilterCounts, IterationMetrics, Message, SplitMetrics, Task, TrainMetrics};
+use tracing::Instrument;
+
+use self::config::{PathEnv, PolicyKind, RunConfig, SplitKind, SplitSection, WarmStart};
+use self::dir::{read_json, unix_now, write_json_atomic, Manifest, RunDir, RunInfo};
+use crate::context::Context;
+use crate::Exit;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The run config (TOML; see configs/). Relative paths in it resolve against its folder.
+    pub config: PathBuf,
+    /// The run's name: it goes to runs/<name>/ (default: [run] name, else the config's file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The run directory itself, instead of runs/<name>/.
+    #[arg(long, conflicts_with = "name")]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// A progress bar with ETA on stderr (hidden when stderr is not a terminal).
+pub(crate) fn stage_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+/// Which policy a stage samples with.
+#[derive(Debug, Clone, PartialEq)]
+enum PolicyChoice {
+    Oracle,
+    /// The base model, with this adapter (None: the base alone).
+    Model { adapter: Option<PathBuf> },
+}
+
+/// The run in progress: its config, folder, sandboxes and tasks.
+struct Runner {
+    cfg: RunConfig,
+    dir: RunDir,
+    hash: String,
+    provisioner: Arc<Provisioner>,
+    train_tasks: Vec<Task>,
+    test_tasks: Vec<Task>,
+    token_counter: std::sync::OnceLock<Option<(swegym_lm::Tokenizer, ChatTemplate)>>,
+}
+
+pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let env = PathEnv { cache_root: ctx.cache_root.clone(), home };
+    let name = args.name.clone().or_else(|| args.run_dir.as_ref().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().to_string()));
+    let (cfg, text) = config::load(&args.config, name.as_deref(), &env).map_err(|e| Exit::bad_input(e.to_string()))?;
+    let train_tasks = load_split(&cfg.dataset.train)?;
+    let test_tasks = load_split(&cfg.dataset.test)?;
+    let root = args.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&cfg.run.name));
+    let dir = RunDir::new(root);
+    let hash = cfg.hash();
+    let config_dir = args.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let info = RunInfo {
+        name: cfg.run.name.clone(),
+        config_hash: hash.clone(),
+        git_revision: dir::git_revision(config_dir),
+        seed: cfg.run.seed,
+        swegym_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_at: unix_now(),
+    };
+    // Infrastructure before the run folder, so a missing sandbox tool fails before any write.
+    let specs = ctx.env_specs(&cfg.dataset.train.files[0], &extra_env_specs(&cfg))?;
+    let backend = ctx.backend(cfg.sandbox.backend.into()).await?;
+    let (info, resumed) = dir.open(&cfg.to_json(), &text, info)?;
+    println!(
+        "run {} → {} ({}; config {}, git {}, seed {})",
+        info.name,
+        dir.root.display(),
+        if resumed { "resuming" } else { "new" },
+        &info.config_hash[..12],
+        info.git_revision,
+        info.seed
+    );
+    println!(
+        "  {} train tasks × {} rollouts, {} test tasks × {}, {} iterations, policy {}",
+        train_tasks.len(),
+        cfg.sampling.rollouts_per_task,
+        test_tasks.len(),
+        cfg.sampling.eval_rollouts_per_task,
+        cfg.run.iterations,
+        cfg.policy.model.display()
+    );
+    let limits = Limits { memory_bytes: (cfg.sandbox.memory_gib * (1u64 << 30) as f64) as u64, ..Limits::default() };
+    let provisioner = Arc::new(Provisioner::new(backend, specs, ctx.source_options(), limits));
+    let runner = Runner { cfg, dir, hash, provisioner, train_tasks, test_tasks, token_counter: std::sync::OnceLock::new() };
+
+    runner.zero_shot().await?;
+    for i in 0..runner.cfg.run.iterations {
+        if runner.dir.iter_dir(i).join("metrics.json").exists() {
+            println!("iter {i}: done earlier (metrics.json present)");
+            continue;
+        }
+        runner.iteration(i).await?;
+    }
+    let report = crate::report::load_report(&runner.dir.root)?;
+    let files = swegym_report::write_report(&runner.dir.root, &report).context("writing the report")?;
+    println!();
+    print!("{}", report.terminal());
+    println!();
+    println!("run {} finished in {:.0} s (this invocation).", runner.cfg.run.name, started.elapsed().as_secs_f64());
+    let names: Vec<String> = files.iter().map(|f| runner.dir.rel(f)).collect();
+    println!("report in {}: {}", runner.dir.root.display(), names.join(", "));
+    println!("SFT data of every iteration: swegym export {} --out sft.parquet", runner.dir.root.display());
+    Ok(())
+}
+
+/// environments.toml beside the test split's files (when elsewhere than the train split's)
+/// and the config's `env_specs`.
+fn extra_env_specs(cfg: &RunConfig) -> Vec<PathBuf> {
+    let beside = |s: &SplitSection| s.files[0].parent().map(|d| d.join("environments.toml"));
+    let mut extra = Vec::new();
+    if let (Some(test), train) = (beside(&cfg.dataset.test), beside(&cfg.dataset.train)) {
+        if test.exists() && Some(&test) != train.as_ref() {
+            extra.push(test);
+        }
+    }
+    extra.extend(cfg.dataset.env_specs.iter().cloned());
+    extra
+}
+
+/// The selected tasks of a split, in the config's order.
+fn load_split(split: &SplitSection) -> anyhow::Result<Vec<Task>> {
+    let mut by_id = std::collections::HashMap::new();
+    for f in &split.files {
+        for t in swegym_schema::load_tasks(f).map_err(|e| Exit::bad_input(e.to_string()))?.tasks {
+            by_id.insert(t.instance_id.clone(), t);
+        }
+    }
+    split
+        .instance_ids
+        .iter()
+        .map(|id| by_id.remove(id).ok_or_else(|| Exit::bad_input(format!("task {id} vanished from {}", split.files[0].display()))))
+        .collect()
+}
+
+fn label_of(dir: &RunDir, adapter: Option<&Path>) -> String {
+    match adapter {
+        None => "base".to_string(),
+        Some(a) => format!("base+{}", dir.rel(a)),
+    }
+}
+
+impl Runner {
+    /// Runs `body` unless the stage's manifest says it is done; writes the manifest after.
+    async fn stage<Fut>(&self, dir: &Path, stage: &str, body: Fut) -> anyhow::Result<Manifest>
+    where
+        Fut: std::future::Future<Output = anyhow::Result<(Vec<PathBuf>, Value)>>,
+    {
+        let place = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        if let Some(m) = RunDir::manifest(dir, stage)? {
+            println!("{place:<9} {stage:<10} done earlier");
+            return Ok(m);
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let started = Instant::now();
+        let span = tracing::info_span!("stage", stage, place = %place);
+        let (outputs, details) = body.instrument(span).await.with_context(|| format!("{place} {stage}"))?;
+        let manifest = Manifest {
+            stage: stage.to_string(),
+            config_hash: self.hash.clone(),
+            wall_s: started.elapsed().as_secs_f64(),
+            finished_at: unix_now(),
+            outputs: outputs.iter().map(|p| self.dir.rel(p)).collect(),
+            details,
+        };
+        self.dir.write_manifest(dir, &manifest)?;
+        let line = manifest.details.get("line").and_then(Value::as_str).unwrap_or("");
+        println!("{place:<9} {stage:<10} {line}  ({:.0} s)", manifest.wall_s);
+        Ok(manifest)
+    }
+
+    async fn zero_shot(&self) -> anyhow::Result<()> {
+        let dir = self.dir.zero_shot_dir();
+        if dir.join("metrics.json").exists() {
+            return Ok(());
+        }
+        let out = dir.join("eval.parquet");
+        let m = self
+            .stage(&dir, "eval", self.sample_stage(SplitKind::Test, PolicyChoice::Model { adapter: None }, 0, &out, "zero-shot eval"))
+            .await?;
+        let rollouts = read_rollouts(&out)?;
+        let metrics = SplitMetrics::from_rollouts("test", &label_of(&self.dir, None), &rollouts, m.wall_s);
+        write_json_atomic(&dir.join("metrics.json"), &metrics)
+    }
+
+    /// The adapter policy_i uses (None: the base), from iteration i-1's train manifest.
+    fn adapter_of_policy(&self, i: u32) -> anyhow::Result<Option<PathBuf>> {
+        if i == 0 {
+            return Ok(None);
+        }
+        let prev = self.dir.iter_dir(i - 1);
+        let m = RunDir::manifest(&prev, "train")?.ok_or_else(|| anyhow::anyhow!("{}: iteration {} has no train manifest", prev.display(), i - 1))?;
+        Ok(m.details.get("adapter").and_then(Value::as_str).map(|rel| self.dir.root.join(rel)))
+    }
+
+    async fn iteration(&self, i: u32) -> anyhow::Result<()> {
+        let dir = self.dir.iter_dir(i);
+        let adapter_i = self.adapter_of_policy(i)?;
+        let label_i = label_of(&self.dir, adapter_i.as_deref());
+        println!("iter {i}: policy_{i} = {label_i}");
+        let warm_path = dir.join("warm_start.parquet");
+        let warm_oracle = match (&self.cfg.warm_start, i) {
+            (Some(WarmStart::Oracle { rollouts_per_task, .. }), 0) => Some(*rollouts_per_task),
+            _ => None,
+        };
+        let mut warm_manifest = None;
+        if let Some(k) = warm_oracle {
+            let body = self.sample_stage_k(SplitKind::Train, PolicyChoice::Oracle, i, k, &warm_path, "warm start (oracle)");
+            warm_manifest = Some(self.stage(&dir, "warm_start", body).await?);
+        }
+        let rollouts_path = dir.join("rollouts.parquet");
+        let sample = self
+            .stage(&dir, "sample", self.sample_stage(SplitKind::Train, PolicyChoice::Model { adapter: adapter_i.clone() }, i, &rollouts_path, "sample (train)"))
+            .await?;
+        let filter = self.stage(&dir, "filter", self.filter_stage(&dir)).await?;
+        let export = self.stage(&dir, "export", self.export_stage(&dir, i)).await?;
+        let train = self.stage(&dir, "train", self.train_stage(i, adapter_i.clone())).await?;
+        let adapter_next = train.details.get("adapter").and_then(Value::as_str).map(|rel| self.dir.root.join(rel));
+        let eval = self.stage(&dir, "eval", self.eval_stage(i, &train, adapter_next.clone())).await?;
+
+        // Metrics: computed from the stage outputs (the single source of truth).
+        let rollouts = read_rollouts(&rollouts_path)?;
+        let warm_start = match &warm_manifest {
+            Some(m) => Some(SplitMetrics::from_rollouts("train", "oracle", &read_rollouts(&warm_path)?, m.wall_s)),
+            None => None,
+        };
+        let filter_counts: FilterCounts = serde_json::from_value(filter.details["counts"].clone()).context("filter manifest")?;
+        let kept = export.details["records"].as_u64().unwrap_or(0);
+        let mut kept_cumulative = kept;
+        for j in 0..i {
+            let m = RunDir::manifest(&self.dir.iter_dir(j), "export")?;
+            kept_cumulative += m.and_then(|m| m.details["records"].as_u64()).unwrap_or(0);
+        }
+        let test_rollouts = read_rollouts(&dir.join("eval.parquet"))?;
+        let mut stage_seconds = std::collections::BTreeMap::new();
+        for m in [Some(&sample), warm_manifest.as_ref(), Some(&filter), Some(&export), Some(&train), Some(&eval)].into_iter().flatten() {
+            stage_seconds.insert(m.stage.clone(), m.wall_s);
+        }
+        let metrics = IterationMetrics {
+            iteration: i,
+            train: SplitMetrics::from_rollouts("train", &label_i, &rollouts, sample.wall_s),
+            warm_start,
+            warm_start_records: export.details["warm_start_records"].as_u64().unwrap_or(0),
+            filter: filter_counts,
+            kept,
+            kept_cumulative,
+            training: train_metrics(&train.details),
+            test: SplitMetrics::from_rollouts("test", &label_of(&self.dir, adapter_next.as_deref()), &test_rollouts, eval.wall_s),
+            stage_seconds,
+        };
+        write_json_atomic(&dir.join("metrics.json"), &metrics)?;
+        println!(
+            "iter {i}: train resolve {:.1}% · kept {} ({} cumulative) · held-out resolve {:.1}%, empty patch {:.1}% (policy_{})",
+            100.0 * metrics.train.resolve_rate,
+            metrics.kept,
+            metrics.kept_cumulative,
+            100.0 * metrics.test.resolve_rate,
+            100.0 * metrics.test.empty_patch_rate,
+            i + 1
+        );
+        Ok(())
+    }
+
+    /// Samples `split` with `choice` (k from `[sampling]`) and grades every rollout.
+    async fn sample_stage(&self, split: SplitKind, choice: PolicyChoice, iteration: u32, out: &Path, what: &str) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+        let k = match split {
+            SplitKind::Train => self.cfg.sampling.rollouts_per_task,
+            SplitKind::Test => self.cfg.sampling.eval_rollouts_per_task,
+        };
+        self.sample_stage_k(split, choice, iteration, k, out, what).await
+    }
+
+    async fn sample_stage_k(&self, split: SplitKind, choice: PolicyChoice, iteration: u32, k: u32, out: &Path, what: &str) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+        let tasks = match split {
+            SplitKind::Train => &self.train_tasks,
+            SplitKind::Test => &self.test_tasks,
+        };
+        let policy = self.build_policy(&choice).await?;
+        let policy_id = policy.id();
+        let mut config = self.cfg.sample_config(split, iteration, k);
+        if let (PolicyChoice::Oracle, Some(WarmStart::Oracle { max_turns, .. })) = (&choice, &self.cfg.warm_start) {
+            config.episode.max_turns = *max_turns;
+        }
+        let bar = stage_bar((tasks.len() * k as usize) as u64, what);
+        let bar2 = bar.clone();
+        let outcome = swegym_sample::sample(tasks, Arc::clone(&policy), self.provisioner.clone(), &config, out, move |r: &Rollout| {
+            bar2.inc(1);
+            bar2.set_message(format!("{} #{} {}", r.instance_id, r.sample_idx, r.exit_reason));
+        })
+        .await
+        .map_err(|e| Exit::infra(e.to_string()))?;
+        bar.finish_and_clear();
+        drop(policy); // frees the model before grading
+        if outcome.panicked > 0 {
+            return Err(Exit::infra(format!("{} rollouts panicked; rerun the same command to run them", outcome.panicked)));
+        }
+        let mut rollouts = outcome.rollouts;
+        let infra = rollouts.iter().filter(|r| r.exit_reason.is_infra_failure()).count();
+        if !rollouts.is_empty() && infra == rollouts.len() {
+            let first = rollouts.iter().find_map(|r| r.error.clone()).unwrap_or_default();
+            return Err(Exit::infra(format!(
+                "every rollout failed in the infrastructure (sandbox or policy); first error: {first}. Fix it and rerun the same command to resume"
+            )));
+        }
+        let eval = EvalOptions { test_timeout: self.cfg.sandbox.test_timeout_s.map(Duration::from_secs), ..EvalOptions::default() };
+        crate::sample::evaluate_rollouts(self.provisioner.clone(), eval, self.cfg.sandbox.jobs, tasks, &mut rollouts, out).await?;
+        let m = SplitMetrics::from_rollouts("", "", &rollouts, 0.0);
+        let line = format!(
+            "{} rollouts by {policy_id}: resolved {} ({:.1}%), empty patch {:.1}%, mean turns {:.1}",
+            m.rollouts,
+            m.resolved,
+            100.0 * m.resolve_rate,
+            100.0 * m.empty_patch_rate,
+            m.mean_turns
+        );
+        Ok((vec![out.to_path_buf()], json!({"line": line, "policy_id": policy_id, "rollouts": m.rollouts, "ran": outcome.ran, "resumed": outcome.resumed})))
+    }
+
+    async fn build_policy(&self, choice: &PolicyChoice) -> anyhow::Result<Arc<dyn Policy>> {
+        let adapter = match choice {
+            PolicyChoice::Oracle => return Ok(Arc::new(OraclePolicy)),
+            PolicyChoice::Model { adapter } => adapter.clone(),
+        };
+        let p = &self.cfg.policy;
+        match p.kind {
+            PolicyKind::Local => {
+                let (model, dtype, device, threads, merge, jobs) = (p.model.clone(), p.dtype, p.device_choice(), p.threads, p.merge_adapter, self.cfg.sandbox.jobs);
+                let policy = tokio::task::spawn_blocking(move || {
+                    let adapter = adapter.as_deref().map(|dir| AdapterLoad { dir, merge });
+                    LocalPolicy::load_with_adapter(&model, adapter, dtype, device, jobs, threads)
+                })
+                .await
+                .context("loading the policy model")?
+                .map_err(|e| Exit::bad_input(e.to_string()))?;
+                Ok(Arc::new(policy))
+            }
+            PolicyKind::Openai => {
+                let o = p.openai.as_ref().expect("validated: kind openai has an [policy] openai part");
+                let api_key = match &o.api_key_env {
+                    None => None,
+                    Some(var) => Some(std::env::var(var).map_err(|_| Exit::bad_input(format!("[policy] api_key_env {var}: the variable is not set")))?),
+                };
+                let adapter_name = match &adapter {
+                    Some(dir) => Some(self.register_adapter(o, api_key.as_deref(), dir).await?),
+                    None => None,
+                };
+                let config = OpenAiConfig {
+                    adapter: adapter_name,
+                    api_key,
+                    request_timeout: Duration::from_secs(o.request_timeout_s),
+                    max_retries: o.max_retries,
+                    ..OpenAiConfig::new(o.base_url.clone(), o.served_model.clone())
+                };
+                Ok(Arc::new(OpenAiPolicy::new(config).map_err(|e| Exit::infra(e.to_string()))?))
+            }
+        }
+    }
+
+    /// The adapter's name on the server (`<run>-<iter-NNN>`); with `load_adapters`, asks the
+    /// server to load it (vLLM's `POST /v1/load_lora_adapter`; "already loaded" is fine).
+    async fn register_adapter(&self, o: &config::OpenAiSection, api_key: Option<&str>, dir: &Path) -> anyhow::Result<String> {
+        let iter = dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = format!("{}-{iter}", self.cfg.run.name);
+        if !o.load_adapters {
+            return Ok(name);
+        }
+        let path = std::fs::canonicalize(dir).with_context(|| format!("{}", dir.display()))?;
+        let url = format!("{}/load_lora_adapter", o.base_url.trim_end_matches('/'));
+        let mut req = reqwest::Client::new().post(&url).json(&json!({"lora_name": name, "lora_path": path}));
+        if let Some(key) = api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(|e| Exit::infra(format!("{url}: {e}")))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() && !body.contains("already been loaded") {
+            return Err(Exit::infra(format!(
+                "{url} answered {status}: {body} (start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or set [policy] load_adapters = false and load {} yourself)",
+                path.display()
+            )));
+        }
+        Ok(name)
+    }
+
+    /// Token counts with the policy's tokenizer and chat template (as the trainer renders),
+    /// or a 4-characters-per-token estimate when the model has no template.
+    fn count_tokens(&self, messages: &[Message]) -> usize {
+        let counter = self.token_counter.get_or_init(|| {
+            let path = &self.cfg.policy.model;
+            let tokenizer = if path.is_dir() {
+                swegym_lm::Tokenizer::from_file(path.join("tokenizer.json")).ok()
+            } else {
+                swegym_lm::GgufFile::open(path).ok().and_then(|f| swegym_lm::Tokenizer::from_gguf(&f).ok())
+            }?;
+            let template = swegym_lm::chat_template_for(path, &tokenizer)?;
+            Some((tokenizer, template))
+        });
+        let estimate = || messages.iter().map(|m| m.content.chars().count().div_ceil(4) + 4).sum();
+        match counter {
+            Some((tokenizer, template)) => {
+                let chat: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage::new(m.role, m.content.clone())).collect();
+                template.tokenize(tokenizer, &chat, false).map(|t| t.ids.len()).unwrap_or_else(|_| estimate())
+            }
+            None => estimate(),
+        }
+    }
+
+    /// The filter's input: the policy's rollouts, then the warm-start rollouts (if any).
+    fn filter_input(&self, dir: &Path) -> anyhow::Result<Vec<Rollout>> {
+        let mut all = read_rollouts(&dir.join("rollouts.parquet"))?;
+        let warm = dir.join("warm_start.parquet");
+        if warm.exists() {
+            all.extend(read_rollouts(&warm)?);
+        }
+        Ok(all)
+    }
+
+    async fn filter_stage(&self, dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+        let all = self.filter_input(dir)?;
+        let n_tokens: Vec<usize> = all.iter().map(|r| self.count_tokens(&r.messages)).collect();
+        let candidates: Vec<Candidate<'_>> = all.iter().zip(&n_tokens).map(|(rollout, &n)| Candidate { rollout, n_tokens: n }).collect();
+        let outcome = swegym_filter::filter(&candidates, &self.cfg.filter);
+        let decisions: Vec<Value> = all
+            .iter()
+            .zip(&outcome.decisions)
+            .zip(&n_tokens)
+            .map(|((r, d), n)| {
+                let (decision, reason) = match d {
+                    Decision::Keep => ("keep", None),
+                    Decision::Drop(reason) => ("drop", Some(reason.as_str())),
+                };
+                json!({"instance_id": r.instance_id, "sample_idx": r.sample_idx, "policy_id": r.policy_id, "n_tokens": n, "decision": decision, "reason": reason})
+            })
+            .collect();
+        for (reason, n) in outcome.dropped() {
+            if n > 0 {
+                tracing::info!(reason = reason.as_str(), n, "filter drops");
+            }
+        }
+        let counts = outcome.counts();
+        let out = dir.join("filter.json");
+        write_json_atomic(&out, &json!({"rules": self.cfg.filter, "counts": counts, "decisions": decisions}))?;
+        let drops: Vec<String> = counts.dropped.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+        let line = format!("kept {}/{} (dropped: {})", counts.kept, counts.input, if drops.is_empty() { "none".into() } else { drops.join(", ") });
+        Ok((vec![out], json!({"line": line, "counts": counts})))
+    }
+
+    async fn export_stage(&self, dir: &Path, i: u32) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+        let all = self.filter_input(dir)?;
+        let filter: Value = read_json(&dir.join("filter.json"))?;
+        let decisions = filter["decisions"].as_array().cloned().unwrap_or_default();
+        anyhow::ensure!(decisions.len() == all.len(), "{}: {} decisions for {} rollouts (rerun after deleting filter.*)", dir.display(), decisions.len(), all.len());
+        let kept: Vec<usize> = decisions
+            .iter()
+            .enumerate()
+            .filter(|(j, d)| d["decision"] == "keep" && d["instance_id"] == all[*j].instance_id.as_str())
+            .map(|(j, _)| j)
+            .collect();
+        let mut records = swegym_export::records_from_rollouts(&all, &kept);
+        let mut warm_records = 0;
+        if let (Some(WarmStart::Sft { path }), 0) = (&self.cfg.warm_start, i) {
+            let extra = swegym_schema::read_sft(path).map_err(|e| Exit::bad_input(e.to_string()))?;
+            warm_records = extra.len();
+            records.extend(extra);
+        }
+        let out = dir.join("sft.parquet");
+        let summary = swegym_export::write_records(&out, &records)?;
+        let line = format!("{} SFT records ({} from rollouts, {} from the warm-start file) on {} tasks", summary.records, kept.len(), warm_records, summary.instances);
+        Ok((vec![out], json!({"line": line, "records": summary.records, "warm_start_records": warm_records, "summary": summary})))
+    }
+
+    async fn train_stage(&self, i: u32, previous: Option<PathBuf>) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+        let dir = self.dir.iter_dir(i);
+        let kept_now = RunDir::manifest(&dir, "export")?.and_then(|m| m.details["records"].as_u64()).unwrap_or(0);
+        let carry = |reason: String| {
+            let adapter = previous.as_deref().map(|p| self.dir.rel(p));
+            let line = format!("skipped: {reason}; policy_{} = policy_{i}", i + 1);
+            Ok((vec![], json!({"line": line, "trained": false, "skipped_reason": reason, "adapter": adapter})))
+        };
+        if kept_now == 0 {
+            return carry(format!("iteration {i} kept no trajectories"));
+        }
+        let files: Vec<PathBuf> = (0..=i).map(|j| self.dir.iter_dir(j).join("sft.parquet")).collect();
+        let records = swegym_export::concat_datasets(&files, true)?;
+        let out = dir.join("adapter");
+        let partial = dir.join("adapter.partial");
+        let summary: Value = if out.join("train_summary.json").exists() {
+            read_json(&out.join("train_summary.json"))?
+        } else {
+            let device = self.cfg.policy.device_choice().resolve().map_err(|e| Exit::bad_input(e.to_string()))?;
+            let (model, config, partial2) = (self.cfg.policy.model.clone(), self.cfg.train.clone(), partial.clone());
+            let data_name = format!("{} (sft.parquet of iterations 0..={i})", self.dir.rel(&dir));
+            let bar = stage_bar(0, "train (LoRA)");
+            let bar2 = bar.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let mut on_step = |s: &swegym_train::StepLog| {
+                    bar2.set_length(s.total_steps as u64);
+                    bar2.set_position(s.step as u64);
+                    bar2.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", s.loss, s.learning_rate, s.tokens_per_s));
+                };
+                let req = swegym_train::TrainRequest { model: &model, records: &records, data_name: &data_name, out_dir: &partial2, config: &config, device };
+                swegym_train::train(req, &mut on_step)
+            })
+            .await
+            .context("the training thread")?;
+            bar.finish_and_clear();
+            match result {
+                Ok(summary) => {
+                    if out.exists() {
+                        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+                    }
+                    std::fs::rename(&partial, &out).with_context(|| format!("renaming {} into place", partial.display()))?;
+                    serde_json::to_value(&summary)?
+                }
+                Err(swegym_train::TrainError::Data { problem, .. }) if problem.starts_with("nothing to train on") => {
+                    return carry(problem);
+                }
+                Err(e) => return Err(Exit::bad_input(format!("training adapter {i}: {e}"))),
+            }
+        };
+        let line = format!(
+            "{} steps on {} examples (cumulative), loss {:.4} → {:.4}, {} tokens",
+            summary["steps"],
+            summary["examples_used"],
+            summary["loss_first"].as_f64().unwrap_or(f64::NAN),
+            summary["loss_last"].as_f64().unwrap_or(f64::NAN),
+            summary["tokens"]
+        );
+        Ok((vec![out.clone()], json!({"line": line, "trained": true, "adapter": self.dir.rel(&out), "examples": records_len(&summary), "summary": summary})))
+    }
+
+    async fn eval_stage(&self, i: u32, train: &Manifest, adapter: Option<PathBuf>) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+        let dir = self.dir.iter_dir(i);
+        let out = dir.join("eval.parquet");
+        if train.details["trained"] == false {
+            // policy_{i+1} = policy_i: its held-out evaluation is the one already made.
+            let previous = if i == 0 { self.dir.zero_shot_dir() } else { self.dir.iter_dir(i - 1) }.join("eval.parquet");
+            let tmp = dir.join(".eval.parquet.tmp");
+            std::fs::copy(&previous, &tmp).with_context(|| format!("copying {}", previous.display()))?;
+            std::fs::rename(&tmp, &out)?;
+            let line = format!("reused {} (policy unchanged)", self.dir.rel(&previous));
+            return Ok((vec![out], json!({"line": line, "reused_from": self.dir.rel(&previous)})));
+        }
+        self.sample_stage(SplitKind::Test, PolicyChoice::Model { adapter }, i + 1, &out, "eval (test)").await
+    }
+}
+
+fn records_len(summary: &Value) -> u64 {
+    summary["examples_total"].as_u64().unwrap_or(0)
+}
+
+/// The training part of an iteration's metrics, from its train manifest.
+fn train_metrics(details: &Value) -> TrainMetrics {
+    let s = &details["summary"];
+    TrainMetrics {
+        trained: details["trained"].as_bool().unwrap_or(false),
+        skipped_reason: details["skipped_reason"].as_str().map(str::to_string),
+        examples: s["examples_total"].as_u64().unwrap_or(0),
+        examples_used: s["examples_used"].as_u64().unwrap_or(0),
+        examples_dropped: serde_json::from_value(s["examples_dropped"].clone()).unwrap_or_default(),
+        steps: s["steps"].as_u64().unwrap_or(0),
+        tokens: s["tokens"].as_u64().unwrap_or(0),
+        loss_first: s["loss_first"].as_f64(),
+        loss_last: s["loss_last"].as_f64(),
+        tokens_per_s: s["tokens_per_s"].as_f64().unwrap_or(0.0),
+        adapter: details["adapter"].as_str().map(str::to_string),
+    }
+}

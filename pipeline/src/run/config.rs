@@ -1,0 +1,809 @@
+//! The `swegym run` config: a TOML file read in two levels — raw serde structs (every
+//! table `deny_unknown_fields`, so an unknown key fails naming it; every key optional where
+//! a default exists) validated into [`RunConfig`], which has no `Option` left but those
+//! meaning "none" and holds every path absolute and the selected task ids.
+//!
+//! Paths: relative paths resolve against the directory of the config file;
+//! `${SWEGYM_CACHE}` is the cache root (default `~/.cache/swegym`) and a leading `~/` the
+//! home directory. Everything a run needs from disk is checked here, before any work: the
+//! model file, each split's task file and selection, environment specs, a warm-start SFT
+//! file. A failure names the key (`[policy] model`) and the path.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use swegym_filter::{FilterConfig, RawFilterConfig};
+use swegym_lm::{DeviceChoice, Dtype};
+use swegym_sample::{EpisodeConfig, SampleConfig, SamplingParams};
+use swegym_schema::Task;
+use swegym_train::{RawTrainConfig, TrainConfig};
+
+/// A config problem, naming the file, the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}{problem}")]
+pub struct ConfigError {
+    pub file: String,
+    /// `[table] key: ` or empty.
+    pub key: String,
+    pub problem: String,
+}
+
+// ---------------------------------------------------------------- raw (as written)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    run: Option<RawRun>,
+    dataset: Option<RawDataset>,
+    sandbox: Option<RawSandbox>,
+    policy: Option<RawPolicy>,
+    agent: Option<RawAgent>,
+    sampling: Option<RawSampling>,
+    filter: Option<RawFilterConfig>,
+    train: Option<RawTrainConfig>,
+    warm_start: Option<RawWarmStart>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    name: Option<String>,
+    iterations: Option<u32>,
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataset {
+    train: Option<RawSplit>,
+    test: Option<RawSplit>,
+    select: Option<Select>,
+    env_specs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSplit {
+    path: Option<String>,
+    split: Option<String>,
+    limit: Option<usize>,
+    ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    backend: Option<Backend>,
+    jobs: Option<usize>,
+    memory_gib: Option<f64>,
+    test_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    kind: Option<PolicyKind>,
+    model: Option<String>,
+    dtype: Option<String>,
+    device: Option<String>,
+    threads: Option<i32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    max_new_tokens: Option<u32>,
+    eval_temperature: Option<f64>,
+    merge_adapter: Option<bool>,
+    base_url: Option<String>,
+    served_model: Option<String>,
+    api_key_env: Option<String>,
+    request_timeout_s: Option<u64>,
+    max_retries: Option<u32>,
+    load_adapters: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    max_turns: Option<u32>,
+    eval_max_turns: Option<u32>,
+    max_context_tokens: Option<usize>,
+    max_observation_chars: Option<usize>,
+    max_format_errors: Option<u32>,
+    command_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSampling {
+    rollouts_per_task: Option<u32>,
+    eval_rollouts_per_task: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmStart {
+    source: Option<WarmStartSource>,
+    path: Option<String>,
+    rollouts_per_task: Option<u32>,
+    max_turns: Option<u32>,
+}
+
+// ---------------------------------------------------------------- resolved
+
+/// How tasks of a split are picked when `limit` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Select {
+    /// The first `limit` rows, in file order.
+    First,
+    /// `limit` rows drawn with the run's seed.
+    Random,
+}
+
+/// The sandbox backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Local,
+    Docker,
+}
+
+impl From<Backend> for crate::context::BackendArg {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Local => crate::context::BackendArg::Local,
+            Backend::Docker => crate::context::BackendArg::Docker,
+        }
+    }
+}
+
+/// Who serves the policy while sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// Our runtime (crates/lm) in this process, the adapter merged or attached.
+    Local,
+    /// An OpenAI-compatible server (vLLM, SGLang); adapters are registered with it by name.
+    Openai,
+}
+
+/// Off-policy data added to iteration 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmStartSource {
+    /// The oracle policy's trajectories (gold patch played as an expert) on the train split,
+    /// graded and filtered with the policy's rollouts.
+    Oracle,
+    /// An SFT dataset (Parquet or JSONL in the TRL layout), added as it is.
+    Sft,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSection {
+    pub name: String,
+    pub iterations: u32,
+    pub seed: u64,
+}
+
+/// One split: where it came from and the tasks selected.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SplitSection {
+    pub split: String,
+    pub files: Vec<PathBuf>,
+    /// The selected tasks, in order.
+    pub instance_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetSection {
+    pub train: SplitSection,
+    pub test: SplitSection,
+    pub env_specs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SandboxSection {
+    pub backend: Backend,
+    pub jobs: usize,
+    pub memory_gib: f64,
+    pub test_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OpenAiSection {
+    pub base_url: String,
+    pub served_model: String,
+    pub api_key_env: Option<String>,
+    pub request_timeout_s: u64,
+    pub max_retries: u32,
+    /// Register each new adapter with the server (`POST <base_url>/load_lora_adapter`, vLLM).
+    pub load_adapters: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicySection {
+    pub kind: PolicyKind,
+    /// The base model (GGUF file or HF folder): sampled with (local), trained on, and its
+    /// tokenizer counts tokens for the filter.
+    pub model: PathBuf,
+    #[serde(serialize_with = "display")]
+    pub dtype: Dtype,
+    pub device: String,
+    pub threads: Option<i32>,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_new_tokens: u32,
+    pub eval_temperature: f64,
+    pub merge_adapter: bool,
+    pub openai: Option<OpenAiSection>,
+}
+
+impl PolicySection {
+    pub fn device_choice(&self) -> DeviceChoice {
+        self.device.parse().expect("validated when the config was read")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentSection {
+    pub max_turns: u32,
+    pub eval_max_turns: u32,
+    pub max_context_tokens: usize,
+    pub max_observation_chars: usize,
+    pub max_format_errors: u32,
+    pub command_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SamplingSection {
+    pub rollouts_per_task: u32,
+    pub eval_rollouts_per_task: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum WarmStart {
+    /// `max_turns`: the oracle's own turn limit (it needs a few turns to view, edit, test
+    /// and finish, whatever the policy's limit).
+    Oracle { rollouts_per_task: u32, max_turns: u32 },
+    Sft { path: PathBuf },
+}
+
+/// A validated run config.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunConfig {
+    pub run: RunSection,
+    pub dataset: DatasetSection,
+    pub sandbox: SandboxSection,
+    pub policy: PolicySection,
+    pub agent: AgentSection,
+    pub sampling: SamplingSection,
+    pub filter: FilterConfig,
+    pub train: TrainConfig,
+    pub warm_start: Option<WarmStart>,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
+}
+
+/// What sampling on one split uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitKind {
+    Train,
+    Test,
+}
+
+impl RunConfig {
+    /// The config as JSON (what `config.json` holds and the hash is taken of).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("the config serializes")
+    }
+
+    /// sha256 of the resolved config's JSON, hex.
+    pub fn hash(&self) -> String {
+        let text = serde_json::to_string(&self.to_json()).expect("json");
+        let digest = Sha256::digest(text.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The sampling stage's settings for `split` in `iteration`: the train split at the
+    /// sampling temperature with `rollouts_per_task`, the test split at `eval_temperature`.
+    pub fn sample_config(&self, split: SplitKind, iteration: u32, k: u32) -> SampleConfig {
+        let (temperature, max_turns) = match split {
+            SplitKind::Train => (self.policy.temperature, self.agent.max_turns),
+            SplitKind::Test => (self.policy.eval_temperature, self.agent.eval_max_turns),
+        };
+        SampleConfig {
+            k,
+            jobs: self.sandbox.jobs,
+            iteration,
+            // A different stream per iteration; rollout seeds mix in the task and index.
+            seed: self.run.seed.wrapping_add(u64::from(iteration).wrapping_mul(0x9e37_79b9)),
+            sampling: SamplingParams {
+                temperature,
+                top_p: self.policy.top_p,
+                max_tokens: self.policy.max_new_tokens,
+                ..SamplingParams::default()
+            },
+            episode: EpisodeConfig {
+                max_turns,
+                max_observation_chars: self.agent.max_observation_chars,
+                max_context_tokens: self.agent.max_context_tokens,
+                max_format_errors: self.agent.max_format_errors,
+                command_timeout: std::time::Duration::from_secs(self.agent.command_timeout_s),
+                ..EpisodeConfig::default()
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------- reading
+
+/// What path expansion needs from the process (read once by the binary).
+#[derive(Debug, Clone)]
+pub struct PathEnv {
+    pub cache_root: PathBuf,
+    pub home: PathBuf,
+}
+
+/// Reads and validates `path`; `name` (from `--name`) overrides `[run] name`.
+pub fn load(path: &Path, name: Option<&str>, env: &PathEnv) -> Result<(RunConfig, String), ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError { file: file.clone(), key: String::new(), problem: format!("cannot read: {e}") })?;
+    let raw: RawConfig = toml::from_str(&text)
+        .map_err(|e| ConfigError { file: file.clone(), key: String::new(), problem: e.to_string().trim_end().to_string() })?;
+    // Absolute, so the resolved config (and its hash) does not depend on the working directory.
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let base = absolute.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+    let resolver = Resolver { file: file.clone(), base, env: env.clone() };
+    let default_name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    let config = resolver.resolve(raw, name, &default_name)?;
+    Ok((config, text))
+}
+
+struct Resolver {
+    file: String,
+    base: PathBuf,
+    env: PathEnv,
+}
+
+impl Resolver {
+    fn err(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.clone(), key: if key.is_empty() { String::new() } else { format!("{key}: ") }, problem: problem.into() }
+    }
+
+    /// `${SWEGYM_CACHE}` and `~/` expanded; relative to the config's folder.
+    fn path(&self, key: &str, raw: &str) -> Result<PathBuf, ConfigError> {
+        let mut s = raw.replace("${SWEGYM_CACHE}", &self.env.cache_root.to_string_lossy());
+        if let Some(rest) = s.strip_prefix("~/") {
+            s = self.env.home.join(rest).to_string_lossy().to_string();
+        }
+        if let Some(start) = s.find("${") {
+            let var = s[start..].split('}').next().unwrap_or_default();
+            return Err(self.err(key, format!("{raw:?}: unknown variable {var}}} (only ${{SWEGYM_CACHE}} is expanded)")));
+        }
+        let p = PathBuf::from(s);
+        let p = if p.is_absolute() { p } else { self.base.join(p) };
+        Ok(normalize(&p))
+    }
+
+    fn resolve(&self, raw: RawConfig, name: Option<&str>, default_name: &str) -> Result<RunConfig, ConfigError> {
+        let run_raw = raw.run.unwrap_or_default();
+        let name = name.map(str::to_string).or(run_raw.name).unwrap_or_else(|| default_name.to_string());
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(self.err("[run] name", format!("{name:?} is not a folder name")));
+        }
+        let iterations = run_raw.iterations.unwrap_or(2);
+        if iterations == 0 {
+            return Err(self.err("[run] iterations", "must be at least 1"));
+        }
+        let run = RunSection { name, iterations, seed: run_raw.seed.unwrap_or(0) };
+
+        let policy = self.policy(raw.policy.ok_or_else(|| self.err("[policy]", "missing (the model to train is required)"))?)?;
+        let dataset = self.dataset(raw.dataset.ok_or_else(|| self.err("[dataset]", "missing"))?, run.seed)?;
+
+        let sb = raw.sandbox.unwrap_or_default();
+        let jobs = sb.jobs.unwrap_or(2);
+        if jobs == 0 {
+            return Err(self.err("[sandbox] jobs", "must be at least 1"));
+        }
+        let memory_gib = sb.memory_gib.unwrap_or(4.0);
+        if memory_gib <= 0.0 {
+            return Err(self.err("[sandbox] memory_gib", "must be positive"));
+        }
+        let sandbox = SandboxSection { backend: sb.backend.unwrap_or(Backend::Local), jobs, memory_gib, test_timeout_s: sb.test_timeout_s };
+
+        let a = raw.agent.unwrap_or_default();
+        let d = EpisodeConfig::default();
+        let max_turns = a.max_turns.unwrap_or(d.max_turns);
+        let agent = AgentSection {
+            max_turns,
+            eval_max_turns: a.eval_max_turns.unwrap_or(max_turns),
+            max_context_tokens: a.max_context_tokens.unwrap_or(d.max_context_tokens),
+            max_observation_chars: a.max_observation_chars.unwrap_or(d.max_observation_chars),
+            max_format_errors: a.max_format_errors.unwrap_or(d.max_format_errors).max(1),
+            command_timeout_s: a.command_timeout_s.unwrap_or(d.command_timeout.as_secs()),
+        };
+        if agent.max_turns == 0 || agent.eval_max_turns == 0 {
+            return Err(self.err("[agent] max_turns", "must be at least 1"));
+        }
+
+        let s = raw.sampling.unwrap_or_default();
+        let sampling = SamplingSection {
+            rollouts_per_task: s.rollouts_per_task.unwrap_or(4),
+            eval_rollouts_per_task: s.eval_rollouts_per_task.unwrap_or(1),
+        };
+        if sampling.rollouts_per_task == 0 || sampling.eval_rollouts_per_task == 0 {
+            return Err(self.err("[sampling]", "rollouts_per_task and eval_rollouts_per_task must be at least 1"));
+        }
+
+        let filter = raw.filter.unwrap_or_default().resolve(&format!("{}: [filter]", self.file)).map_err(|e| ConfigError {
+            file: self.file.clone(),
+            key: format!("[filter] {}: ", e.key),
+            problem: e.problem,
+        })?;
+        let mut raw_train = raw.train.unwrap_or_default();
+        // The trainer's seed follows the run's unless [train] sets its own.
+        raw_train.seed = raw_train.seed.or(Some(run.seed));
+        let train = raw_train
+            .resolve(&format!("[train] of {}", self.file))
+            .map_err(|e| ConfigError { file: self.file.clone(), key: String::new(), problem: e.to_string() })?;
+
+        let warm_start = match raw.warm_start {
+            None => None,
+            Some(w) => Some(self.warm_start(w)?),
+        };
+        Ok(RunConfig { run, dataset, sandbox, policy, agent, sampling, filter, train, warm_start })
+    }
+
+    fn policy(&self, p: RawPolicy) -> Result<PolicySection, ConfigError> {
+        let kind = p.kind.unwrap_or(PolicyKind::Local);
+        let raw_model = p.model.ok_or_else(|| self.err("[policy] model", "missing (a GGUF file or an HF folder)"))?;
+        let model = self.path("[policy] model", &raw_model)?;
+        if !model.exists() {
+            let hint = if raw_model.contains("SmolLM2") { " (`make setup` downloads the SmolLM2 GGUF)" } else { "" };
+            return Err(self.err("[policy] model", format!("{}: no such file or folder{hint}", model.display())));
+        }
+        if model.is_dir() && !model.join("config.json").exists() {
+            return Err(self.err("[policy] model", format!("{}: a folder without config.json (not an HF model folder)", model.display())));
+        }
+        let dtype = match p.dtype {
+            Some(s) => s.parse::<Dtype>().map_err(|e| self.err("[policy] dtype", e))?,
+            None => Dtype::F32,
+        };
+        let device = p.device.unwrap_or_else(|| "auto".into());
+        device.parse::<DeviceChoice>().map_err(|e| self.err("[policy] device", e))?;
+        let temperature = p.temperature.unwrap_or(1.0);
+        let eval_temperature = p.eval_temperature.unwrap_or(0.0);
+        for (key, t) in [("[policy] temperature", temperature), ("[policy] eval_temperature", eval_temperature)] {
+            if !(0.0..=5.0).contains(&t) {
+                return Err(self.err(key, format!("{t} is outside [0, 5]")));
+            }
+        }
+        let top_p = p.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(self.err("[policy] top_p", format!("{top_p} is outside (0, 1]")));
+        }
+        let openai = match kind {
+            PolicyKind::Local => {
+                for (key, set) in [("base_url", p.base_url.is_some()), ("served_model", p.served_model.is_some()), ("api_key_env", p.api_key_env.is_some())] {
+                    if set {
+                        return Err(self.err(&format!("[policy] {key}"), "only for kind = \"openai\""));
+                    }
+                }
+                None
+            }
+            PolicyKind::Openai => Some(OpenAiSection {
+                base_url: p.base_url.ok_or_else(|| self.err("[policy] base_url", "missing (kind = \"openai\" needs the server's /v1 URL)"))?,
+                served_model: p.served_model.ok_or_else(|| self.err("[policy] served_model", "missing (the base model's name on the server)"))?,
+                api_key_env: p.api_key_env,
+                request_timeout_s: p.request_timeout_s.unwrap_or(600),
+                max_retries: p.max_retries.unwrap_or(5),
+                load_adapters: p.load_adapters.unwrap_or(true),
+            }),
+        };
+        Ok(PolicySection {
+            kind,
+            model,
+            dtype,
+            device,
+            threads: p.threads,
+            temperature,
+            top_p,
+            max_new_tokens: p.max_new_tokens.unwrap_or(1024).max(1),
+            eval_temperature,
+            merge_adapter: p.merge_adapter.unwrap_or(true),
+            openai,
+        })
+    }
+
+    fn dataset(&self, d: RawDataset, seed: u64) -> Result<DatasetSection, ConfigError> {
+        let select = d.select.unwrap_or(Select::First);
+        let train = self.split("train", d.train.ok_or_else(|| self.err("[dataset.train]", "missing"))?, select, seed)?;
+        let test = self.split("test", d.test.ok_or_else(|| self.err("[dataset.test]", "missing"))?, select, seed)?;
+        let mut env_specs = Vec::new();
+        for raw in d.env_specs.unwrap_or_default() {
+            let p = self.path("[dataset] env_specs", &raw)?;
+            if !p.is_file() {
+                return Err(self.err("[dataset] env_specs", format!("{}: no such file", p.display())));
+            }
+            env_specs.push(p);
+        }
+        Ok(DatasetSection { train, test, env_specs })
+    }
+
+    fn split(&self, which: &str, s: RawSplit, select: Select, seed: u64) -> Result<SplitSection, ConfigError> {
+        let table = format!("[dataset.{which}]");
+        let raw_path = s.path.ok_or_else(|| self.err(&format!("{table} path"), "missing (a dataset folder or a task file)"))?;
+        let path = self.path(&format!("{table} path"), &raw_path)?;
+        let files = if path.is_file() {
+            if let Some(split) = &s.split {
+                return Err(self.err(&format!("{table} split"), format!("{split:?} given, but path {} is a file (the file is the split)", path.display())));
+            }
+            vec![path.clone()]
+        } else if path.is_dir() {
+            let split = s.split.clone().unwrap_or_else(|| which.to_string());
+            split_files(&path, &split).map_err(|problem| self.err(&format!("{table} split"), problem))?
+        } else {
+            return Err(self.err(&format!("{table} path"), format!("{}: no such file or folder", path.display())));
+        };
+        let mut tasks: Vec<Task> = Vec::new();
+        for f in &files {
+            let load = swegym_schema::load_tasks(f).map_err(|e| self.err(&format!("{table} path"), e.to_string()))?;
+            for e in &load.errors {
+                tracing::warn!(%e, "skipping a bad task row");
+            }
+            tasks.extend(load.tasks);
+        }
+        if tasks.is_empty() {
+            return Err(self.err(&format!("{table} path"), format!("{}: no task could be read", files[0].display())));
+        }
+        let ids = s.ids.unwrap_or_default();
+        if !ids.is_empty() {
+            let known: std::collections::HashSet<&str> = tasks.iter().map(|t| t.instance_id.as_str()).collect();
+            if let Some(missing) = ids.iter().find(|id| !known.contains(id.as_str())) {
+                return Err(self.err(&format!("{table} ids"), format!("{missing} is not in {}", files[0].display())));
+            }
+            tasks.retain(|t| ids.contains(&t.instance_id));
+        }
+        if let Some(limit) = s.limit {
+            if limit == 0 {
+                return Err(self.err(&format!("{table} limit"), "must be at least 1 (leave it out for all tasks)"));
+            }
+            if select == Select::Random {
+                shuffle(&mut tasks, seed);
+            }
+            tasks.truncate(limit);
+        }
+        Ok(SplitSection {
+            split: s.split.unwrap_or_else(|| files[0].file_stem().map(|x| x.to_string_lossy().to_string()).unwrap_or_default()),
+            files,
+            instance_ids: tasks.into_iter().map(|t| t.instance_id).collect(),
+        })
+    }
+
+    fn warm_start(&self, w: RawWarmStart) -> Result<WarmStart, ConfigError> {
+        match w.source {
+            None => Err(self.err("[warm_start] source", "missing (\"oracle\" or \"sft\")")),
+            Some(WarmStartSource::Oracle) => {
+                if w.path.is_some() {
+                    return Err(self.err("[warm_start] path", "only for source = \"sft\""));
+                }
+                let k = w.rollouts_per_task.unwrap_or(1);
+                if k == 0 {
+                    return Err(self.err("[warm_start] rollouts_per_task", "must be at least 1"));
+                }
+                let max_turns = w.max_turns.unwrap_or(30);
+                if max_turns == 0 {
+                    return Err(self.err("[warm_start] max_turns", "must be at least 1"));
+                }
+                Ok(WarmStart::Oracle { rollouts_per_task: k, max_turns })
+            }
+            Some(WarmStartSource::Sft) => {
+                if w.rollouts_per_task.is_some() || w.max_turns.is_some() {
+                    return Err(self.err("[warm_start] rollouts_per_task / max_turns", "only for source = \"oracle\""));
+                }
+                let raw = w.path.ok_or_else(|| self.err("[warm_start] path", "missing (an SFT Parquet or JSONL file)"))?;
+                let path = self.path("[warm_start] path", &raw)?;
+                if !path.is_file() {
+                    return Err(self.err("[warm_start] path", format!("{}: no such file", path.display())));
+                }
+                swegym_schema::read_sft(&path).map_err(|e| self.err("[warm_start] path", e.to_string()))?;
+                Ok(WarmStart::Sft { path })
+            }
+        }
+    }
+}
+
+/// The task files of `split` in a dataset folder: `<split>.jsonl|.json|.parquet`, or the
+/// shards `<split>-*.parquet` / `data/<split>-*.parquet` (the Hugging Face layout).
+pub fn split_files(dir: &Path, split: &str) -> Result<Vec<PathBuf>, String> {
+    for ext in ["jsonl", "json", "parquet"] {
+        let p = dir.join(format!("{split}.{ext}"));
+        if p.is_file() {
+            return Ok(vec![p]);
+        }
+    }
+    for sub in [dir.to_path_buf(), dir.join("data")] {
+        let mut shards: Vec<PathBuf> = std::fs::read_dir(&sub)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<PathBuf>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p: &PathBuf| {
+                let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                name.starts_with(&format!("{split}-")) && name.ends_with(".parquet")
+            })
+            .collect();
+        if !shards.is_empty() {
+            shards.sort();
+            return Ok(shards);
+        }
+    }
+    Err(format!(
+        "dataset {} has no split {split:?} (looked for {split}.jsonl, {split}.json, {split}.parquet, data/{split}-*.parquet); splits there: {}",
+        dir.display(),
+        splits_in(dir).join(", ")
+    ))
+}
+
+/// The split names a dataset folder offers (file stems of its task files).
+fn splits_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            matches!(ext, "jsonl" | "json" | "parquet") && !p.file_name().is_some_and(|n| n.to_string_lossy().contains("manifest"))
+        })
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        names.push("none".into());
+    }
+    names
+}
+
+/// A seeded Fisher-Yates shuffle (splitmix64), stable across platforms.
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed ^ 0x5eed_5eed_5eed_5eed;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for i in (1..items.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// `a/./b/../c` → `a/c` (lexically; the path need not exist).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(dir: &Path) -> PathEnv {
+        PathEnv { cache_root: dir.join("cache"), home: dir.join("home") }
+    }
+
+    /// A folder with a model file, a dataset with train/test splits, and a config.
+    fn fixture(config: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cache/models")).unwrap();
+        std::fs::write(dir.path().join("cache/models/m.gguf"), b"GGUF").unwrap();
+        let ds = dir.path().join("data");
+        std::fs::create_dir_all(&ds).unwrap();
+        let task = |id: &str| {
+            serde_json::json!({"instance_id": id, "repo": "o/r", "base_commit": "abc", "patch": "", "test_patch": "",
+                "FAIL_TO_PASS": ["t1"], "PASS_TO_PASS": [], "version": "1.0"})
+            .to_string()
+        };
+        std::fs::write(ds.join("train.jsonl"), [task("a-1"), task("a-2"), task("a-3")].join("\n")).unwrap();
+        std::fs::write(ds.join("test.jsonl"), task("b-1")).unwrap();
+        std::fs::write(ds.join("synth_manifest.jsonl"), "").unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, config).unwrap();
+        (dir, cfg)
+    }
+
+    const GOOD: &str = r#"
+[run]
+iterations = 3
+seed = 7
+[dataset.train]
+path = "data"
+limit = 2
+[dataset.test]
+path = "data/test.jsonl"
+[policy]
+model = "${SWEGYM_CACHE}/models/m.gguf"
+[train]
+max_steps = 2
+"#;
+
+    #[test]
+    fn resolves_defaults_paths_and_selection() {
+        let (dir, cfg) = fixture(GOOD);
+        let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        assert_eq!(c.run, RunSection { name: "c".into(), iterations: 3, seed: 7 });
+        assert_eq!(c.dataset.train.instance_ids, ["a-1", "a-2"]);
+        assert_eq!(c.dataset.train.split, "train");
+        assert_eq!(c.dataset.test.instance_ids, ["b-1"]);
+        assert_eq!(c.dataset.test.split, "test");
+        assert_eq!(c.policy.model, dir.path().join("cache/models/m.gguf"));
+        assert_eq!(c.train.seed, 7, "the trainer's seed follows the run's");
+        assert_eq!(c.train.max_steps, Some(2));
+        assert_eq!(c.filter, FilterConfig::default());
+        assert_eq!((c.policy.temperature, c.policy.eval_temperature), (1.0, 0.0));
+        let s = c.sample_config(SplitKind::Test, 1, 1);
+        assert_eq!(s.sampling.temperature, 0.0);
+        // Same config, same hash; --name changes it.
+        let (again, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        assert_eq!(c.hash(), again.hash());
+        let (named, _) = load(&cfg, Some("other"), &env(dir.path())).unwrap();
+        assert_eq!(named.run.name, "other");
+        assert_ne!(named.hash(), c.hash());
+    }
+
+    /// (config text, fragment the error must contain)
+    #[test]
+    fn bad_configs_name_the_key_or_path() {
+        let cases: &[(&str, &str)] = &[
+            ("[run]\nitrations = 2\n", "unknown field `itrations`"),
+            (&GOOD.replace("[train]\n", "[train]\nlearning_rat = 1.0\n"), "unknown field `learning_rat`"),
+            (&GOOD.replace("[policy]\n", "[policy]\ntemp = 1.0\n"), "unknown field `temp`"),
+            (&GOOD.replace("m.gguf", "missing.gguf"), "[policy] model: "),
+            (&GOOD.replace("path = \"data\"\n", "path = \"data\"\nsplit = \"validation\"\n"), "has no split \"validation\""),
+            (&GOOD.replace("path = \"data\"\n", "path = \"nowhere\"\n"), "[dataset.train] path: "),
+            (&GOOD.replace("limit = 2", "ids = [\"zzz\"]"), "[dataset.train] ids: zzz is not in"),
+            (&GOOD.replace("max_steps = 2", "lora_r = 0"), "lora_r"),
+            (&GOOD.replace("[train]", "[filter]\nmax_tokens = 3\n[train]"), "[filter] max_tokens"),
+            (&format!("{GOOD}[warm_start]\nsource = \"sft\"\npath = \"none.parquet\"\n"), "[warm_start] path: "),
+            (&GOOD.replace("${SWEGYM_CACHE}", "${NOPE}"), "unknown variable ${NOPE}"),
+            (&GOOD.replace("seed = 7", "seed = 7\nname = \"a/b\""), "[run] name"),
+        ];
+        for (text, want) in cases {
+            let (dir, cfg) = fixture(text);
+            let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
+            assert!(err.contains(want), "config:\n{text}\nerror {err:?} lacks {want:?}");
+            assert!(err.contains("c.toml"), "{err} does not name the file");
+        }
+    }
+
+    #[test]
+    fn split_listing_names_what_is_there() {
+        let (dir, _) = fixture(GOOD);
+        let e = split_files(&dir.path().join("data"), "dev").unwrap_err();
+        assert!(e.contains("splits there: test, train"), "{e}");
+    }
+
+    #[test]
+    fn seeded_selection_is_stable() {
+        let mut a: Vec<u32> = (0..20).collect();
+        let mut b = a.clone();
+        shuffle(&mut a, 3);
+        shuffle(&mut b, 3);
+        assert_eq!(a, b);
+        assert_ne!(a, (0..20).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,484 @@
+//! swegym-report: what an RFT run did, per iteration — the tables the SWE-Gym paper shows
+//! (resolve rate and empty-patch rate shrinking or growing per iteration), in the terminal
+//! and in `report.md`, as `metrics.parquet` (one row per policy and split), and as SVG
+//! plots of resolve rate and empty-patch rate per iteration, one line per split.
+//!
+//! Policy indexing (as in `swegym_schema::metrics`): policy_0 is the base model (its
+//! held-out row is the zero-shot row) and policy_{i+1} = base + adapter_i. The held-out
+//! table has one row per policy; the training table one row per iteration i, sampled by
+//! policy_i, with what the filter kept and what training did with it.
+//!
+//! Architecture invariant: reads nothing but the metrics it is handed and writes only into
+//! the folder it is given; it never looks at rollouts, models or configs.
+
+pub mod svg;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::{json, Value};
+use swegym_schema::parquet_io::write_parquet;
+use swegym_schema::{ExitReason, IterationMetrics, SchemaError, SplitMetrics};
+
+use crate::svg::{LinePlot, Series};
+
+/// Everything known about a run, in policy order.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub run: String,
+    /// policy_0 (the base model) on the held-out split.
+    pub zero_shot: Option<SplitMetrics>,
+    /// Finished iterations, in order.
+    pub iterations: Vec<IterationMetrics>,
+}
+
+/// Why a report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+}
+
+/// A text table with a title, printed aligned or as Markdown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub title: String,
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Aligned columns (first column left, the others right), a rule under the header.
+    pub fn to_text(&self) -> String {
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|c| self.rows.iter().map(|r| r[c].chars().count()).chain([self.headers[c].chars().count()]).max().unwrap_or(0))
+            .collect();
+        let line = |cells: &[String]| {
+            let parts: Vec<String> = cells
+                .iter()
+                .enumerate()
+                .map(|(c, s)| if c == 0 { format!("{s:<w$}", w = widths[c]) } else { format!("{s:>w$}", w = widths[c]) })
+                .collect();
+            parts.join("  ").trim_end().to_string()
+        };
+        let mut out = format!("{}\n{}\n", self.title, line(&self.headers));
+        out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+        out.push('\n');
+        for r in &self.rows {
+            out.push_str(&line(r));
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = format!("### {}\n\n| {} |\n|", self.title, self.headers.join(" | "));
+        for c in 0..self.headers.len() {
+            out.push_str(if c == 0 { "---|" } else { "---:|" });
+        }
+        out.push('\n');
+        for r in &self.rows {
+            out.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        out
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}", 100.0 * v)
+}
+
+/// The label of policy_p: `zero-shot` for the base, `iter p` after p iterations.
+pub fn policy_label(p: usize) -> String {
+    if p == 0 { "zero-shot".to_string() } else { format!("iter {p}") }
+}
+
+/// The share of rollouts that ended in a reason without a column of its own.
+fn other_exit_rate(m: &SplitMetrics) -> f64 {
+    [ExitReason::ContextExceeded, ExitReason::SandboxError, ExitReason::PolicyError].iter().map(|r| m.exit_rate(*r)).sum()
+}
+
+impl RunReport {
+    /// Held-out metrics per policy index (missing ones skipped).
+    pub fn test_by_policy(&self) -> Vec<(usize, &SplitMetrics)> {
+        let mut rows = Vec::new();
+        if let Some(z) = &self.zero_shot {
+            rows.push((0, z));
+        }
+        for it in &self.iterations {
+            rows.push((it.iteration as usize + 1, &it.test));
+        }
+        rows
+    }
+
+    /// The number of policies the report can speak of (zero-shot + one per iteration).
+    fn n_policies(&self) -> usize {
+        self.iterations.iter().map(|it| it.iteration as usize + 2).max().unwrap_or(1)
+    }
+
+    pub fn held_out_table(&self) -> Table {
+        let headers = ["policy", "rollouts", "resolve %", "empty patch %", "stuck %", "max turns %", "format err %", "other %", "mean turns", "solved"];
+        let rows = self
+            .test_by_policy()
+            .into_iter()
+            .map(|(p, m)| {
+                vec![
+                    policy_label(p),
+                    m.rollouts.to_string(),
+                    pct(m.resolve_rate),
+                    pct(m.empty_patch_rate),
+                    pct(m.exit_rate(ExitReason::StuckInLoop)),
+                    pct(m.exit_rate(ExitReason::MaxTurns)),
+                    pct(m.exit_rate(ExitReason::FormatError)),
+                    pct(other_exit_rate(m)),
+                    format!("{:.1}", m.mean_turns),
+                    format!("{}/{}", m.unique_resolved, m.instances),
+                ]
+            })
+            .collect();
+        Table { title: "Held-out split, temperature 0 (policy_p = base + adapter of iteration p-1)".into(), headers: headers.map(String::from).to_vec(), rows }
+    }
+
+    pub fn training_table(&self) -> Table {
+        let headers = ["iter", "sampled by", "rollouts", "resolve %", "empty patch %", "stuck %", "max turns %", "solved", "kept (cum.)", "steps", "loss first→last", "tokens"];
+        let rows = self
+            .iterations
+            .iter()
+            .map(|it| {
+                let m = &it.train;
+                let t = &it.training;
+                let loss = match (t.loss_first, t.loss_last) {
+                    (Some(a), Some(b)) => format!("{a:.3}→{b:.3}"),
+                    _ => t.skipped_reason.as_deref().map_or("-".to_string(), |r| format!("skipped: {r}")),
+                };
+                vec![
+                    it.iteration.to_string(),
+                    m.policy.clone(),
+                    m.rollouts.to_string(),
+                    pct(m.resolve_rate),
+                    pct(m.empty_patch_rate),
+                    pct(m.exit_rate(ExitReason::StuckInLoop)),
+                    pct(m.exit_rate(ExitReason::MaxTurns)),
+                    format!("{}/{}", m.unique_resolved, m.instances),
+                    format!("{} ({})", it.kept, it.kept_cumulative),
+                    t.steps.to_string(),
+                    loss,
+                    t.tokens.to_string(),
+                ]
+            })
+            .collect();
+        Table { title: "Training split (sampled by policy_i), filter and LoRA training per iteration".into(), headers: headers.map(String::from).to_vec(), rows }
+    }
+
+    pub fn filter_table(&self) -> Table {
+        let reasons: Vec<String> =
+            self.iterations.first().map(|it| it.filter.dropped.keys().cloned().collect()).unwrap_or_default();
+        let mut headers = vec!["iter".to_string(), "input".into(), "warm start".into(), "kept".into()];
+        headers.extend(reasons.iter().cloned());
+        let rows = self
+            .iterations
+            .iter()
+            .map(|it| {
+                let warm = it.warm_start.as_ref().map_or(0, |w| w.rollouts) + it.warm_start_records;
+                let mut row = vec![it.iteration.to_string(), it.filter.input.to_string(), warm.to_string(), it.kept.to_string()];
+                row.extend(reasons.iter().map(|r| it.filter.dropped.get(r).copied().unwrap_or(0).to_string()));
+                row
+            })
+            .collect();
+        Table { title: "Rejection filter: drops by reason".into(), headers, rows }
+    }
+
+    pub fn timing_table(&self) -> Table {
+        let stages = ["warm_start", "sample", "filter", "export", "train", "eval"];
+        let mut headers = vec!["iter".to_string()];
+        headers.extend(stages.iter().map(|s| format!("{s} s")));
+        headers.push("total s".into());
+        let rows = self
+            .iterations
+            .iter()
+            .map(|it| {
+                let mut row = vec![it.iteration.to_string()];
+                row.extend(stages.iter().map(|s| it.stage_seconds.get(*s).map_or("-".to_string(), |v| format!("{v:.0}"))));
+                row.push(format!("{:.0}", it.stage_seconds.values().sum::<f64>()));
+                row
+            })
+            .collect();
+        Table { title: "Wall time per stage".into(), headers, rows }
+    }
+
+    /// The tables shown in the terminal (the first two; report.md has all), then the
+    /// held-out rates as bars.
+    pub fn terminal(&self) -> String {
+        format!("{}\n{}\n{}", self.held_out_table().to_text(), self.training_table().to_text(), self.bars())
+    }
+
+    /// Held-out resolve and empty-patch rates per policy as text bars (the plots, in the
+    /// terminal).
+    pub fn bars(&self) -> String {
+        const WIDTH: f64 = 40.0;
+        let rows = self.test_by_policy();
+        let mut out = String::new();
+        for (title, f) in [("resolve rate", (|m: &SplitMetrics| m.resolve_rate) as fn(&SplitMetrics) -> f64), ("empty-patch rate", |m| m.empty_patch_rate)] {
+            out.push_str(&format!("Held-out {title}\n"));
+            for (p, m) in &rows {
+                let v = f(m).clamp(0.0, 1.0);
+                let n = (v * WIDTH).round() as usize;
+                out.push_str(&format!("  {:<10} {}{} {:>5.1}%\n", policy_label(*p), "█".repeat(n), "·".repeat(WIDTH as usize - n), 100.0 * v));
+            }
+        }
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = format!("# RFT run `{}`\n\n", self.run);
+        md.push_str("Rates are percentages of rollouts. Resolve: the patch makes every FAIL_TO_PASS and PASS_TO_PASS test pass. Empty patch: the patch changes no non-test file. Solved: distinct tasks with at least one resolved rollout.\n\n");
+        md.push_str("![resolve rate per iteration](resolve_rate.svg)\n![empty-patch rate per iteration](empty_patch_rate.svg)\n\n");
+        for t in [self.held_out_table(), self.training_table(), self.filter_table(), self.timing_table()] {
+            md.push_str(&t.to_markdown());
+            md.push('\n');
+        }
+        md
+    }
+
+    /// `resolve_rate.svg` and `empty_patch_rate.svg`: per policy, one line per split.
+    pub fn plots(&self) -> Vec<(&'static str, LinePlot)> {
+        let n = self.n_policies();
+        let x_labels: Vec<String> = (0..n).map(policy_label).collect();
+        let series = |f: fn(&SplitMetrics) -> f64| {
+            let mut test = vec![None; n];
+            for (p, m) in self.test_by_policy() {
+                test[p] = Some(100.0 * f(m));
+            }
+            let mut train = vec![None; n];
+            for it in &self.iterations {
+                train[it.iteration as usize] = Some(100.0 * f(&it.train));
+            }
+            vec![
+                Series { name: "held-out (t=0)".into(), color: "#1f77b4", dashed: false, values: test },
+                Series { name: "train (sampling)".into(), color: "#ff7f0e", dashed: true, values: train },
+            ]
+        };
+        let plot = |title: &str, f: fn(&SplitMetrics) -> f64| LinePlot {
+            title: format!("{title} — {}", self.run),
+            x_title: "policy (after N RFT iterations)".into(),
+            y_title: format!("{title} (%)"),
+            x_labels: x_labels.clone(),
+            series: series(f),
+        };
+        vec![
+            ("resolve_rate.svg", plot("Resolve rate", |m| m.resolve_rate)),
+            ("empty_patch_rate.svg", plot("Empty-patch rate", |m| m.empty_patch_rate)),
+        ]
+    }
+
+    /// One row per (policy, split): the split metrics, plus the iteration's filter and
+    /// training results on `train` rows.
+    pub fn metrics_rows(&self) -> Vec<Value> {
+        let mut rows = Vec::new();
+        for (p, m) in self.test_by_policy() {
+            rows.push(split_row(&self.run, p, m, None));
+        }
+        for it in &self.iterations {
+            rows.push(split_row(&self.run, it.iteration as usize, &it.train, Some(it)));
+        }
+        rows.sort_by_key(|r| (r["iteration"].as_u64(), r["split"].as_str().map(str::to_string)));
+        rows
+    }
+}
+
+fn split_row(run: &str, p: usize, m: &SplitMetrics, it: Option<&IterationMetrics>) -> Value {
+    let mut row = json!({
+        "run": run,
+        "iteration": p,
+        "split": m.split,
+        "policy": m.policy,
+        "rollouts": m.rollouts,
+        "instances": m.instances,
+        "resolved": m.resolved,
+        "resolve_rate": m.resolve_rate,
+        "unique_resolved": m.unique_resolved,
+        "empty_patch": m.empty_patch,
+        "empty_patch_rate": m.empty_patch_rate,
+        "mean_turns": m.mean_turns,
+        "prompt_tokens": m.prompt_tokens,
+        "completion_tokens": m.completion_tokens,
+        "wall_s": m.wall_s,
+    });
+    for reason in ExitReason::ALL {
+        row[format!("{}_rate", reason.as_str())] = json!(m.exit_rate(reason));
+    }
+    if let Some(it) = it {
+        row["kept"] = json!(it.kept);
+        row["kept_cumulative"] = json!(it.kept_cumulative);
+        row["trained"] = json!(it.training.trained);
+        row["train_steps"] = json!(it.training.steps);
+        row["train_tokens"] = json!(it.training.tokens);
+        row["train_loss_first"] = json!(it.training.loss_first);
+        row["train_loss_last"] = json!(it.training.loss_last);
+        row["iteration_wall_s"] = json!(it.stage_seconds.values().sum::<f64>());
+    }
+    row
+}
+
+/// The Arrow schema of `metrics.parquet`.
+pub fn metrics_schema() -> Arc<Schema> {
+    let f = |name: &str, t: DataType, nullable: bool| Field::new(name, t, nullable);
+    let mut fields = vec![
+        f("run", DataType::Utf8, false),
+        f("iteration", DataType::UInt32, false),
+        f("split", DataType::Utf8, false),
+        f("policy", DataType::Utf8, false),
+        f("rollouts", DataType::UInt64, false),
+        f("instances", DataType::UInt64, false),
+        f("resolved", DataType::UInt64, false),
+        f("resolve_rate", DataType::Float64, false),
+        f("unique_resolved", DataType::UInt64, false),
+        f("empty_patch", DataType::UInt64, false),
+        f("empty_patch_rate", DataType::Float64, false),
+    ];
+    for reason in ExitReason::ALL {
+        fields.push(f(&format!("{}_rate", reason.as_str()), DataType::Float64, false));
+    }
+    fields.extend([
+        f("mean_turns", DataType::Float64, false),
+        f("prompt_tokens", DataType::UInt64, false),
+        f("completion_tokens", DataType::UInt64, false),
+        f("wall_s", DataType::Float64, false),
+        f("kept", DataType::UInt64, true),
+        f("kept_cumulative", DataType::UInt64, true),
+        f("trained", DataType::Boolean, true),
+        f("train_steps", DataType::UInt64, true),
+        f("train_tokens", DataType::UInt64, true),
+        f("train_loss_first", DataType::Float64, true),
+        f("train_loss_last", DataType::Float64, true),
+        f("iteration_wall_s", DataType::Float64, true),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// Writes `report.md`, `metrics.parquet`, `resolve_rate.svg` and `empty_patch_rate.svg`
+/// into `dir` (each atomically); returns their paths.
+pub fn write_report(dir: &Path, report: &RunReport) -> Result<Vec<PathBuf>, ReportError> {
+    let mut written = Vec::new();
+    let mut write = |name: &str, text: String| -> Result<(), ReportError> {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let io = |source| ReportError::Io { path: path.clone(), source };
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        written.push(path);
+        Ok(())
+    };
+    write("report.md", report.markdown())?;
+    for (name, plot) in report.plots() {
+        write(name, svg::render(&plot))?;
+    }
+    let path = dir.join("metrics.parquet");
+    write_parquet(&path, metrics_schema(), &report.metrics_rows())?;
+    written.push(path);
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use swegym_schema::{FilterCounts, TrainMetrics};
+
+    fn split(split: &str, policy: &str, rr: f64, ep: f64) -> SplitMetrics {
+        let n = 10u64;
+        let mut exit_reasons: BTreeMap<String, u64> = ExitReason::ALL.iter().map(|r| (r.as_str().to_string(), 0)).collect();
+        exit_reasons.insert("submitted".into(), 6);
+        exit_reasons.insert("stuck_in_loop".into(), 3);
+        exit_reasons.insert("sandbox_error".into(), 1);
+        SplitMetrics {
+            split: split.into(),
+            policy: policy.into(),
+            rollouts: n,
+            instances: 5,
+            resolved: (rr * n as f64) as u64,
+            resolve_rate: rr,
+            unique_resolved: 2,
+            empty_patch: (ep * n as f64) as u64,
+            empty_patch_rate: ep,
+            ungraded: 0,
+            exit_reasons,
+            mean_turns: 4.5,
+            prompt_tokens: 1000,
+            completion_tokens: 100,
+            wall_s: 12.0,
+        }
+    }
+
+    fn report() -> RunReport {
+        let iteration = |i: u32, trained: bool| IterationMetrics {
+            iteration: i,
+            train: split("train", if i == 0 { "base" } else { "base+adapter-000" }, 0.2, 0.5),
+            warm_start: None,
+            warm_start_records: 0,
+            filter: FilterCounts { input: 10, kept: 2, dropped: BTreeMap::from([("not_resolved".into(), 8), ("too_long".into(), 0)]) },
+            kept: 2,
+            kept_cumulative: 2 * (i as u64 + 1),
+            training: TrainMetrics {
+                trained,
+                skipped_reason: (!trained).then(|| "no trajectory kept".to_string()),
+                steps: if trained { 4 } else { 0 },
+                loss_first: trained.then_some(1.25),
+                loss_last: trained.then_some(0.5),
+                ..TrainMetrics::default()
+            },
+            test: split("test", "x", 0.3 + 0.1 * i as f64, 0.4),
+            stage_seconds: BTreeMap::from([("sample".into(), 10.0), ("train".into(), 5.0)]),
+        };
+        RunReport { run: "demo".into(), zero_shot: Some(split("test", "base", 0.1, 0.6)), iterations: vec![iteration(0, true), iteration(1, false)] }
+    }
+
+    #[test]
+    fn tables_read_by_policy() {
+        let r = report();
+        let held = r.held_out_table();
+        assert_eq!(held.rows.iter().map(|row| row[0].as_str()).collect::<Vec<_>>(), ["zero-shot", "iter 1", "iter 2"]);
+        assert_eq!(held.rows[0][2..5], ["10.0", "60.0", "30.0"]);
+        assert_eq!(held.rows[0][7], "10.0", "sandbox errors count as other");
+        let train = r.training_table();
+        assert_eq!(train.rows[0][10], "1.250→0.500");
+        assert_eq!(train.rows[1][10], "skipped: no trajectory kept");
+        assert_eq!(train.rows[1][8], "2 (4)");
+        let text = r.terminal();
+        assert!(text.contains("zero-shot") && text.contains("loss first→last"), "{text}");
+        let bar = |full: usize, pct: &str| format!("{}{} {pct}", "█".repeat(full), "·".repeat(40 - full));
+        assert!(text.contains(&format!("Held-out empty-patch rate\n  zero-shot  {}\n", bar(24, " 60.0%"))), "{text}");
+        assert!(text.contains(&format!("  iter 2     {}\n", bar(16, " 40.0%"))), "{text}");
+        let md = r.markdown();
+        assert!(md.contains("| policy | rollouts | resolve % |") && md.contains("![resolve rate per iteration](resolve_rate.svg)"));
+        assert!(r.filter_table().headers.contains(&"not_resolved".to_string()));
+    }
+
+    #[test]
+    fn plots_and_rows_cover_every_policy() {
+        let r = report();
+        let plots = r.plots();
+        assert_eq!(plots[0].1.x_labels, ["zero-shot", "iter 1", "iter 2"]);
+        assert_eq!(plots[0].1.series[0].values, vec![Some(10.0), Some(30.0), Some(40.0)]);
+        assert_eq!(plots[0].1.series[1].values, vec![Some(20.0), Some(20.0), None]);
+        let rows = r.metrics_rows();
+        assert_eq!(rows.len(), 5);
+        assert_eq!((rows[0]["iteration"].as_u64(), rows[0]["split"].as_str()), (Some(0), Some("test")));
+        assert_eq!((rows[1]["iteration"].as_u64(), rows[1]["split"].as_str()), (Some(0), Some("train")));
+        assert_eq!(rows[1]["kept"], 2);
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_report(dir.path(), &r).unwrap();
+        assert_eq!(files.len(), 4);
+        let back = swegym_schema::parquet_io::read_parquet_json(&dir.path().join("metrics.parquet")).unwrap();
+        assert_eq!(back.len(), 5);
+        assert_eq!(back[1]["train_loss_last"], 0.5);
+        assert_eq!(back[0]["stuck_in_loop_rate"], 0.3);
+    }
+}
