@@ -192,9 +192,10 @@ pub struct TrainBenchArgs {
     /// Recompute layers in the backward pass.
     #[arg(long)]
     pub activation_checkpointing: bool,
-    /// The f32 matmul limit of this machine in GFLOP/s (shared/baselines: ~350 at 2 threads).
-    #[arg(long, default_value_t = 350.0)]
-    pub matmul_gflops: f64,
+    /// The matmul limit in GFLOP/s to report against (default: measured in this run, a
+    /// 2048³ matmul in the benchmark's dtype, median of 5).
+    #[arg(long)]
+    pub matmul_gflops: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -216,6 +217,8 @@ struct TrainBenchRow {
     activation_checkpointing: bool,
     n_trainable: i64,
     swegym: TrainBenchSide,
+    /// The matmul limit used (GFLOP/s; measured in this run unless given).
+    matmul_limit_gflops: f64,
     /// Model FLOPs per step (forward + input-gradient backward of the frozen base; LoRA
     /// and attention included) over the median step time, / the matmul limit.
     matmul_limit_fraction: f64,
@@ -264,6 +267,22 @@ fn run_peft(args: &TrainBenchArgs, python: &Path, hf_model: &Path, dtype: DtypeA
     })
 }
 
+/// GFLOP/s of a 2048³ matmul in `kind` on the CPU (median of 5, after one warm-up).
+pub fn measure_matmul_gflops(kind: tch::Kind) -> f64 {
+    let n = 2048i64;
+    let a = tch::Tensor::randn([n, n], (kind, tch::Device::Cpu));
+    let b = tch::Tensor::randn([n, n], (kind, tch::Device::Cpu));
+    let _ = a.matmul(&b);
+    let mut rates: Vec<f64> = (0..5)
+        .map(|_| {
+            let t0 = Instant::now();
+            let _ = a.matmul(&b);
+            2.0 * (n * n * n) as f64 / t0.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    crate::bench::median(&mut rates)
+}
+
 /// Matmul FLOPs of one training step on `seq` tokens: forward and input-gradient backward
 /// through every projection and the lm_head (2 · params each), LoRA's weight gradients
 /// (one more pass of its small matmuls), and causal attention (QKᵀ and AV forward, twice
@@ -307,6 +326,7 @@ pub async fn bench(ctx: &crate::context::Context, args: TrainBenchArgs) -> anyho
                 overlong: Overlong::Truncate,
                 ..RawTrainConfig::default().resolve("bench").expect("defaults")
             };
+            let limit = args.matmul_gflops.unwrap_or_else(|| measure_matmul_gflops(dtype.dtype().kind()));
             let mut trainer = Trainer::new(lm, &cfg, 0);
             crate::lm::reset_peak_rss();
             let (mut times, mut losses) = (Vec::new(), Vec::new());
@@ -338,7 +358,8 @@ pub async fn bench(ctx: &crate::context::Context, args: TrainBenchArgs) -> anyho
                 threads: args.threads,
                 activation_checkpointing: args.activation_checkpointing,
                 n_trainable: trainer.n_trainable(),
-                matmul_limit_fraction: flops / median_step / (args.matmul_gflops * 1e9),
+                matmul_limit_gflops: limit,
+                matmul_limit_fraction: flops / median_step / (limit * 1e9),
                 tok_s_ratio: peft.as_ref().map(|p| ours.tok_s.median / p.tok_s.median),
                 swegym: ours,
                 peft,

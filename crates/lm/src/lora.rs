@@ -139,37 +139,45 @@ pub struct LoraPair {
 }
 
 impl LoraLayer {
-    /// `s · B(A(dropout(x)))` for every part, concatenated (zeros for parts without a
-    /// pair), in `out_kind`. `part_sizes` are the output sizes of the fused parts.
-    pub(crate) fn delta(&self, x: &Tensor, part_sizes: &[i64], train: bool, out_kind: Kind) -> Tensor {
+    /// `y + s · B(A(dropout(x)))` for every part (nothing added to the rows of parts
+    /// without a pair). `part_sizes` are the output sizes of the fused parts. All parts'
+    /// A matrices run as one matmul, and their B matrices as one block-diagonal matmul
+    /// fused into the addition (`addmm`) when `y` is f32.
+    pub(crate) fn add_to(&self, y: Tensor, x: &Tensor, part_sizes: &[i64], train: bool) -> Tensor {
         let mut xl = x.to_kind(Kind::Float);
         if train && self.dropout > 0.0 {
             xl = xl.dropout(self.dropout, true);
         }
-        let ranks: Vec<i64> = self.pairs.iter().flatten().map(|p| p.a.size()[0]).collect();
-        let all_same = self.pairs.iter().all(Option::is_some) && ranks.windows(2).all(|w| w[0] == w[1]);
-        let outs: Vec<Tensor> = if all_same && self.pairs.len() > 1 {
-            // one matmul for every A of the fused parts, then each B on its slice
-            let a_cat = Tensor::cat(&self.pairs.iter().flatten().map(|p| &p.a).collect::<Vec<_>>(), 0);
-            let h = xl.linear::<Tensor>(&a_cat, None);
-            let r = ranks[0];
-            self.pairs.iter().flatten().enumerate().map(|(i, p)| h.narrow(-1, i as i64 * r, r).linear::<Tensor>(&p.b, None)).collect()
+        let present: Vec<&LoraPair> = self.pairs.iter().flatten().collect();
+        let rank_total: i64 = present.iter().map(|p| p.a.size()[0]).sum();
+        let a_cat = if present.len() == 1 { present[0].a.shallow_clone() } else { Tensor::cat(&present.iter().map(|p| &p.a).collect::<Vec<_>>(), 0) };
+        // B of every part, side by side in its own rank columns: [sum(out), sum(r)]
+        let b_block = if present.len() == self.pairs.len() {
+            if present.len() == 1 { present[0].b.shallow_clone() } else { Tensor::block_diag(&present.iter().map(|p| &p.b).collect::<Vec<_>>()) }
         } else {
-            self.pairs
-                .iter()
-                .zip(part_sizes)
-                .map(|(pair, &out)| match pair {
-                    Some(p) => xl.linear::<Tensor>(&p.a, None).linear::<Tensor>(&p.b, None),
-                    None => {
-                        let mut shape = xl.size();
-                        *shape.last_mut().expect("non-scalar input") = out;
-                        Tensor::zeros(shape.as_slice(), (Kind::Float, xl.device()))
+            let device = present[0].b.device();
+            let mut rows = Vec::with_capacity(self.pairs.len());
+            let mut col = 0;
+            for (pair, &out) in self.pairs.iter().zip(part_sizes) {
+                match pair {
+                    Some(p) => {
+                        let r = p.b.size()[1];
+                        let left = Tensor::zeros([out, col], (Kind::Float, device));
+                        let right = Tensor::zeros([out, rank_total - col - r], (Kind::Float, device));
+                        rows.push(Tensor::cat(&[&left, &p.b, &right], 1));
+                        col += r;
                     }
-                })
-                .collect()
+                    None => rows.push(Tensor::zeros([out, rank_total], (Kind::Float, device))),
+                }
+            }
+            Tensor::cat(&rows, 0)
         };
-        let delta = if outs.len() == 1 { outs.into_iter().next().expect("one part") } else { Tensor::cat(&outs, -1) };
-        (delta * self.scale).to_kind(out_kind)
+        let in_dim = *xl.size().last().expect("non-scalar input");
+        let y_shape = y.size();
+        let h = xl.reshape([-1, in_dim]).mm(&a_cat.tr()) * self.scale;
+        let y2 = y.reshape([-1, *y_shape.last().expect("non-scalar output")]);
+        let out = if y2.kind() == Kind::Float { y2.addmm(&h, &b_block.tr()) } else { &y2 + h.mm(&b_block.tr()).to_kind(y2.kind()) };
+        out.reshape(y_shape.as_slice())
     }
 }
 

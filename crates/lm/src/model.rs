@@ -83,7 +83,7 @@ impl Linear {
             None => y,
             Some(lora) => {
                 let sizes: Vec<i64> = self.parts.iter().map(|p| p.1).collect();
-                y + lora.delta(x, &sizes, train, self.weight.kind())
+                lora.add_to(y, x, &sizes, train)
             }
         }
     }

@@ -291,13 +291,17 @@ fn micro_batch(model: &CausalLm, batch: &[&Example], pad: u32, scale: f64, check
     let seed_layer = |i: usize| tch::manual_seed((seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
 
     let loss_sum = if !checkpointing {
+        let t0 = Instant::now();
         let mut x = model.embed(&input);
         for i in 0..n_layers {
             seed_layer(i);
             x = model.layer_forward(i, &x, &step);
         }
         let hidden = model.final_norm(&x);
-        head_backward(model, &hidden, &rows, &targets, scale)
+        let forward_s = t0.elapsed().as_secs_f64();
+        let loss = head_backward(model, &hidden, &rows, &targets, scale);
+        tracing::debug!(forward_s, head_and_backward_s = t0.elapsed().as_secs_f64() - forward_s, "micro-batch");
+        loss
     } else {
         // keep each layer's input only; recompute the layer when its gradient is needed
         let mut inputs = Vec::with_capacity(n_layers);
@@ -340,6 +344,7 @@ fn head_backward(model: &CausalLm, hidden: &Tensor, rows: &Tensor, targets: &Ten
         return 0.0;
     }
     let weight = model.lm_head_weight();
+    let t0 = Instant::now();
     let (loss, grad) = {
         let _guard = tch::no_grad_guard();
         let detached = selected.detach();
@@ -363,7 +368,9 @@ fn head_backward(model: &CausalLm, hidden: &Tensor, rows: &Tensor, targets: &Ten
         }
         (loss, Tensor::cat(&grads, 0))
     };
+    let head_s = t0.elapsed().as_secs_f64();
     (selected * grad.to_kind(hidden.kind())).sum(Kind::Float).backward();
+    tracing::debug!(head_s, backward_s = t0.elapsed().as_secs_f64() - head_s, "loss head");
     loss
 }
 

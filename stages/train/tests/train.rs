@@ -120,3 +120,24 @@ fn activation_checkpointing_gives_the_same_gradients() {
         assert!((x - y).abs() < 1e-5, "{:?} vs {:?}", plain.losses, ckpt.losses);
     }
 }
+
+#[test]
+fn bf16_training_tracks_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let records: Vec<SftRecord> = (0..3).map(|i| record(&format!("q{i}"), Some(&format!("the answer is {i}")))).collect();
+    let base = "learning_rate = 1e-2\nepochs = 4\ngrad_accum = 1\nthreads = 1\n";
+    let f32 = train(&model, &records, &dir.path().join("f32"), &config(base), &mut |_| {});
+    let bf16 = train(&model, &records, &dir.path().join("bf16"), &config(&format!("{base}dtype = \"bf16\"\n")), &mut |_| {});
+    assert_eq!(f32.losses.len(), bf16.losses.len());
+    for (a, b) in f32.losses.iter().zip(&bf16.losses) {
+        assert!((a - b).abs() < 0.05, "bf16 {:?} vs f32 {:?}", bf16.losses, f32.losses);
+    }
+    assert!(bf16.loss_last < bf16.loss_first);
+    // the adapter is f32 whatever the base dtype (PEFT's autocast_adapter_dtype)
+    let bytes = std::fs::read(dir.path().join("bf16/adapter_model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    assert!(header.contains("\"F32\"") && !header.contains("BF16"), "{header}");
+}
