@@ -12,7 +12,7 @@
 //! the adapter name in the tensor names), unmerged or merged into the base weights.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -380,9 +380,4 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, merge: bool) -> Result<Ada
         model.merge_lora();
     }
     Ok(config)
-}
-
-/// `adapter_model.safetensors`'s path in an adapter folder.
-pub fn adapter_weights_path(dir: &Path) -> PathBuf {
-    dir.join("adapter_model.safetensors")
 }
