@@ -9,7 +9,10 @@
 //! session's next request, whose prompt continues the same tokens (the reply and an
 //! observation appended), prefills only what is new. The reuse is keyed by the session, not
 //! looked up by content, so what a request computes never depends on what other requests
-//! happened to run before it.
+//! happened to run before it. The one exception is exact: a session's first prompt is kept
+//! whole with its last logits, and a session whose first prompt is the same token for token
+//! (the k samples of one task) starts from them — the very values its own prefill would
+//! have computed.
 //!
 //! [`Engine`] puts a generator on its own thread behind a channel, so many tokio tasks
 //! (agent episodes) can submit requests to one model: the thread batches whatever is
@@ -22,6 +25,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tch::Tensor;
 
 use crate::model::{CausalLm, KvCache, RowKv};
 use crate::tokenizer::Tokenizer;
@@ -159,17 +163,29 @@ pub struct Generator<'m> {
     parked: PrefixCache,
 }
 
-/// Rows of finished session requests, most recently used last, within a byte budget.
+/// Kept rows, most recently used last, within a byte budget: finished session requests
+/// (for the session's next request) and the first prompts of sessions (for another session
+/// that starts with exactly the same prompt, as the k samples of one task do).
 struct PrefixCache {
     entries: VecDeque<Parked>,
     budget_bytes: usize,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParkedKey {
+    /// A finished request of this session: its prompt and reply.
+    Session(u64),
+    /// A prompt as a whole, with the logits of its last position.
+    Prompt,
+}
+
 struct Parked {
-    session: u64,
+    key: ParkedKey,
     /// The tokens whose keys and values `kv` holds (prompt, then the reply as fed).
     tokens: Vec<u32>,
     kv: RowKv,
+    /// `ParkedKey::Prompt`: the logits after the last token (`[vocab]`, f32).
+    logits: Option<Tensor>,
 }
 
 impl PrefixCache {
@@ -178,12 +194,25 @@ impl PrefixCache {
     }
 
     fn take(&mut self, session: u64) -> Option<Parked> {
-        let at = self.entries.iter().position(|p| p.session == session)?;
+        let at = self.entries.iter().position(|p| p.key == ParkedKey::Session(session))?;
         self.entries.remove(at)
     }
 
+    /// The kept prompt equal to `prompt` (made most recently used).
+    fn prompt(&mut self, prompt: &[u32]) -> Option<&Parked> {
+        let at = self.entries.iter().position(|p| p.key == ParkedKey::Prompt && p.tokens == prompt)?;
+        let entry = self.entries.remove(at)?;
+        self.entries.push_back(entry);
+        self.entries.back()
+    }
+
     fn put(&mut self, parked: Parked) {
-        self.take(parked.session);
+        match parked.key {
+            ParkedKey::Session(s) => {
+                self.take(s);
+            }
+            ParkedKey::Prompt => self.entries.retain(|p| !(p.key == ParkedKey::Prompt && p.tokens == parked.tokens)),
+        }
         if parked.kv.bytes() > self.budget_bytes {
             return;
         }
@@ -261,12 +290,34 @@ impl<'m> Generator<'m> {
             let keep = common.min(prompt.len() - 1);
             (keep > 0).then_some((p, keep))
         });
-        let (row, cached) = match &reuse {
-            Some((p, keep)) => (self.cache.push_row_from(&p.kv, *keep as i64, expected), *keep),
-            None => (self.cache.push_row(expected), 0),
+        let (row, cached, logits) = match &reuse {
+            Some((p, keep)) => {
+                let row = self.cache.push_row_from(&p.kv, *keep as i64, expected);
+                (row, *keep, self.model.prefill_row(&mut self.cache, row, &prompt[*keep..]))
+            }
+            // A session's first prompt: another session may have started with the same
+            // one (the k samples of a task). Its rows and last logits are exactly what the
+            // prefill computes, so sharing them changes no result.
+            None if session.is_some() && self.parked.budget_bytes > 0 => match self.parked.prompt(&prompt) {
+                Some(p) => {
+                    let row = self.cache.push_row_from(&p.kv, prompt.len() as i64, expected);
+                    (row, prompt.len(), p.logits.as_ref().expect("a kept prompt has its logits").shallow_clone())
+                }
+                None => {
+                    let row = self.cache.push_row(expected);
+                    let logits = self.model.prefill_row(&mut self.cache, row, &prompt);
+                    let kv = self.cache.snapshot_row(row, prompt.len() as i64);
+                    let kept = Parked { key: ParkedKey::Prompt, tokens: prompt.clone(), kv, logits: Some(logits.copy()) };
+                    self.parked.put(kept);
+                    (row, 0, logits)
+                }
+            },
+            None => {
+                let row = self.cache.push_row(expected);
+                (row, 0, self.model.prefill_row(&mut self.cache, row, &prompt))
+            }
         };
         drop(reuse);
-        let logits = self.model.prefill_row(&mut self.cache, row, &prompt[cached..]);
         let mut seq = Sequence {
             id,
             rng: ChaCha8Rng::seed_from_u64(params.seed),
@@ -420,7 +471,7 @@ impl<'m> Generator<'m> {
         tokens.extend_from_slice(&self.active[row].tokens[..fed]);
         tokens.truncate(len as usize);
         let kv = self.cache.snapshot_row(row, len);
-        self.parked.put(Parked { session, tokens, kv });
+        self.parked.put(Parked { key: ParkedKey::Session(session), tokens, kv, logits: None });
     }
 
     fn remove(&mut self, row: usize) {
@@ -477,13 +528,21 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> 
     let t = params.temperature.max(f32::MIN_POSITIVE);
     let mut order: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
     // descending by logit; ties by id so the order is total and reproducible
-    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let descending = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
     if params.top_k > 0 && params.top_k < order.len() {
-        // keep everything tied with the k-th logit, as transformers' `< kth value` filter
+        // keep everything tied with the k-th logit, as transformers' `< kth value` filter;
+        // only the kept ones are sorted (a full sort of the vocabulary per token is a
+        // large share of a decode step)
+        order.select_nth_unstable_by(params.top_k - 1, descending);
         let kth = logits[order[params.top_k - 1]];
         order.retain(|&i| logits[i] >= kth);
+        order.sort_unstable_by(descending);
+    } else if params.top_p < 1.0 {
+        order.sort_unstable_by(descending);
     }
-    let max = logits[order[0]] / t;
+    // without a nucleus cut every finite token stays, in id order or sorted: the draw is
+    // from the same distribution either way
+    let max = order.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max) / t;
     let weights: Vec<f64> = order.iter().map(|&i| f64::from(logits[i] / t - max).exp()).collect();
     let total: f64 = weights.iter().sum();
     let mut keep = order.len();
@@ -545,18 +604,54 @@ pub struct Engine {
 impl Engine {
     /// Moves `model` onto a new thread and starts serving requests.
     pub fn spawn(model: CausalLm, tokenizer: Tokenizer, options: EngineOptions) -> Engine {
+        match Engine::spawn_with(options, move || Ok::<_, std::convert::Infallible>((model, tokenizer))) {
+            Ok(engine) => engine,
+            Err(never) => match never {},
+        }
+    }
+
+    /// An engine whose thread makes its model itself (`load`): every libtorch call then
+    /// happens on that one thread. Prefer it to [`Engine::spawn`] when this process has
+    /// not used libtorch yet. libgomp throttles its spin-waiting once the process holds
+    /// more OpenMP threads than CPUs, so a second thread team (the loader's, idle but
+    /// alive, beside the engine's) makes each of a decoding step's many small parallel
+    /// regions wake sleeping workers: measured at 2 threads, a step took 50 ms instead of
+    /// 31 ms. `load`'s error comes back here.
+    pub fn spawn_with<E: Send + 'static>(
+        options: EngineOptions,
+        load: impl FnOnce() -> Result<(CausalLm, Tokenizer), E> + Send + 'static,
+    ) -> Result<Engine, E> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let thread_tokenizer = tokenizer.clone();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Tokenizer, E>>();
         let thread = std::thread::Builder::new()
             .name("swegym-lm-engine".into())
             .spawn(move || {
                 if let Some(n) = options.threads {
                     tch::set_num_threads(n);
                 }
-                serve(&model, thread_tokenizer, &options, &rx);
+                match load() {
+                    Ok((model, tokenizer)) => {
+                        let _ = ready_tx.send(Ok(tokenizer.clone()));
+                        serve(&model, tokenizer, &options, &rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
             })
             .expect("spawn the engine thread");
-        Engine { jobs: Some(tx), thread: Some(thread), tokenizer }
+        match ready_rx.recv() {
+            Ok(Ok(tokenizer)) => Ok(Engine { jobs: Some(tx), thread: Some(thread), tokenizer }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            // the loader panicked: pass its panic on
+            Err(_) => match thread.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(()) => unreachable!("the engine thread ended without reporting its model"),
+            },
+        }
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -5,8 +5,9 @@
 //!
 //! For speed the loaded model fuses q/k/v into one projection and gate/up into another
 //! (one matmul each instead of three and two), and the KV cache is preallocated
-//! (`[rows, capacity, kv_heads, head_dim]` per layer) with one length per row, so a batch
-//! of sequences at different positions decodes in one forward (see `crate::generate`).
+//! (`[rows, kv_heads, capacity, head_dim]` per layer) with one length per row, so a batch
+//! of sequences at different positions decodes in one forward (see `crate::generate`), and
+//! a decode step's attention reads the cache in place (no per-step copy of past keys).
 
 use std::path::Path;
 
@@ -78,7 +79,7 @@ impl Linear {
 
     /// `x W^T + b`, plus the LoRA delta (`train` switches LoRA dropout on).
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        let y = linear(x, &self.weight, self.bias.as_ref());
         match &self.lora {
             None => y,
             Some(lora) => {
@@ -120,6 +121,38 @@ impl Linear {
             row += out;
         }
     }
+}
+
+/// Rows at most this many take [`linear`]'s weight-major path.
+const SMALL_BATCH_ROWS: i64 = 16;
+
+/// `x W^T + b` for `x: [..., in]`, `weight: [out, in]`. A decoding step feeds a handful of
+/// rows, and libtorch's CPU f32 GEMM for `x W^T` with 2–16 rows splits the work by row:
+/// every thread streams the whole weight, which made two rows cost about twice one row
+/// (and one row goes to a GEMV that reaches less than half the memory bandwidth). For
+/// those, `(W x^T)^T` is computed instead: the split is over the weight's rows, each
+/// streamed once, and one row is fed twice so that it, too, takes the GEMM (measured on
+/// SmolLM2's projections at 2 threads: 1 row 44 → 18 ms, 4 rows 62 → 25 ms per step). bf16
+/// goes through oneDNN, which has no such problem, and keeps `linear`.
+fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let in_dim = weight.size()[1];
+    let rows = x.numel() as i64 / in_dim.max(1);
+    if weight.kind() != Kind::Float || x.kind() != Kind::Float || rows > SMALL_BATCH_ROWS || rows == 0 || x.device() != Device::Cpu {
+        return x.linear(weight, bias);
+    }
+    let flat = x.reshape([rows, in_dim]);
+    let y = if rows == 1 {
+        weight.mm(&Tensor::cat(&[&flat, &flat], 0).tr()).narrow(1, 0, 1)
+    } else {
+        weight.mm(&flat.tr())
+    };
+    let mut y = y.tr().contiguous();
+    if let Some(b) = bias {
+        y = y + b;
+    }
+    let mut shape = x.size();
+    *shape.last_mut().expect("x has a feature dimension") = weight.size()[0];
+    y.view(shape.as_slice())
 }
 
 /// RMSNorm computed in f32, as transformers' `LlamaRMSNorm`.
@@ -235,28 +268,52 @@ impl Attention {
         let (nh, nkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let qkv = self.qkv_proj.forward(x, step.train).view([b, t, nh + 2 * nkv, d]);
         let qk = apply_rope(&qkv.narrow(2, 0, nh + nkv), &step.cos, &step.sin);
+        // heads-major, as SDPA and the cache ([rows, kv_heads, len, d]) hold them
         let q = qk.narrow(2, 0, nh).transpose(1, 2);
-        let k = qk.narrow(2, nh, nkv);
-        let v = qkv.narrow(2, nh + nkv, nkv);
+        let k = qk.narrow(2, nh, nkv).transpose(1, 2);
+        let v = qkv.narrow(2, nh + nkv, nkv).transpose(1, 2);
         let (k, v) = match (cache, &step.write) {
             (Some((kc, vc)), Some(KvWrite::Block { row0, past })) => {
-                kc.narrow(0, *row0, b).narrow(1, *past, t).copy_(&k);
-                vc.narrow(0, *row0, b).narrow(1, *past, t).copy_(&v);
+                kc.narrow(0, *row0, b).narrow(2, *past, t).copy_(&k);
+                vc.narrow(0, *row0, b).narrow(2, *past, t).copy_(&v);
                 let len = past + t;
-                (kc.narrow(0, *row0, b).narrow(1, 0, len), vc.narrow(0, *row0, b).narrow(1, 0, len))
+                (kc.narrow(0, *row0, b).narrow(2, 0, len), vc.narrow(0, *row0, b).narrow(2, 0, len))
             }
             (Some((kc, vc)), Some(KvWrite::Scatter { rows, positions, len })) => {
-                let index = [Some(rows), Some(positions)];
-                let _ = kc.index_put_(&index, &k.squeeze_dim(1), false);
-                let _ = vc.index_put_(&index, &v.squeeze_dim(1), false);
-                (kc.narrow(0, 0, b).narrow(1, 0, *len), vc.narrow(0, 0, b).narrow(1, 0, *len))
+                // (rows[b], :, positions[b], :) ← k[b, :, 0, :]
+                let index = [Some(rows), None, Some(positions)];
+                let _ = kc.index_put_(&index, &k.squeeze_dim(2), false);
+                let _ = vc.index_put_(&index, &v.squeeze_dim(2), false);
+                (kc.narrow(0, 0, b).narrow(2, 0, *len), vc.narrow(0, 0, b).narrow(2, 0, *len))
             }
             _ => (k, v),
         };
-        let (k, v) = (k.transpose(1, 2), v.transpose(1, 2));
+        if t == 1 {
+            let y = decode_attention(&q, &k, &v, step.mask.as_ref());
+            return self.o_proj.forward(&y, step.train);
+        }
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, step.mask.as_ref(), 0.0, step.is_causal, None, true);
         self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, nh * d]), step.train)
     }
+}
+
+/// Attention of one new position per row (`q: [B, heads, 1, d]`) over `k, v: [B, kv_heads,
+/// L, d]` (views into the cache), `mask: [B, 1, 1, L]`; returns `[B, 1, heads * d]`. The
+/// `heads / kv_heads` query heads of a group share one key/value head, so they attend as
+/// that many queries of it, and both matmuls read the cache where it lies (its layout
+/// folds `[B, kv_heads]` into one batch dimension without a copy). SDPA's grouped-query
+/// path instead expands every layer's whole cache to `heads` copies at each step, which
+/// made decoding cost grow steeply with the context and batching gain nothing.
+fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    let (b, heads, _, d) = q.size4().expect("q is [B, heads, 1, d]");
+    let kv_heads = k.size()[1];
+    let q = q.reshape([b, kv_heads, heads / kv_heads, d]);
+    let mut scores = q.matmul(&k.transpose(-1, -2)) * (1.0 / (d as f64).sqrt());
+    if let Some(mask) = mask {
+        scores = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+    }
+    let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+    weights.matmul(v).reshape([b, 1, heads * d])
 }
 
 /// `down(silu(gate(x)) * up(x))`, gate and up fused into one projection.
@@ -541,7 +598,7 @@ impl CausalLm {
 
     /// lm_head; f32 logits.
     fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float)
+        linear(hidden, &self.lm_head, None).to_kind(Kind::Float)
     }
 
     fn ids_tensor(&self, ids: &[u32]) -> Tensor {
@@ -589,7 +646,7 @@ impl CausalLm {
 }
 
 /// The keys and values of one sequence's positions, taken out of a [`KvCache`] (per layer
-/// `[len, kv_heads, head_dim]`), so a later request that continues the same text skips
+/// `[kv_heads, len, head_dim]`), so a later request that continues the same text skips
 /// their prefill.
 #[derive(Debug)]
 pub struct RowKv {
@@ -614,7 +671,7 @@ impl RowKv {
 }
 
 /// Keys and values of past positions for a set of rows (sequences), per layer
-/// `[capacity_rows, capacity_len, kv_heads, head_dim]`, with each row's length. Rows are
+/// `[capacity_rows, kv_heads, capacity_len, head_dim]`, with each row's length. Rows are
 /// dense (`0..rows()`): a finished sequence is removed by moving the last row into its place.
 #[derive(Debug)]
 pub struct KvCache {
@@ -664,8 +721,8 @@ impl KvCache {
             let len = self.lens[last];
             for (k, v) in &mut self.layers {
                 for t in [k, v] {
-                    let src = t.narrow(0, last as i64, 1).narrow(1, 0, len);
-                    t.narrow(0, row as i64, 1).narrow(1, 0, len).copy_(&src);
+                    let src = t.narrow(0, last as i64, 1).narrow(2, 0, len);
+                    t.narrow(0, row as i64, 1).narrow(2, 0, len).copy_(&src);
                 }
             }
         }
@@ -685,7 +742,7 @@ impl KvCache {
         let layers = self
             .layers
             .iter()
-            .map(|(k, v)| (k.get(row as i64).narrow(0, 0, len).copy(), v.get(row as i64).narrow(0, 0, len).copy()))
+            .map(|(k, v)| (k.get(row as i64).narrow(1, 0, len).copy(), v.get(row as i64).narrow(1, 0, len).copy()))
             .collect();
         RowKv { layers, len }
     }
@@ -696,8 +753,8 @@ impl KvCache {
         assert!(keep <= snapshot.len && snapshot.layers.len() == self.n_layers, "snapshot does not fit this cache");
         let row = self.push_row(expected_len.max(keep));
         for ((k, v), (sk, sv)) in self.layers.iter_mut().zip(&snapshot.layers) {
-            k.get(row as i64).narrow(0, 0, keep).copy_(&sk.narrow(0, 0, keep));
-            v.get(row as i64).narrow(0, 0, keep).copy_(&sv.narrow(0, 0, keep));
+            k.get(row as i64).narrow(1, 0, keep).copy_(&sk.narrow(1, 0, keep));
+            v.get(row as i64).narrow(1, 0, keep).copy_(&sv.narrow(1, 0, keep));
         }
         self.lens[row] = keep;
         row
@@ -723,7 +780,7 @@ impl KvCache {
             let grown = (self.capacity_len * 3 / 2).max(len);
             (grown + 255) / 256 * 256
         };
-        let shape = [new_rows as i64, new_len, self.kv_heads, self.head_dim];
+        let shape = [new_rows as i64, self.kv_heads, new_len, self.head_dim];
         let old = std::mem::take(&mut self.layers);
         self.layers = (0..self.n_layers)
             .map(|_| (Tensor::zeros(shape, (self.kind, self.device)), Tensor::zeros(shape, (self.kind, self.device))))
@@ -732,8 +789,8 @@ impl KvCache {
         let used_len = self.lens.iter().copied().max().unwrap_or(0).min(self.capacity_len);
         if used_rows > 0 && used_len > 0 {
             for ((k, v), (ok, ov)) in self.layers.iter_mut().zip(&old) {
-                k.narrow(0, 0, used_rows).narrow(1, 0, used_len).copy_(&ok.narrow(0, 0, used_rows).narrow(1, 0, used_len));
-                v.narrow(0, 0, used_rows).narrow(1, 0, used_len).copy_(&ov.narrow(0, 0, used_rows).narrow(1, 0, used_len));
+                k.narrow(0, 0, used_rows).narrow(2, 0, used_len).copy_(&ok.narrow(0, 0, used_rows).narrow(2, 0, used_len));
+                v.narrow(0, 0, used_rows).narrow(2, 0, used_len).copy_(&ov.narrow(0, 0, used_rows).narrow(2, 0, used_len));
             }
         }
         self.capacity_rows = new_rows;

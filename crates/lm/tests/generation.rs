@@ -296,6 +296,35 @@ fn tiny_sessions_in_a_batch_match_each_alone() {
     assert!(continued.iter().all(|c| c.cached_prompt_tokens > 0));
 }
 
+/// The k samples of one task: sessions whose first prompt is the same. The second and later
+/// start from the first one's kept prompt (no prefill), and every reply is the one a
+/// generator keeping nothing gives, alone or in a batch.
+#[test]
+fn tiny_sessions_with_the_same_first_prompt_share_its_prefill() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let prompt = tiny_prompts()[3].clone();
+    let reqs: Vec<GenerationRequest> = (0..4)
+        .map(|i| GenerationRequest { prompt: prompt.clone(), params: SamplingParams { seed: 40 + i, ..sampling(1) }, session: Some(100 + i) })
+        .collect();
+    let mut nothing_kept = Generator::new(&model, tok.clone());
+    nothing_kept.set_prefix_budget(0);
+    let reference: Vec<Completion> = reqs.iter().map(|r| nothing_kept.run(vec![r.clone()], 1).remove(0).unwrap()).collect();
+    assert!(reference.iter().all(|c| c.cached_prompt_tokens == 0));
+    for max_batch in [1, 3] {
+        let mut g = Generator::new(&model, tok.clone());
+        let shared: Vec<Completion> = if max_batch == 1 {
+            reqs.iter().map(|r| g.run(vec![r.clone()], 1).remove(0).unwrap()).collect()
+        } else {
+            g.run(reqs.clone(), max_batch).into_iter().map(Result::unwrap).collect()
+        };
+        assert_eq!(tokens(&shared), tokens(&reference), "max_batch {max_batch}");
+        let cached: Vec<usize> = shared.iter().map(|c| c.cached_prompt_tokens).collect();
+        assert_eq!(cached, [0, prompt.len(), prompt.len(), prompt.len()], "max_batch {max_batch}");
+        // the seeds differ, so the samples do
+        assert!(tokens(&shared).windows(2).any(|w| w[0] != w[1]));
+    }
+}
+
 fn smollm2() -> Option<(CausalLm, Tokenizer)> {
     let path = smollm2_gguf()?;
     swegym_lm::init_cpu_runtime();

@@ -46,12 +46,20 @@ impl LocalPolicy {
     ) -> Result<LocalPolicy, PolicyError> {
         swegym_lm::init_cpu_runtime();
         let device = device.resolve().map_err(|e| PolicyError::Server(e.to_string()))?;
-        let (mut model, tokenizer) = load_model(path, dtype, device).map_err(|e| PolicyError::Server(e.to_string()))?;
-        if let Some(a) = adapter {
-            swegym_lm::lora::load_adapter(&mut model, a.dir, a.merge).map_err(|e| PolicyError::Server(e.to_string()))?;
-        }
-        let template = chat_template_for(path, &tokenizer)
-            .or_else(|| ChatTemplate::from_tokenizer(&tokenizer))
+        // the model is made on the engine's thread, the only one that touches libtorch
+        // (see `Engine::spawn_with`)
+        let (model_path, adapter_dir) = (path.to_path_buf(), adapter.map(|a| (a.dir.to_path_buf(), a.merge)));
+        let options = EngineOptions { max_batch: max_batch.max(1), threads, ..EngineOptions::default() };
+        let engine = Engine::spawn_with(options, move || {
+            let (mut model, tokenizer) = load_model(&model_path, dtype, device).map_err(|e| PolicyError::Server(e.to_string()))?;
+            if let Some((dir, merge)) = adapter_dir {
+                swegym_lm::lora::load_adapter(&mut model, &dir, merge).map_err(|e| PolicyError::Server(e.to_string()))?;
+            }
+            Ok((model, tokenizer))
+        })?;
+        let tokenizer = engine.tokenizer();
+        let template = chat_template_for(path, tokenizer)
+            .or_else(|| ChatTemplate::from_tokenizer(tokenizer))
             .ok_or_else(|| PolicyError::Unsupported(format!("{}: no chat template found (ChatML or Llama 3)", path.display())))?;
         let mut name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| path.display().to_string());
         if let Some(a) = adapter {
@@ -60,7 +68,6 @@ impl LocalPolicy {
             name.push('+');
             name.push_str(&parts.into_iter().rev().collect::<Vec<_>>().join("/"));
         }
-        let engine = Engine::spawn(model, tokenizer, EngineOptions { max_batch: max_batch.max(1), threads, ..EngineOptions::default() });
         Ok(LocalPolicy { engine, template, id: format!("local:{name}") })
     }
 
