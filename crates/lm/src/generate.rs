@@ -612,11 +612,12 @@ impl Engine {
 
     /// An engine whose thread makes its model itself (`load`): every libtorch call then
     /// happens on that one thread. Prefer it to [`Engine::spawn`] when this process has
-    /// not used libtorch yet. libgomp throttles its spin-waiting once the process holds
-    /// more OpenMP threads than CPUs, so a second thread team (the loader's, idle but
-    /// alive, beside the engine's) makes each of a decoding step's many small parallel
-    /// regions wake sleeping workers: measured at 2 threads, a step took 50 ms instead of
-    /// 31 ms. `load`'s error comes back here.
+    /// not used libtorch yet. With a second OpenMP thread team alive in the process (the
+    /// loader's, idle, beside the engine's), a decoding step at 2 threads took 50 ms
+    /// instead of 31 ms (measured; the same happens in plain PyTorch). The likely cause:
+    /// libgomp throttles its spin-waiting once the process holds more OpenMP threads than
+    /// CPUs, so each of a step's many small parallel regions wakes sleeping workers.
+    /// `load`'s error comes back here.
     pub fn spawn_with<E: Send + 'static>(
         options: EngineOptions,
         load: impl FnOnce() -> Result<(CausalLm, Tokenizer), E> + Send + 'static,

@@ -325,6 +325,13 @@ fn tiny_sessions_with_the_same_first_prompt_share_its_prefill() {
     }
 }
 
+/// A loader that fails gives its error back from `Engine::spawn_with` (no engine, no hang).
+#[test]
+fn engine_spawn_with_returns_the_loaders_error() {
+    let result = Engine::spawn_with(EngineOptions::default(), || Err::<(CausalLm, Tokenizer), _>("model.gguf: not a GGUF file".to_string()));
+    assert_eq!(result.err(), Some("model.gguf: not a GGUF file".to_string()));
+}
+
 fn smollm2() -> Option<(CausalLm, Tokenizer)> {
     let path = smollm2_gguf()?;
     swegym_lm::init_cpu_runtime();
