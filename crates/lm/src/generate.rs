@@ -19,7 +19,7 @@
 //! pending.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -151,6 +151,34 @@ struct Sequence {
     prefill_seconds: f64,
 }
 
+/// What a [`Generator`] (or an [`Engine`]'s thread) has done: where its time went and how
+/// full its batches were — what tells why N concurrent callers do not get N times the
+/// tokens/s of one.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct GenerationStats {
+    /// Requests admitted (prefilled).
+    pub requests: u64,
+    /// Prompt tokens run through the model by prefills.
+    pub prefill_tokens: u64,
+    /// Prompt tokens whose keys and values were reused instead (sessions, shared prompts).
+    pub cached_prompt_tokens: u64,
+    /// Wall time of prefills (the batch waits while one runs).
+    pub prefill_seconds: f64,
+    /// Decoding steps, and the tokens they produced (one per row per step).
+    pub decode_steps: u64,
+    pub decoded_tokens: u64,
+    pub decode_seconds: f64,
+    /// [`Engine`] only: time its thread waited with an empty batch and nothing queued.
+    pub idle_seconds: f64,
+}
+
+impl GenerationStats {
+    /// Mean rows per decoding step.
+    pub fn mean_batch(&self) -> f64 {
+        self.decoded_tokens as f64 / self.decode_steps.max(1) as f64
+    }
+}
+
 /// Continuous batching over one model: [`Generator::add`] prefills a request into the
 /// batch, [`Generator::step`] decodes one token for every sequence in it.
 pub struct Generator<'m> {
@@ -161,6 +189,7 @@ pub struct Generator<'m> {
     eos_ids: Vec<u32>,
     context: usize,
     parked: PrefixCache,
+    stats: GenerationStats,
 }
 
 /// Kept rows, most recently used last, within a byte budget: finished session requests
@@ -238,7 +267,7 @@ impl<'m> Generator<'m> {
         let eos_ids = tokenizer.eos_id().into_iter().collect();
         let context = model.config().max_position_embeddings as usize;
         let parked = PrefixCache { entries: VecDeque::new(), budget_bytes: DEFAULT_PREFIX_BUDGET_BYTES };
-        Self { model, tokenizer, cache: model.new_cache(), active: Vec::new(), eos_ids, context, parked }
+        Self { model, tokenizer, cache: model.new_cache(), active: Vec::new(), eos_ids, context, parked, stats: GenerationStats::default() }
     }
 
     /// Bytes that finished session rows may keep (0 turns the reuse off).
@@ -259,6 +288,11 @@ impl<'m> Generator<'m> {
 
     pub fn is_empty(&self) -> bool {
         self.active.is_empty()
+    }
+
+    /// What this generator has done so far.
+    pub fn stats(&self) -> &GenerationStats {
+        &self.stats
     }
 
     /// Bytes held by the KV cache.
@@ -336,6 +370,10 @@ impl<'m> Generator<'m> {
         };
         seq.prefill_seconds = started.elapsed().as_secs_f64();
         seq.started = Instant::now();
+        self.stats.requests += 1;
+        self.stats.prefill_tokens += (seq.prompt_tokens - cached) as u64;
+        self.stats.cached_prompt_tokens += cached as u64;
+        self.stats.prefill_seconds += seq.prefill_seconds;
         self.active.push(seq);
         match self.push_token(row, token)? {
             Some(done) => {
@@ -352,6 +390,7 @@ impl<'m> Generator<'m> {
         if self.active.is_empty() {
             return Ok(Vec::new());
         }
+        let started = Instant::now();
         let inputs: Vec<u32> = self.active.iter().map(|s| *s.tokens.last().expect("a first token")).collect();
         let logits = self.model.decode_rows(&mut self.cache, &inputs);
         let greedy: Vec<i64> = Vec::try_from(&logits.argmax(-1, false)).expect("argmax ids");
@@ -370,6 +409,9 @@ impl<'m> Generator<'m> {
                 finished.push((row, done));
             }
         }
+        self.stats.decode_steps += 1;
+        self.stats.decoded_tokens += inputs.len() as u64;
+        self.stats.decode_seconds += started.elapsed().as_secs_f64();
         // remove from the highest row down, so each swap-in comes from a live row
         finished.sort_by_key(|(row, _)| std::cmp::Reverse(*row));
         Ok(finished
@@ -599,6 +641,7 @@ pub struct Engine {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     tokenizer: Tokenizer,
+    stats: Arc<Mutex<GenerationStats>>,
 }
 
 impl Engine {
@@ -624,6 +667,8 @@ impl Engine {
     ) -> Result<Engine, E> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Tokenizer, E>>();
+        let stats = Arc::new(Mutex::new(GenerationStats::default()));
+        let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("swegym-lm-engine".into())
             .spawn(move || {
@@ -633,7 +678,7 @@ impl Engine {
                 match load() {
                     Ok((model, tokenizer)) => {
                         let _ = ready_tx.send(Ok(tokenizer.clone()));
-                        serve(&model, tokenizer, &options, &rx);
+                        serve(&model, tokenizer, &options, &rx, &thread_stats);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -642,7 +687,7 @@ impl Engine {
             })
             .expect("spawn the engine thread");
         match ready_rx.recv() {
-            Ok(Ok(tokenizer)) => Ok(Engine { jobs: Some(tx), thread: Some(thread), tokenizer }),
+            Ok(Ok(tokenizer)) => Ok(Engine { jobs: Some(tx), thread: Some(thread), tokenizer, stats }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -657,6 +702,11 @@ impl Engine {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// What the engine's thread has done so far (updated after every step).
+    pub fn stats(&self) -> GenerationStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Queues `request` and waits for its completion without blocking the async runtime.
@@ -693,16 +743,29 @@ impl Drop for Engine {
 
 /// The engine thread: admit pending jobs, decode a step, answer finished ones; block
 /// for the next job when idle; return when every sender is gone and the batch is empty.
-fn serve(model: &CausalLm, tokenizer: Tokenizer, options: &EngineOptions, jobs: &mpsc::Receiver<Job>) {
+fn serve(
+    model: &CausalLm,
+    tokenizer: Tokenizer,
+    options: &EngineOptions,
+    jobs: &mpsc::Receiver<Job>,
+    stats: &Mutex<GenerationStats>,
+) {
     let max_batch = options.max_batch.max(1);
     let mut generator = Generator::new(model, tokenizer);
     generator.set_prefix_budget(options.prefix_budget_bytes);
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut replies: HashMap<u64, tokio::sync::oneshot::Sender<Result<Completion, GenerateError>>> = HashMap::new();
     let mut next_id = 0u64;
+    let mut idle_seconds = 0.0;
     loop {
+        if let Ok(mut s) = stats.lock() {
+            *s = GenerationStats { idle_seconds, ..generator.stats().clone() };
+        }
         if generator.is_empty() && pending.is_empty() {
-            match jobs.recv() {
+            let waiting = Instant::now();
+            let job = jobs.recv();
+            idle_seconds += waiting.elapsed().as_secs_f64();
+            match job {
                 Ok(job) => pending.push_back(job),
                 Err(_) => return,
             }

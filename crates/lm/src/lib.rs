@@ -21,7 +21,8 @@ use std::path::PathBuf;
 
 pub use config::{Architecture, HfConfig, ModelConfig};
 pub use generate::{
-    Completion, Engine, EngineOptions, FinishReason, GenerateError, GenerationRequest, Generator, SamplingParams,
+    Completion, Engine, EngineOptions, FinishReason, GenerateError, GenerationRequest, GenerationStats, Generator,
+    SamplingParams,
 };
 pub use gguf::{GgmlType, GgufError, GgufFile, MetadataValue, TensorInfo};
 pub use lora::{AdapterConfig, LoraConfig, LoraTarget};

@@ -9,7 +9,7 @@ mod common;
 use common::{byte_tokenizer, fixture, smollm2_gguf, tiny_llama};
 use swegym_lm::{
     CausalLm, Completion, Dtype, Engine, EngineOptions, FinishReason, GenerationRequest, Generator, GgufFile,
-    SamplingParams, Tokenizer,
+    GenerationStats, SamplingParams, Tokenizer,
 };
 use tch::{Device, Tensor};
 
@@ -323,6 +323,38 @@ fn tiny_sessions_with_the_same_first_prompt_share_its_prefill() {
         // the seeds differ, so the samples do
         assert!(tokens(&shared).windows(2).any(|w| w[0] != w[1]));
     }
+}
+
+/// The counters add up: every prompt token is prefilled or reused, every token after a
+/// request's first comes from a decoding step; an engine reports the same for its thread.
+#[test]
+fn generation_stats_add_up() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let reqs = requests(&tiny_prompts(), greedy_params);
+    let prompt_tokens: usize = reqs.iter().map(|r| r.prompt.len()).sum();
+    let check = |s: &GenerationStats, done: &[Completion]| {
+        assert_eq!(s.requests as usize, reqs.len());
+        assert_eq!((s.prefill_tokens + s.cached_prompt_tokens) as usize, prompt_tokens);
+        assert_eq!(s.decoded_tokens as usize, done.iter().map(|c| c.tokens.len() - 1).sum::<usize>());
+        assert!(s.decode_seconds > 0.0 && s.prefill_seconds > 0.0);
+    };
+    let mut g = Generator::new(&model, tok.clone());
+    let done = g.run(reqs.clone(), 3).into_iter().map(Result::unwrap).collect::<Vec<_>>();
+    check(g.stats(), &done);
+    let longest = done.iter().map(|c| c.tokens.len() - 1).max().unwrap() as u64;
+    assert!(g.stats().decode_steps >= longest && g.stats().mean_batch() > 1.0 && g.stats().mean_batch() <= 3.0);
+
+    let engine = Engine::spawn(tiny_llama(Dtype::F32), tok, EngineOptions { max_batch: 4, ..EngineOptions::default() });
+    let done: Vec<Completion> = reqs.iter().map(|r| engine.generate_blocking(r.clone()).unwrap()).collect();
+    // the thread writes its counters before it waits for the next job
+    let decoded: u64 = done.iter().map(|c| c.tokens.len() as u64 - 1).sum();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.stats().decoded_tokens < decoded && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let s = engine.stats();
+    check(&s, &done);
+    assert_eq!(s.mean_batch(), 1.0, "one caller at a time");
 }
 
 /// A loader that fails gives its error back from `Engine::spawn_with` (no engine, no hang).

@@ -87,6 +87,10 @@ impl Policy for LocalPolicy {
         self.id.clone()
     }
 
+    fn engine_stats(&self) -> Option<swegym_lm::GenerationStats> {
+        Some(self.engine.stats())
+    }
+
     async fn complete(&self, request: PolicyRequest<'_>) -> Result<Completion, PolicyError> {
         let prompt = self.prompt_ids(request.messages)?;
         let p = request.params;

@@ -77,6 +77,12 @@ pub trait Policy: Send + Sync {
 
     async fn complete(&self, request: PolicyRequest<'_>) -> Result<Completion, PolicyError>;
 
+    /// What the policy's own generation engine has done (the local policy's batched
+    /// engine); None for policies without one.
+    fn engine_stats(&self) -> Option<swegym_lm::GenerationStats> {
+        None
+    }
+
     /// Prompt tokens of `messages` as this policy's tokenizer counts them; the default is
     /// the character estimate of [`crate::prompt::estimate_tokens`].
     fn count_tokens(&self, messages: &[Message]) -> usize {
