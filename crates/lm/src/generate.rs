@@ -757,10 +757,15 @@ fn serve(
     let mut replies: HashMap<u64, tokio::sync::oneshot::Sender<Result<Completion, GenerateError>>> = HashMap::new();
     let mut next_id = 0u64;
     let mut idle_seconds = 0.0;
-    loop {
+    // the counters are published before any reply of a step goes out, so a caller that
+    // has its completion sees that step counted
+    let publish = |generator: &Generator, idle_seconds: f64| {
         if let Ok(mut s) = stats.lock() {
             *s = GenerationStats { idle_seconds, ..generator.stats().clone() };
         }
+    };
+    loop {
+        publish(&generator, idle_seconds);
         if generator.is_empty() && pending.is_empty() {
             let waiting = Instant::now();
             let job = jobs.recv();
@@ -788,6 +793,7 @@ fn serve(
             next_id += 1;
             match generator.add(id, job.request) {
                 Ok(Some(done)) => {
+                    publish(&generator, idle_seconds);
                     let _ = job.reply.send(Ok(done));
                 }
                 Ok(None) => {
@@ -798,7 +804,9 @@ fn serve(
                 }
             }
         }
-        match generator.step() {
+        let stepped = generator.step();
+        publish(&generator, idle_seconds);
+        match stepped {
             Ok(done) => {
                 for (id, completion) in done {
                     if let Some(reply) = replies.remove(&id) {
