@@ -363,8 +363,8 @@ pub struct SampleBenchArgs {
     #[arg(long = "compare-jobs", num_args = 1.., default_values = ["1", "4"])]
     pub compare_jobs: Vec<usize>,
     /// Runs per concurrency, interleaved (-j 1, -j 4, -j 1, …); the summary gives medians.
-    #[arg(long, default_value_t = 1)]
-    pub repeats: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeats: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -495,7 +495,7 @@ pub async fn bench(ctx: &Context, args: SampleBenchArgs) -> anyhow::Result<()> {
     }
     let mut first: Option<(f64, f64)> = None;
     let mut runs: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
-    for run in 1..=args.repeats.max(1) {
+    for run in 1..=args.repeats as usize {
         for &jobs in &args.compare_jobs {
             let row = bench_run(&tasks, &base_config, &provisioner, &args, &dir, jobs.max(1), run, &mut first).await?;
             runs.entry(row.jobs).or_default().push((row.rollouts_per_hour, row.completion_tokens_per_hour));
