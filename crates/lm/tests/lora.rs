@@ -163,7 +163,7 @@ fn lora_training_forward_has_gradients_only_on_lora_tensors() {
     model.add_lora(&LoraConfig::default(), 0);
     let params: Vec<Tensor> = model.lora_tensors().into_iter().map(|(_, t)| t.set_requires_grad(true)).collect();
     let ids = input();
-    let step = model.train_step(1, ids.size()[1]);
+    let step = model.train_step(1, ids.size()[1], false);
     let mut x = model.embed(&ids);
     for i in 0..model.num_layers() {
         x = model.layer_forward(i, &x, &step);

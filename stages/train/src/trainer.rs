@@ -52,6 +52,10 @@ pub struct TrainRequest<'a> {
 /// Rows of the loss head per chunk (bounds the `[rows, vocab]` logits held at once).
 const HEAD_CHUNK_ROWS: i64 = 256;
 
+/// Below this picked-token probability the loss head takes `lse - logit` instead of
+/// `-ln p` (f32 probabilities lose precision near their underflow, 1e-38).
+const PICKED_PROB_FLOOR: f64 = 1e-30;
+
 /// Trains a LoRA adapter on `req.records` and writes it to `req.out_dir`; `on_step` sees
 /// every optimizer step. Resumes from `<out>/checkpoint/` when one is there.
 pub fn train(req: TrainRequest<'_>, on_step: &mut dyn FnMut(&StepLog)) -> Result<TrainSummary, TrainError> {
@@ -286,7 +290,7 @@ fn micro_batch(model: &CausalLm, batch: &[&Example], pad: u32, scale: f64, check
     let input = Tensor::from_slice(&ids).view([b, t]).to_device(device);
     let rows = Tensor::from_slice(&rows).to_device(device);
     let targets = Tensor::from_slice(&targets).to_device(device);
-    let step = model.train_step(b, t);
+    let step = model.train_step(b, t, checkpointing);
     let n_layers = model.num_layers();
     let seed_layer = |i: usize| tch::manual_seed((seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
 
@@ -354,16 +358,21 @@ fn head_backward(model: &CausalLm, hidden: &Tensor, rows: &Tensor, targets: &Ten
         while start < n {
             let len = HEAD_CHUNK_ROWS.min(n - start);
             let hc = detached.narrow(0, start, len);
-            let tc = targets.narrow(0, start, len);
-            let logits = hc.linear::<Tensor>(weight, None).to_kind(Kind::Float);
-            let lse = logits.logsumexp([-1], true);
-            let picked = logits.gather(1, &tc.unsqueeze(1), false);
-            loss += (&lse - &picked).sum(Kind::Float).double_value(&[]);
-            // d(lse - logit_y)/d logits = softmax - onehot
-            let mut probs = (logits - &lse).exp_();
-            let _ = probs.scatter_add_(1, &tc.unsqueeze(1), &Tensor::full([len, 1], -1.0, (Kind::Float, probs.device())));
-            let _ = probs.g_mul_scalar_(scale);
-            grads.push(probs.to_kind(weight.kind()).matmul(weight));
+            let tc = targets.narrow(0, start, len).unsqueeze(1);
+            let logits = hc.linear::<Tensor>(weight, None);
+            // one pass: softmax in f32 (from bf16 logits too)
+            let mut probs = logits.softmax(-1, Kind::Float);
+            let picked = probs.gather(1, &tc, false).to_kind(Kind::Double);
+            loss += if picked.min().double_value(&[]) > PICKED_PROB_FLOOR {
+                -picked.log().sum(Kind::Double).double_value(&[])
+            } else {
+                // a probability near f32's underflow: lse - logit, exactly
+                let logits = logits.to_kind(Kind::Float);
+                (logits.logsumexp([-1], true) - logits.gather(1, &tc, false)).sum(Kind::Double).double_value(&[])
+            };
+            // d(lse - logit_y)/d logits = softmax - onehot; `scale` goes on the small product
+            let _ = probs.scatter_add_(1, &tc, &Tensor::full([len, 1], -1.0, (Kind::Float, probs.device())));
+            grads.push(probs.to_kind(weight.kind()).matmul(weight) * scale);
             start += len;
         }
         (loss, Tensor::cat(&grads, 0))
@@ -515,7 +524,7 @@ mod tests {
                 let m = &trainer.model;
                 let ids: Vec<i64> = example.ids.iter().map(|&i| i64::from(i)).collect();
                 let input = Tensor::from_slice(&ids).unsqueeze(0);
-                let step = m.train_step(1, ids.len() as i64);
+                let step = m.train_step(1, ids.len() as i64, false);
                 let mut x = m.embed(&input);
                 for i in 0..m.num_layers() {
                     x = m.layer_forward(i, &x, &step);
