@@ -492,6 +492,39 @@ fn load_checkpoint(dir: &Path, fingerprint: &str, named: &[(String, Tensor)], op
 mod tests {
     use super::*;
 
+    /// A target whose probability underflows f32 (loss ~200 here) still gets its exact
+    /// loss, through `lse - logit`, and a finite gradient.
+    #[test]
+    fn loss_head_is_exact_when_a_target_probability_underflows() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = swegym_lm::Tokenizer::byte_level(&["<|im_start|>", "<|im_end|>"]);
+        swegym_lm::export::save_tiny_llama(&tok, None, 2, 64, 0, dir.path()).unwrap();
+        let model = CausalLm::from_hf_dir(dir.path(), swegym_lm::Dtype::F32, Device::Cpu).unwrap();
+        let weight = model.lm_head_weight();
+        let h = weight.size()[1];
+        tch::manual_seed(3);
+        let mut base = Tensor::randn([2, h], (Kind::Float, Device::Cpu));
+        // stretch row 0 until its logits span 300
+        let spread = |x: &Tensor| {
+            let l = x.narrow(0, 0, 1).matmul(&weight.tr());
+            (l.max() - l.min()).double_value(&[])
+        };
+        let factor = 300.0 / spread(&base);
+        let _ = base.narrow(0, 0, 1).g_mul_scalar_(factor);
+        let logits = base.matmul(&weight.tr());
+        let targets = Tensor::stack(&[logits.get(0).argmin(0, false), logits.get(1).argmax(0, false)], 0);
+        let reference: f64 = {
+            let l = logits.to_kind(Kind::Double);
+            (l.logsumexp([-1], true) - l.gather(1, &targets.unsqueeze(1), false)).sum(Kind::Double).double_value(&[])
+        };
+        assert!(reference > 150.0, "the test needs an underflowing target (loss {reference})");
+        let hidden = base.view([1, 2, h]).set_requires_grad(true);
+        let loss = head_backward(&model, &hidden, &Tensor::from_slice(&[0i64, 1]), &targets, 1.0);
+        assert!((loss - reference).abs() <= 1e-5 * reference, "{loss} vs {reference}");
+        let grad = hidden.grad();
+        assert!(grad.isfinite().all().int64_value(&[]) == 1, "non-finite gradient");
+    }
+
     /// The hand-written loss head gives the gradients autograd gives through full logits
     /// and `cross_entropy`, with and without activation checkpointing.
     #[test]
