@@ -492,10 +492,16 @@ fn load_checkpoint(dir: &Path, fingerprint: &str, named: &[(String, Tensor)], op
 mod tests {
     use super::*;
 
+    /// Held by every test here that seeds or draws from libtorch's process-global generator
+    /// (the tiny model's weights, LoRA init, random inputs): run at once, two such tests
+    /// reseed each other's draws mid-test.
+    static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// A target whose probability underflows f32 (loss ~200 here) still gets its exact
     /// loss, through `lse - logit`, and a finite gradient.
     #[test]
     fn loss_head_is_exact_when_a_target_probability_underflows() {
+        let _rng = GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let tok = swegym_lm::Tokenizer::byte_level(&["<|im_start|>", "<|im_end|>"]);
         swegym_lm::export::save_tiny_llama(&tok, None, 2, 64, 0, dir.path()).unwrap();
@@ -529,6 +535,7 @@ mod tests {
     /// and `cross_entropy`, with and without activation checkpointing.
     #[test]
     fn manual_loss_head_matches_autograd_cross_entropy() {
+        let _rng = GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let tok = swegym_lm::Tokenizer::byte_level(&["<|im_start|>", "<|im_end|>"]);
         swegym_lm::export::save_tiny_llama(&tok, None, 2, 64, 0, dir.path()).unwrap();
