@@ -6,6 +6,7 @@
 //! [`Generator`] / [`Engine`] for batched generation, [`chat`] for chat templates. Call [`init_cpu_runtime`] at
 //! process start-up, before any other thread exists and before the first libtorch op.
 
+mod kernels;
 pub mod chat;
 pub mod config;
 mod dequant;

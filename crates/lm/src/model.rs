@@ -13,6 +13,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::kernels;
 use crate::config::{config_path, ModelConfig};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraConfig, LoraLayer, LoraPair, LoraTarget};
@@ -123,24 +124,32 @@ impl Linear {
     }
 }
 
-/// Rows at most this many take [`linear`]'s weight-major path.
-const SMALL_BATCH_ROWS: i64 = 16;
-
 /// `x W^T + b` for `x: [..., in]`, `weight: [out, in]`. A decoding step feeds a handful of
-/// rows, and libtorch's CPU f32 GEMM for `x W^T` with 2–16 rows splits the work by row:
-/// every thread streams the whole weight, which made two rows cost about twice one row
-/// (and one row goes to a GEMV that reaches less than half the memory bandwidth). For
-/// those, `(W x^T)^T` is computed instead: the split is over the weight's rows, each
-/// streamed once, and one row is fed twice so that it, too, takes the GEMM (measured on
-/// SmolLM2's projections at 2 threads: 1 row 44 → 18 ms, 4 rows 62 → 25 ms per step). bf16
-/// goes through oneDNN, which has no such problem, and keeps `linear`.
+/// rows (at most [`kernels::MATMUL_MAX_ROWS`]): in f32 on the CPU those go to
+/// [`kernels::matmul_rows`], which streams each weight once whatever the rows. libtorch's
+/// f32 GEMM splits such a product by rows, so every thread streams the whole weight (two
+/// rows cost about twice one), and written `(W x^T)^T` instead (split over the weight's
+/// rows) its speed depends on the CPU: on an AMD EPYC it took SmolLM2's projections from
+/// 44 to 18 ms a step for one row, on a Xeon it ran at a third of the memory bandwidth. That
+/// form stays as the fallback for CPUs without AVX2. bf16 goes through oneDNN and keeps
+/// `linear`.
 fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let in_dim = weight.size()[1];
     let rows = x.numel() as i64 / in_dim.max(1);
-    if weight.kind() != Kind::Float || x.kind() != Kind::Float || rows > SMALL_BATCH_ROWS || rows == 0 || x.device() != Device::Cpu {
+    if weight.kind() != Kind::Float
+        || x.kind() != Kind::Float
+        || rows > kernels::MATMUL_MAX_ROWS
+        || rows == 0
+        || x.device() != Device::Cpu
+    {
         return x.linear(weight, bias);
     }
     let flat = x.reshape([rows, in_dim]);
+    let mut shape = x.size();
+    *shape.last_mut().expect("x has a feature dimension") = weight.size()[0];
+    if let Some(y) = kernels::matmul_rows(&flat, weight, bias) {
+        return y.view(shape.as_slice());
+    }
     let y = if rows == 1 {
         weight.mm(&Tensor::cat(&[&flat, &flat], 0).tr()).narrow(1, 0, 1)
     } else {
@@ -150,8 +159,6 @@ fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     if let Some(b) = bias {
         y = y + b;
     }
-    let mut shape = x.size();
-    *shape.last_mut().expect("x has a feature dimension") = weight.size()[0];
     y.view(shape.as_slice())
 }
 
@@ -234,8 +241,9 @@ struct Step {
 enum KvWrite {
     /// Rows `row0..row0 + B` all hold `past` positions; the T new ones go to `past..past + T`.
     Block { row0: i64, past: i64 },
-    /// Rows `0..B`, one new position each, at `positions[b]` (int64 `[B]`); attend over `len`.
-    Scatter { rows: Tensor, positions: Tensor, len: i64 },
+    /// Rows `0..B`, one new position each, at `positions[b]` (int64 `[B]`); row `b`
+    /// attends over its first `keys[b]` positions (`len` is the longest).
+    Scatter { rows: Tensor, positions: Tensor, keys: Vec<i64>, len: i64 },
 }
 
 /// Grouped-query self-attention with q/k/v fused into one projection.
@@ -274,24 +282,36 @@ impl Attention {
         let q = qk.narrow(2, 0, nh).transpose(1, 2);
         let k = qk.narrow(2, nh, nkv).transpose(1, 2);
         let v = qkv.narrow(2, nh + nkv, nkv).transpose(1, 2);
+        // for a decoding step: the whole cache, its first row and each row's keys
+        let mut in_place = None;
         let (k, v) = match (cache, &step.write) {
             (Some((kc, vc)), Some(KvWrite::Block { row0, past })) => {
                 kc.narrow(0, *row0, b).narrow(2, *past, t).copy_(&k);
                 vc.narrow(0, *row0, b).narrow(2, *past, t).copy_(&v);
                 let len = past + t;
+                if t == 1 {
+                    in_place = Some((kc.shallow_clone(), vc.shallow_clone(), *row0, vec![len; b as usize]));
+                }
                 (kc.narrow(0, *row0, b).narrow(2, 0, len), vc.narrow(0, *row0, b).narrow(2, 0, len))
             }
-            (Some((kc, vc)), Some(KvWrite::Scatter { rows, positions, len })) => {
+            (Some((kc, vc)), Some(KvWrite::Scatter { rows, positions, keys, len })) => {
                 // (rows[b], :, positions[b], :) ← k[b, :, 0, :]
                 let index = [Some(rows), None, Some(positions)];
                 let _ = kc.index_put_(&index, &k.squeeze_dim(2), false);
                 let _ = vc.index_put_(&index, &v.squeeze_dim(2), false);
+                in_place = Some((kc.shallow_clone(), vc.shallow_clone(), 0, keys.clone()));
                 (kc.narrow(0, 0, b).narrow(2, 0, *len), vc.narrow(0, 0, b).narrow(2, 0, *len))
             }
             _ => (k, v),
         };
         if t == 1 {
-            let y = decode_attention(&q, &k, &v, step.mask.as_ref());
+            let fast = in_place.and_then(|(kc, vc, row0, keys)| {
+                kernels::decode_attention(&qk.narrow(2, 0, nh).reshape([b, nh, d]), &kc, &vc, row0, &keys)
+            });
+            let y = match fast {
+                Some(y) => y.view([b, 1, nh * d]).to_kind(x.kind()),
+                None => decode_attention(&q, &k, &v, step.mask.as_ref()),
+            };
             return self.o_proj.forward(&y, step.train);
         }
         if let Some(blocks) = &step.blocks {
@@ -631,7 +651,8 @@ impl CausalLm {
         let cols = Tensor::arange(max_len, (Kind::Int64, self.device)).unsqueeze(0);
         let mask = cols.le_tensor(&positions.unsqueeze(1)).view([n as i64, 1, 1, max_len]);
         let rows = Tensor::arange(n as i64, (Kind::Int64, self.device));
-        let write = KvWrite::Scatter { rows, positions, len: max_len };
+        let keys = lens.iter().map(|l| l + 1).collect();
+        let write = KvWrite::Scatter { rows, positions, keys, len: max_len };
         let step = Step { cos, sin, mask: Some(mask), is_causal: false, write: Some(write), train: false, blocks: None };
         let hidden = self.hidden(&input, &step, Some(cache));
         for len in &mut cache.lens[..n] {

@@ -509,7 +509,7 @@ mod tests {
         let weight = model.lm_head_weight();
         let h = weight.size()[1];
         tch::manual_seed(3);
-        let mut base = Tensor::randn([2, h], (Kind::Float, Device::Cpu));
+        let base = Tensor::randn([2, h], (Kind::Float, Device::Cpu));
         // stretch row 0 until its logits span 300
         let spread = |x: &Tensor| {
             let l = x.narrow(0, 0, 1).matmul(&weight.tr());

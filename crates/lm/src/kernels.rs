@@ -1,0 +1,683 @@
+//! CPU kernels for decoding, where libtorch's general ops lose most of the time: a
+//! decoding step is a few rows against every weight, and attention of one new position
+//! per row over the KV cache.
+//!
+//! - [`matmul_rows`]: `x Wᵀ` for 1–16 rows. libtorch's f32 GEMM splits such a product by
+//!   rows, so each thread streams the whole weight (or, written `(W xᵀ)ᵀ`, runs far below
+//!   the memory bandwidth on some CPUs: on a Xeon (Skylake-SP, 2 threads) SmolLM2's
+//!   projections took 37 ms for 1 row in `x Wᵀ` form but 91 ms for 4, and 75–87 ms for
+//!   both in `(W xᵀ)ᵀ` form). Here the weight's rows are shared out, each streamed once,
+//!   and every input row is multiplied against it while it is in cache.
+//! - [`decode_attention`]: through libtorch a batch of rows at different positions attends
+//!   as one `[rows, …, longest]` matmul with a mask, so every row pays for the longest
+//!   row's keys, in a handful of small ops per layer. Here each (row, key/value head) pair
+//!   is one job: the query heads of the group score the keys in one pass over them, a
+//!   softmax, and one pass over the values. A job reads only its row's keys and values, so
+//!   a row's result does not depend on which other rows share the step.
+//!
+//! The jobs are shared out over libtorch's own OpenMP team (libgomp's `GOMP_parallel`,
+//! found at run time; without it they run on the calling thread), so no second pool of
+//! threads competes with it for the cores.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use tch::{Device, Kind, Tensor};
+
+/// A raw pointer the jobs of one [`parallel`] call share (each writes a disjoint part).
+struct Shared<T>(*mut T);
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Shared<T> {}
+// SAFETY: the jobs of a call read the inputs and write disjoint outputs; the tensors
+// outlive the call (see the callers).
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The pointer (a method, so closures capture the `Shared`, not its field).
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+
+    fn at(self, offset: usize) -> *mut T {
+        // SAFETY: callers pass offsets inside the tensor the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Runs `job(0..n)` over libtorch's OpenMP team (each thread takes the next job until
+/// none is left), or on this thread when there is one thread or no libgomp.
+fn parallel<F: Fn(usize) + Sync>(n: usize, job: F) {
+    struct Work<'a, F> {
+        job: &'a F,
+        next: AtomicUsize,
+        n: usize,
+    }
+    extern "C" fn run<F: Fn(usize) + Sync>(data: *mut c_void) {
+        // SAFETY: `data` is the `Work` below, alive until GOMP_parallel returns.
+        let work = unsafe { &*(data as *const Work<F>) };
+        loop {
+            let i = work.next.fetch_add(1, Ordering::Relaxed);
+            if i >= work.n {
+                break;
+            }
+            (work.job)(i);
+        }
+    }
+    let work = Work { job: &job, next: AtomicUsize::new(0), n };
+    let data = &work as *const Work<F> as *mut c_void;
+    let threads = (tch::get_num_threads().max(1) as usize).min(n);
+    match gomp_parallel() {
+        // SAFETY: GOMP_parallel calls `run` on every thread of the team and returns after
+        // all have returned.
+        Some(parallel) if threads > 1 => unsafe { parallel(run::<F>, data, threads as u32, 0) },
+        _ => run::<F>(data),
+    }
+}
+
+/// Rows of `x` up to which [`matmul_rows`] applies.
+pub(crate) const MATMUL_MAX_ROWS: i64 = 16;
+
+/// Weight rows per job of [`matmul_rows`] (a multiple of the kernels' 2 and 4).
+const MATMUL_CHUNK: usize = 64;
+
+/// `x Wᵀ (+ bias)` for `x: [m, k]` with `m` ≤ [`MATMUL_MAX_ROWS`], `weight: [n, k]`, f32 on
+/// the CPU: `[m, n]`. `None` where it does not apply (the caller's libtorch path), which
+/// includes any input that requires a gradient (the result has no autograd history).
+pub(crate) fn matmul_rows(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
+    let (m, k) = x.size2().ok()?;
+    let (n, wk) = weight.size2().ok()?;
+    // no autograd here: a product that needs a gradient stays with libtorch
+    let f32_cpu = |t: &Tensor| t.kind() == Kind::Float && t.device() == Device::Cpu && !t.requires_grad();
+    let usable = f32_cpu(x)
+        && f32_cpu(weight)
+        && weight.is_contiguous()
+        && wk == k
+        && (1..=MATMUL_MAX_ROWS).contains(&m)
+        && n > 0
+        && k > 0
+        && bias.is_none_or(|b| f32_cpu(b) && b.size() == [n]);
+    if !usable || !avx2() {
+        return None;
+    }
+    let x = x.contiguous();
+    let bias = bias.map(|b| b.contiguous());
+    let y = Tensor::empty([m, n], (Kind::Float, Device::Cpu));
+    let (m, n, k) = (m as usize, n as usize, k as usize);
+    let xs = Shared(x.data_ptr() as *mut f32);
+    let ws = Shared(weight.data_ptr() as *mut f32);
+    let ys = Shared(y.data_ptr() as *mut f32);
+    let bs = bias.as_ref().map(|b| Shared(b.data_ptr() as *mut f32));
+    parallel(n.div_ceil(MATMUL_CHUNK), |chunk| {
+        let rows = chunk * MATMUL_CHUNK..((chunk + 1) * MATMUL_CHUNK).min(n);
+        // SAFETY: x is [m, k], the weight [n, k], y [m, n] (n ≥ rows.end), all contiguous;
+        // the chunks' output columns are disjoint; avx2() was checked.
+        unsafe { matmul_chunk(xs.ptr(), m, k, ws.ptr(), rows.clone(), ys.ptr(), n, bs.map(Shared::ptr)) };
+    });
+    drop((x, bias));
+    Some(y)
+}
+
+/// `y[:, rows] = x · W[rows]ᵀ (+ bias[rows])`, blocked by the number of input rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_chunk(x: *const f32, m: usize, k: usize, w: *const f32, rows: std::ops::Range<usize>, y: *mut f32, ldy: usize, bias: Option<*mut f32>) {
+    // SAFETY: passed through.
+    unsafe {
+        match m {
+            1 => matmul_block::<1, 4>(x, m, k, w, rows, y, ldy, bias),
+            2 => matmul_block::<2, 4>(x, m, k, w, rows, y, ldy, bias),
+            _ => matmul_block::<4, 2>(x, m, k, w, rows, y, ldy, bias),
+        }
+    }
+}
+
+/// [`matmul_chunk`] by `MR` input rows × `NR` weight rows at a time, in `MR · NR` AVX
+/// accumulators: with up to `MR` input rows a weight row is read once, and more input rows
+/// reuse it from L1; the next `NR` weight rows are prefetched during the first pass.
+/// Rows past the end (of `x` or of `rows`) repeat the last one: computed, not stored.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_block<const MR: usize, const NR: usize>(
+    x: *const f32,
+    m: usize,
+    k: usize,
+    w: *const f32,
+    rows: std::ops::Range<usize>,
+    y: *mut f32,
+    ldy: usize,
+    bias: Option<*mut f32>,
+) {
+    use std::arch::x86_64::*;
+    let k8 = k / 8 * 8;
+    let last = rows.end - 1;
+    let mut j0 = rows.start;
+    while j0 < rows.end {
+        // SAFETY (this block): every pointer is clamped to rows < rows.end of the weight
+        // and rows < m of x, offsets < k within a row; y is written at (i < m, j < rows.end).
+        let wr: [*const f32; NR] = std::array::from_fn(|t| unsafe { w.add((j0 + t).min(last) * k) });
+        let next: [*const f32; NR] = std::array::from_fn(|t| unsafe { w.add((j0 + NR + t).min(last) * k) });
+        let mut i0 = 0;
+        while i0 < m {
+            let xr: [*const f32; MR] = std::array::from_fn(|r| unsafe { x.add((i0 + r).min(m - 1) * k) });
+            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            let mut c = 0;
+            while c < k8 {
+                if i0 == 0 {
+                    for p in next {
+                        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(c) as *const i8) };
+                    }
+                }
+                let xv: [__m256; MR] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(xr[r].add(c)) });
+                for t in 0..NR {
+                    let wv = unsafe { _mm256_loadu_ps(wr[t].add(c)) };
+                    for r in 0..MR {
+                        acc[r][t] = _mm256_fmadd_ps(xv[r], wv, acc[r][t]);
+                    }
+                }
+                c += 8;
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let i = i0 + r;
+                if i >= m {
+                    break;
+                }
+                for (t, &a) in acc_r.iter().enumerate() {
+                    let j = j0 + t;
+                    if j >= rows.end {
+                        break;
+                    }
+                    let mut sum = hsum(a);
+                    for c in k8..k {
+                        sum += unsafe { *xr[r].add(c) * *wr[t].add(c) };
+                    }
+                    if let Some(b) = bias {
+                        sum += unsafe { *b.add(j) };
+                    }
+                    unsafe { *y.add(i * ldy + j) = sum };
+                }
+            }
+            i0 += MR;
+        }
+        j0 += NR;
+    }
+}
+
+/// The sum of a vector's eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// Attention of `q: [B, heads, d]` (one position per row) over the first `keys[b]`
+/// positions of cache rows `row0 + b` (`k_cache, v_cache: [rows, kv_heads, capacity, d]`,
+/// contiguous, f32 or bf16): `[B, heads · d]` in f32. `None` where this kernel does not
+/// apply (not the CPU, another dtype or layout), for the caller's libtorch path.
+pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, row0: i64, keys: &[i64]) -> Option<Tensor> {
+    let (b, heads, d) = q.size3().ok()?;
+    let (rows, kv_heads, capacity, kd) = k_cache.size4().ok()?;
+    let bf16 = match k_cache.kind() {
+        Kind::Float => false,
+        Kind::BFloat16 => true,
+        _ => return None,
+    };
+    let usable = q.device() == Device::Cpu
+        && !q.requires_grad()
+        && k_cache.device() == Device::Cpu
+        && v_cache.kind() == k_cache.kind()
+        && v_cache.size() == k_cache.size()
+        && k_cache.is_contiguous()
+        && v_cache.is_contiguous()
+        && kd == d
+        && kv_heads > 0
+        && heads % kv_heads == 0
+        && keys.len() as i64 == b
+        && row0 >= 0
+        && row0 + b <= rows
+        && keys.iter().all(|&n| n > 0 && n <= capacity);
+    if !usable {
+        return None;
+    }
+    let q = q.to_kind(Kind::Float).contiguous();
+    let out = Tensor::empty([b, heads * d], (Kind::Float, Device::Cpu));
+    let group = (heads / kv_heads) as usize;
+    let elt = if bf16 { 2 } else { 4 };
+    let (qs, ks, vs, outs) = (
+        Shared(q.data_ptr() as *mut f32),
+        Shared(k_cache.data_ptr() as *mut u8),
+        Shared(v_cache.data_ptr() as *mut u8),
+        Shared(out.data_ptr() as *mut f32),
+    );
+    let mut jobs = Vec::with_capacity((b * kv_heads) as usize);
+    for (i, &len) in keys.iter().enumerate() {
+        for h in 0..kv_heads {
+            let cache_offset = (((row0 + i as i64) * kv_heads + h) * capacity * d) as usize * elt;
+            let q_offset = ((i as i64 * heads + h * group as i64) * d) as usize;
+            jobs.push(Job { q: qs.at(q_offset), k: ks.at(cache_offset), v: vs.at(cache_offset), len: len as usize, out: outs.at(q_offset) });
+        }
+    }
+    // longest first, so the last jobs handed out are short ones
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.len));
+    let shape = Shape { group, d: d as usize, scale: 1.0 / (d as f32).sqrt(), bf16, avx2: avx2() && d % 8 == 0 };
+    let jobs = Shared(jobs.as_mut_ptr());
+    parallel((b * kv_heads) as usize, |i| {
+        // SAFETY: i < the number of jobs; each job's pointers cover its `group · d` query
+        // and output values and its row's `len · d` keys and values (checked above).
+        let job = unsafe { &*jobs.at(i) };
+        let mut scores = vec![0.0f32; group * if shape.avx2 { KEY_BLOCK } else { job.len }];
+        let mut acc = vec![0.0f32; group * shape.d];
+        unsafe {
+            if shape.avx2 {
+                attend_avx2(&shape, job, &mut scores, &mut acc);
+            } else {
+                attend(&shape, job, &mut scores, &mut acc);
+            }
+        }
+    });
+    // the tensors the jobs point into live until here
+    drop((q, k_cache, v_cache));
+    Some(out)
+}
+
+/// One (row, key/value head) pair of [`decode_attention`]: its `group` query vectors,
+/// `len` keys and values (rows of `d` elements, contiguous), where its outputs go.
+struct Job {
+    q: *const f32,
+    k: *const u8,
+    v: *const u8,
+    len: usize,
+    out: *mut f32,
+}
+
+struct Shape {
+    group: usize,
+    d: usize,
+    scale: f32,
+    bf16: bool,
+    avx2: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2() -> bool {
+    false
+}
+
+/// Keys per block of [`attend_avx2`]'s online softmax.
+const KEY_BLOCK: usize = 64;
+
+/// [`attend`] with AVX2 + FMA, for head sizes that are a multiple of 8, in one pass over
+/// the keys and values together (an online softmax by blocks of [`KEY_BLOCK`] keys, as
+/// flash attention does). Against a pass over the keys then one over the values it was
+/// about as fast (4 rows × 30 layers at 2048 keys, 2 threads: 40 vs 43 ms); it is kept
+/// because the scores need only a block's room. Holding the value sums in registers over a
+/// block then took it to 34 ms (libtorch merely summing the same keys and values: 22 ms).
+/// Keys are scored eight at a time: eight dot products in eight accumulators, summed across
+/// lanes by one `hadd` tree into a vector of eight scores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (g, d, len) = (work.group, work.d, job.len);
+    let chunks = d / 8;
+    // bf16 keys and values are widened into these, a block at a time
+    let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+    let widen = |base: *const u8, j: usize, n: usize, buf: &mut Vec<f32>| -> *const f32 {
+        if work.bf16 {
+            // SAFETY: positions j..j + n < len of this job's block.
+            let src = unsafe { std::slice::from_raw_parts((base as *const u16).add(j * d), n * d) };
+            buf.clear();
+            buf.extend(src.iter().map(|&x| f32::from_bits(u32::from(x) << 16)));
+            buf.as_ptr()
+        } else {
+            // SAFETY: as above.
+            unsafe { (base as *const f32).add(j * d) }
+        }
+    };
+    let scale = _mm256_set1_ps(work.scale);
+    // running max and sum of each query's exponentials
+    let mut max = vec![f32::NEG_INFINITY; g];
+    let mut sum = vec![0.0f32; g];
+    let acc_ptr = acc.as_mut_ptr();
+    let mut j0 = 0;
+    while j0 < len {
+        let n = KEY_BLOCK.min(len - j0);
+        let keys = widen(job.k, j0, n, &mut kbuf);
+        let values = widen(job.v, j0, n, &mut vbuf);
+        for i in 0..g {
+            // SAFETY: q holds g · d values; keys n · d; scores g · KEY_BLOCK.
+            let q = unsafe { job.q.add(i * d) };
+            let s = unsafe { scores.as_mut_ptr().add(i * KEY_BLOCK) };
+            let mut t0 = 0;
+            while t0 + 8 <= n {
+                let mut a = [_mm256_setzero_ps(); 8];
+                for c in 0..chunks {
+                    let qv = unsafe { _mm256_loadu_ps(q.add(c * 8)) };
+                    for (t, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(qv, unsafe { _mm256_loadu_ps(keys.add((t0 + t) * d + c * 8)) }, *a);
+                    }
+                }
+                let h0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                let h1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+                let dots = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+                unsafe { _mm256_storeu_ps(s.add(t0), _mm256_mul_ps(dots, scale)) };
+                t0 += 8;
+            }
+            for t in t0..n {
+                let mut a = _mm256_setzero_ps();
+                for c in 0..chunks {
+                    a = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(q.add(c * 8)) }, unsafe { _mm256_loadu_ps(keys.add(t * d + c * 8)) }, a);
+                }
+                unsafe { *s.add(t) = hsum(a) * work.scale };
+            }
+            // online softmax: rescale what was summed so far to the new max
+            let block = &mut scores[i * KEY_BLOCK..i * KEY_BLOCK + n];
+            let block_max = block.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            if block_max > max[i] {
+                let correction = if max[i] == f32::NEG_INFINITY { 0.0 } else { exp(max[i] - block_max) };
+                max[i] = block_max;
+                sum[i] *= correction;
+                let c = _mm256_set1_ps(correction);
+                for ch in 0..chunks {
+                    // SAFETY: acc holds g · d values.
+                    unsafe {
+                        let dst = acc_ptr.add(i * d + ch * 8);
+                        _mm256_storeu_ps(dst, _mm256_mul_ps(c, _mm256_loadu_ps(dst)));
+                    }
+                }
+            }
+            sum[i] += exponentiate(block, max[i]);
+        }
+        // acc[i] += Σ_t p_it v_t, eight vectors (64 values) of one query at a time held in
+        // registers over the block's rows (read from L1 once per query)
+        for i in 0..g {
+            let p = &scores[i * KEY_BLOCK..i * KEY_BLOCK + n];
+            let mut c0 = 0;
+            while c0 + 8 <= chunks {
+                // SAFETY: acc holds g · d values, values n · d.
+                unsafe {
+                    let dst = acc_ptr.add(i * d + c0 * 8);
+                    let mut a: [__m256; 8] = std::array::from_fn(|c| _mm256_loadu_ps(dst.add(c * 8)));
+                    for (t, &pt) in p.iter().enumerate() {
+                        let pv = _mm256_set1_ps(pt);
+                        let v = values.add(t * d + c0 * 8);
+                        for (c, a) in a.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.add(c * 8)), *a);
+                        }
+                    }
+                    for (c, a) in a.iter().enumerate() {
+                        _mm256_storeu_ps(dst.add(c * 8), *a);
+                    }
+                }
+                c0 += 8;
+            }
+            for c in c0..chunks {
+                // SAFETY: as above.
+                unsafe {
+                    let dst = acc_ptr.add(i * d + c * 8);
+                    let mut a = _mm256_loadu_ps(dst);
+                    for (t, &pt) in p.iter().enumerate() {
+                        a = _mm256_fmadd_ps(_mm256_set1_ps(pt), _mm256_loadu_ps(values.add(t * d + c * 8)), a);
+                    }
+                    _mm256_storeu_ps(dst, a);
+                }
+            }
+        }
+        j0 += n;
+    }
+    // SAFETY: the job's output holds g · d values.
+    let out = unsafe { std::slice::from_raw_parts_mut(job.out, g * d) };
+    for i in 0..g {
+        let inv = 1.0 / sum[i];
+        for (o, &a) in out[i * d..(i + 1) * d].iter_mut().zip(&acc[i * d..(i + 1) * d]) {
+            *o = a * inv;
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn attend_avx2(_: &Shape, _: &Job, _: &mut [f32], _: &mut [f32]) {
+    unreachable!("decode_attention checks avx2() first")
+}
+
+/// One job: `scores[i · len + j] = q_i · k_j · scale`, a softmax per query, then
+/// `out_i = Σ_j p_ij v_j`.
+#[inline(always)]
+unsafe fn attend(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
+    let (g, d, len) = (work.group, work.d, job.len);
+    // SAFETY: the job's pointers cover its `g · d` query values and `len · d` keys and
+    // values (checked by `decode_attention`).
+    let q = unsafe { std::slice::from_raw_parts(job.q, g * d) };
+    let mut key = vec![0.0f32; d];
+    for j in 0..len {
+        let k = unsafe { row(job.k, j, d, work.bf16, &mut key) };
+        for i in 0..g {
+            scores[i * len + j] = dot(&q[i * d..(i + 1) * d], k) * work.scale;
+        }
+    }
+    let mut sums = [0.0f32; 64];
+    let mut sums_heap = Vec::new();
+    let sums: &mut [f32] = if g <= sums.len() {
+        &mut sums[..g]
+    } else {
+        sums_heap.resize(g, 0.0);
+        &mut sums_heap
+    };
+    for (i, sum) in sums.iter_mut().enumerate() {
+        *sum = softmax_numerators(&mut scores[i * len..(i + 1) * len]);
+    }
+    for j in 0..len {
+        let v = unsafe { row(job.v, j, d, work.bf16, &mut key) };
+        for i in 0..g {
+            let p = scores[i * len + j];
+            for (a, &x) in acc[i * d..(i + 1) * d].iter_mut().zip(v) {
+                *a += p * x;
+            }
+        }
+    }
+    let out = unsafe { std::slice::from_raw_parts_mut(job.out, g * d) };
+    for i in 0..g {
+        let inv = 1.0 / sums[i];
+        for (o, &a) in out[i * d..(i + 1) * d].iter_mut().zip(&acc[i * d..(i + 1) * d]) {
+            *o = a * inv;
+        }
+    }
+}
+
+/// Position `j` of a `[len, d]` block: the f32 values in place, or bf16 widened into `buf`.
+#[inline(always)]
+unsafe fn row<'a>(base: *const u8, j: usize, d: usize, bf16: bool, buf: &'a mut [f32]) -> &'a [f32] {
+    if bf16 {
+        // SAFETY: the caller's block holds `len · d` bf16 values and j < len.
+        let src = unsafe { std::slice::from_raw_parts((base as *const u16).add(j * d), d) };
+        for (o, &x) in buf.iter_mut().zip(src) {
+            *o = f32::from_bits(u32::from(x) << 16);
+        }
+        buf
+    } else {
+        // SAFETY: as above, f32.
+        unsafe { std::slice::from_raw_parts((base as *const f32).add(j * d), d) }
+    }
+}
+
+/// Dot product with eight partial sums (one vector register's worth), so it vectorizes.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Replaces `s` by `exp(s - max s)` and returns their sum.
+#[inline(always)]
+fn softmax_numerators(s: &mut [f32]) -> f32 {
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    exponentiate(s, max)
+}
+
+/// Replaces `s` by `exp(s - max)` (`max` ≥ every value) and returns their sum.
+#[inline(always)]
+fn exponentiate(s: &mut [f32], max: f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = s.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            c[l] = exp(c[l] - max);
+            lanes[l] += c[l];
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        sum += *x;
+    }
+    sum
+}
+
+/// `e^x` for `x ≤ 0`, to a relative error below 5e-7 down to -87 (`e^-87.3`, about
+/// 1e-38, below that): `x = n·ln 2 + r` with `n` the nearest integer to `x·log2(e)` (`r`
+/// computed with ln 2 in two parts, so it stays exact for large `n`), `e^r` by its Taylor
+/// polynomial of degree 7 on `|r| ≤ ln(2)/2`, times `2^n` built in the exponent bits.
+/// Branch-free so it vectorizes.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 · 2^23: adding and subtracting it rounds to the nearest integer
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.3);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    const C: [f32; 8] = [1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0];
+    let p = C[0] + r * (C[1] + r * (C[2] + r * (C[3] + r * (C[4] + r * (C[5] + r * (C[6] + r * C[7]))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+type GompParallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, u32, u32);
+
+/// libgomp's `GOMP_parallel`, from the OpenMP runtime libtorch loaded (none: run inline).
+fn gomp_parallel() -> Option<GompParallel> {
+    static PARALLEL: OnceLock<Option<usize>> = OnceLock::new();
+    let address = *PARALLEL.get_or_init(|| {
+        // SAFETY: dlsym with a NUL-terminated name; RTLD_DEFAULT searches what is loaded.
+        let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"GOMP_parallel".as_ptr()) };
+        (!symbol.is_null()).then_some(symbol as usize)
+    });
+    // SAFETY: GOMP_parallel has had this signature since GCC 4.9's libgomp.
+    address.map(|a| unsafe { std::mem::transmute::<usize, GompParallel>(a) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_close_to_std() {
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let (ours, std) = (exp(x) as f64, (x as f64).exp());
+            worst = worst.max((ours - std).abs() / std);
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(exp(-200.0), exp(-87.3));
+        assert!(exp(-200.0) < 1e-37);
+    }
+
+    /// Against libtorch's softmax attention, rows of different lengths, f32 and bf16
+    /// caches, groups of 1 and 3 query heads, head sizes with and without a tail.
+    #[test]
+    fn matches_reference_attention() {
+        let _guard = tch::no_grad_guard();
+        for (kind, tol) in [(Kind::Float, 2e-6), (Kind::BFloat16, 2e-6)] {
+            for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20)] {
+                let (rows, capacity) = (5i64, 300i64);
+                let k_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
+                let v_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
+                let keys = [1i64, 300, 17, 129];
+                let row0 = 1;
+                let q = Tensor::randn([keys.len() as i64, heads, d], (Kind::Float, Device::Cpu)) * 3.0;
+                let out = decode_attention(&q, &k_cache, &v_cache, row0, &keys).expect("the kernel applies");
+                let group = heads / kv_heads;
+                for (b, &n) in keys.iter().enumerate() {
+                    let k = k_cache.get(row0 + b as i64).narrow(1, 0, n).to_kind(Kind::Double);
+                    let v = v_cache.get(row0 + b as i64).narrow(1, 0, n).to_kind(Kind::Double);
+                    let qb = q.get(b as i64).to_kind(Kind::Double).view([kv_heads, group, d]);
+                    let p = (qb.matmul(&k.transpose(-1, -2)) / (d as f64).sqrt()).softmax(-1, Kind::Double);
+                    let want = p.matmul(&v).view([heads * d]);
+                    let got = out.get(b as i64).to_kind(Kind::Double);
+                    let err = f64::try_from((got - &want).abs().max()).unwrap();
+                    let scale = f64::try_from(want.abs().max()).unwrap().max(1.0);
+                    assert!(err <= tol * scale * 10.0, "{kind:?} heads {heads}/{kv_heads} d {d} row {b} ({n} keys): max error {err}");
+                }
+            }
+        }
+    }
+
+    /// Against libtorch's f32 GEMM: 1–16 rows, weights with a tail of rows (not a multiple
+    /// of 4 or of a job's 32) and of columns (not a multiple of 8), with and without bias.
+    #[test]
+    fn matmul_rows_matches_libtorch() {
+        if !avx2() {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        for (n, k) in [(960i64, 576i64), (37, 13), (1, 8), (70, 1543)] {
+            let w = Tensor::randn([n, k], (Kind::Float, Device::Cpu));
+            let b = Tensor::randn([n], (Kind::Float, Device::Cpu));
+            for m in [1i64, 2, 3, 4, 7, 16] {
+                let x = Tensor::randn([m, k], (Kind::Float, Device::Cpu));
+                for bias in [None, Some(&b)] {
+                    let got = matmul_rows(&x, &w, bias).expect("the kernel applies");
+                    let want = x.to_kind(Kind::Double).linear(&w.to_kind(Kind::Double), bias.map(|b| b.to_kind(Kind::Double)));
+                    let err = f64::try_from((got.to_kind(Kind::Double) - &want).abs().max()).unwrap();
+                    assert!(err < 1e-5 * (k as f64).sqrt(), "[{m}, {k}] x [{n}, {k}]^T (bias {}): max error {err}", bias.is_some());
+                }
+            }
+        }
+        let x = Tensor::zeros([17, 8], (Kind::Float, Device::Cpu));
+        assert!(matmul_rows(&x, &Tensor::zeros([4, 8], (Kind::Float, Device::Cpu)), None).is_none(), "17 rows");
+        let w = Tensor::zeros([8, 4], (Kind::Float, Device::Cpu)).tr();
+        assert!(matmul_rows(&x.narrow(0, 0, 2), &w, None).is_none(), "a transposed weight");
+        let w = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu));
+        let x = Tensor::zeros([2, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        assert!(matmul_rows(&x, &w, None).is_none(), "an input that needs a gradient");
+    }
+
+    #[test]
+    fn declines_what_it_does_not_handle() {
+        let k = Tensor::zeros([2, 1, 8, 4], (Kind::Float, Device::Cpu));
+        let q = Tensor::zeros([1, 1, 4], (Kind::Float, Device::Cpu));
+        assert!(decode_attention(&q, &k, &k, 0, &[9]).is_none(), "more keys than the capacity");
+        assert!(decode_attention(&q, &k, &k, 2, &[1]).is_none(), "a row past the cache");
+        assert!(decode_attention(&q, &k, &k, 0, &[0]).is_none(), "no keys");
+        let half = k.to_kind(Kind::Half);
+        assert!(decode_attention(&q, &half, &half, 0, &[1]).is_none(), "f16 cache");
+        assert!(decode_attention(&q, &k, &k, 0, &[8]).is_some());
+    }
+}
+
