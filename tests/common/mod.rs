@@ -119,6 +119,21 @@ pub fn leftover_local_sandboxes() -> Vec<PathBuf> {
     entries.into_iter().filter(|d| !alive(&std::fs::read_to_string(d.join("owner.pid")).unwrap_or_default())).collect()
 }
 
+/// What `backend` has left behind (sandbox dirs or containers of exited processes).
+pub fn leftovers(backend: &str) -> Vec<String> {
+    match backend {
+        "local" => leftover_local_sandboxes().iter().map(|p| p.display().to_string()).collect(),
+        _ => leftover_containers(),
+    }
+}
+
+/// Asserts the run left nothing behind that was not there `before` it (an earlier, killed
+/// process's ownerless leftovers are not this run's to answer for).
+pub fn assert_nothing_left(backend: &str, before: &[String]) {
+    let new: Vec<String> = leftovers(backend).into_iter().filter(|l| !before.contains(l)).collect();
+    assert!(new.is_empty(), "{backend}: left behind: {new:?}");
+}
+
 /// Containers labelled by swegym whose creating process has exited (must be none after a run).
 pub fn leftover_containers() -> Vec<String> {
     let out = Command::new("docker")
@@ -147,6 +162,7 @@ pub const SCENARIO: &[(&str, Option<&str>, &str)] = &[
 /// one run covers them) with the given backend and checks every verdict, the Parquet
 /// (read by pyarrow), the summary and that nothing is left behind.
 pub fn grading_scenario(backend: &str) {
+    let before = leftovers(backend);
     let tmp = tempfile::tempdir().unwrap();
     let tasks_path = repo_root().join("datasets/swebench-lite-marshmallow/tasks.jsonl");
     let line = std::fs::read_to_string(&tasks_path).unwrap().lines().next().unwrap().to_string();
@@ -193,14 +209,12 @@ pub fn grading_scenario(backend: &str) {
     assert_eq!(summary["error_instances"], 0);
     let fake_log = std::fs::read_to_string(out_dir.join("logs").join(format!("{}-fake-passed/scenario.log", task["instance_id"].as_str().unwrap()))).unwrap();
     assert!(fake_log.contains("Log check"), "the fake PASSED lines are caught by the log check:\n{fake_log}");
-    match backend {
-        "local" => assert!(leftover_local_sandboxes().is_empty(), "left behind: {:?}", leftover_local_sandboxes()),
-        _ => assert!(leftover_containers().is_empty(), "containers left behind: {:?}", leftover_containers()),
-    }
+    assert_nothing_left(backend, &before);
 }
 
 /// `dataset validate` on the two real marshmallow instances with the given backend.
 pub fn validate_marshmallow(backend: &str) {
+    let before = leftovers(backend);
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("out");
     let out = run_ok(swegym().args(["dataset", "validate", "datasets/swebench-lite-marshmallow/tasks.jsonl", "--backend", backend]).arg("--out").arg(&out_dir));
@@ -213,8 +227,5 @@ pub fn validate_marshmallow(backend: &str) {
         assert_eq!(c["empty_status"], "empty_patch");
         assert_eq!(c["before_f2p_passing"].as_array().unwrap().len(), 0);
     }
-    match backend {
-        "local" => assert!(leftover_local_sandboxes().is_empty(), "left behind: {:?}", leftover_local_sandboxes()),
-        _ => assert!(leftover_containers().is_empty(), "containers left behind: {:?}", leftover_containers()),
-    }
+    assert_nothing_left(backend, &before);
 }

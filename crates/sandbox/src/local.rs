@@ -527,7 +527,7 @@ impl Sandbox for LocalSandbox {
         let Inner { dir, cgroup, .. } = inner;
         let cgroup_result = cgroup.remove().await;
         let path = dir.path().to_path_buf();
-        let dir_result = tokio::task::spawn_blocking(move || dir.close())
+        let dir_result = tokio::task::spawn_blocking(move || remove_sandbox_dir(dir))
             .await
             .map_err(|e| SandboxError::Other(format!("removing {}: {e}", path.display())))?;
         cgroup_result.map_err(|e| SandboxError::io(format!("removing cgroups {:?}", cgroup.dirs()), e))?;
@@ -545,11 +545,33 @@ impl Drop for LocalSandbox {
                 tracing::warn!(cgroups = ?inner.cgroup.dirs(), error = %e, "cgroup not removed on drop");
             }
             let path = inner.dir.path().to_path_buf();
-            if let Err(e) = inner.dir.close() {
+            if let Err(e) = remove_sandbox_dir(inner.dir) {
                 tracing::warn!(sandbox = %path.display(), error = %e, "sandbox dir not removed on drop");
             }
         }
     }
+}
+
+/// Removes a sandbox's dir with its owner file last, so that a process killed while
+/// removing it (a testbed takes a while) leaves a dir a later [`LocalBackend::sweep_orphans`]
+/// recognizes as its own to sweep, not an ownerless one it must leave alone for an hour.
+fn remove_sandbox_dir(dir: tempfile::TempDir) -> std::io::Result<()> {
+    let path = dir.keep();
+    for entry in std::fs::read_dir(&path)? {
+        let entry = entry?;
+        if entry.file_name() == OWNER_FILE {
+            continue;
+        }
+        let result = match entry.file_type()? {
+            t if t.is_dir() => std::fs::remove_dir_all(entry.path()),
+            _ => std::fs::remove_file(entry.path()),
+        };
+        match result {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::remove_dir_all(&path)
 }
 
 /// An exclusive `flock` on a file, released on drop.
@@ -717,5 +739,22 @@ mod tests {
             vec![PathBuf::from("/nonexistent/versions/3.11.7")]
         );
         assert!(python_binds_of_interpreter(Path::new("/usr/bin/python3")).is_empty());
+    }
+
+    #[test]
+    fn sandbox_dir_removal_keeps_the_owner_file_to_the_end_and_follows_no_links() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep.txt"), "x").unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = tempfile::Builder::new().prefix("sbx-").tempdir_in(parent.path()).unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::write(root.join(OWNER_FILE), "1").unwrap();
+        std::fs::create_dir_all(root.join("testbed/pkg/sub")).unwrap();
+        std::fs::write(root.join("testbed/pkg/sub/a.py"), "pass").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("testbed/link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("tmp")).unwrap();
+        remove_sandbox_dir(dir).unwrap();
+        assert!(!root.exists());
+        assert!(outside.path().join("keep.txt").exists(), "a link was followed");
     }
 }
