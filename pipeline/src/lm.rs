@@ -261,6 +261,9 @@ pub struct GenerateBenchArgs {
     pub no_transformers: bool,
     #[arg(long, value_enum, num_args = 1.., default_values = ["f32", "bf16"])]
     pub dtypes: Vec<DtypeArg>,
+    /// dtype of our KV cache (default: each run's weights dtype).
+    #[arg(long, value_enum)]
+    pub kv_dtype: Option<DtypeArg>,
     #[arg(long, num_args = 1.., default_values = ["1", "8"])]
     pub batches: Vec<usize>,
     #[arg(long, default_value_t = 512)]
@@ -289,6 +292,7 @@ struct SideResult {
 struct GenerateBench {
     bench: &'static str,
     dtype: String,
+    kv_dtype: String,
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
@@ -327,8 +331,11 @@ pub async fn bench_generate(ctx: &crate::context::Context, args: GenerateBenchAr
         let mut rows = Vec::new();
         for &dtype in &args.dtypes {
             tch::set_num_threads(args.threads);
-            let (lm, tokenizer) = swegym_lm::load_model(&model, dtype.dtype(), tch::Device::Cpu)
+            let (mut lm, tokenizer) = swegym_lm::load_model(&model, dtype.dtype(), tch::Device::Cpu)
                 .map_err(|e| Exit::bad_input(e.to_string()))?;
+            if let Some(kv) = args.kv_dtype {
+                lm.set_kv_dtype(kv.dtype());
+            }
             let peak_load = proc_status_mib("VmHWM");
             for &batch in &args.batches {
                 let theirs = if transformers_here {
@@ -342,6 +349,7 @@ pub async fn bench_generate(ctx: &crate::context::Context, args: GenerateBenchAr
                 let row = GenerateBench {
                     bench: "generate",
                     dtype: dtype.dtype().to_string(),
+                    kv_dtype: lm.kv_dtype().to_string(),
                     batch,
                     prompt_len: args.prompt_len,
                     new_tokens: args.new_tokens,
@@ -362,7 +370,7 @@ pub async fn bench_generate(ctx: &crate::context::Context, args: GenerateBenchAr
             let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
             eprintln!(
                 "| {} | {} | {:.0} / {} ({}) | {:.1} / {} ({}) | {:.0} / {} | {} |",
-                r.dtype,
+                if r.kv_dtype == r.dtype { r.dtype.clone() } else { format!("{} (KV cache {})", r.dtype, r.kv_dtype) },
                 r.batch,
                 r.swegym.prefill_tok_s.median,
                 f(t.map(|t| t.prefill_tok_s.median)),

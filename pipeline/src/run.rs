@@ -483,10 +483,11 @@ impl Runner {
         let p = &self.cfg.policy;
         match p.kind {
             PolicyKind::Local => {
-                let (model, dtype, device, threads, merge, jobs) = (p.model.clone(), p.dtype, p.device_choice(), p.threads, p.merge_adapter, self.cfg.sandbox.jobs);
+                let (model, dtype, kv_dtype, device, threads, merge, jobs) =
+                    (p.model.clone(), p.dtype, p.kv_dtype, p.device_choice(), p.threads, p.merge_adapter, self.cfg.sandbox.jobs);
                 let policy = tokio::task::spawn_blocking(move || {
                     let adapter = adapter.as_deref().map(|dir| AdapterLoad { dir, merge });
-                    LocalPolicy::load_with_adapter(&model, adapter, dtype, device, jobs, threads)
+                    LocalPolicy::load_with_adapter(&model, adapter, dtype, kv_dtype, device, jobs, threads)
                 })
                 .await
                 .context("loading the policy model")?

@@ -56,6 +56,11 @@ pub struct SampleArgs {
     /// Weights dtype of the local model.
     #[arg(long, default_value = "f32")]
     pub dtype: swegym_lm::Dtype,
+    /// dtype of the local model's KV cache: f32, bf16 or f16 (default: f16 for f32 weights
+    /// on the CPU, which halves the bytes a decoding step reads per row of context; else
+    /// the weights dtype).
+    #[arg(long)]
+    pub kv_dtype: Option<swegym_lm::Dtype>,
     /// Device of the local model: auto (CUDA when libtorch has it), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: swegym_lm::DeviceChoice,
@@ -166,7 +171,7 @@ fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
             }
             let adapter = adapter.map(|dir| AdapterLoad { dir, merge: true });
             Arc::new(
-                LocalPolicy::load_with_adapter(path, adapter, args.dtype, args.device, args.jobs.max(1), None)
+                LocalPolicy::load_with_adapter(path, adapter, args.dtype, args.kv_dtype, args.device, args.jobs.max(1), None)
                     .map_err(|e| Exit::bad_input(e.to_string()))?,
             )
         }

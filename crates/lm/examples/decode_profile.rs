@@ -1,5 +1,6 @@
 //! Times the pieces of one decoding step of a model (GGUF or HF folder) on the CPU:
-//! `cargo run --release -p swegym-lm --example decode_profile -- MODEL [f32|bf16] [threads]`.
+//! `cargo run --release -p swegym-lm --example decode_profile -- MODEL [f32|bf16] [threads]
+//! [kv dtype] [prompt length]`.
 
 use std::time::Instant;
 
@@ -10,7 +11,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dtype: Dtype = args.get(2).map_or("f32", String::as_str).parse().unwrap();
     tch::set_num_threads(args.get(3).map_or(2, |t| t.parse().unwrap()));
-    let (model, tok) = swegym_lm::load_model(std::path::Path::new(&args[1]), dtype, tch::Device::Cpu).unwrap();
+    let (mut model, tok) = swegym_lm::load_model(std::path::Path::new(&args[1]), dtype, tch::Device::Cpu).unwrap();
+    if let Some(kv) = args.get(4) {
+        model.set_kv_dtype(kv.parse().unwrap());
+    }
+    let prompt_len: usize = args.get(5).map_or(512, |n| n.parse().unwrap());
     let _guard = tch::no_grad_guard();
     let x = tch::Tensor::randn([1, 1, 576], (tch::Kind::Float, tch::Device::Cpu)).to_kind(dtype.kind());
     let w = tch::Tensor::randn([1536 * 2, 576], (tch::Kind::Float, tch::Device::Cpu)).to_kind(dtype.kind());
@@ -19,8 +24,8 @@ fn main() {
         let _ = x.linear::<tch::Tensor>(&w, None);
     }
     eprintln!("gemv 1x576x3072: {:.1} us", t.elapsed().as_secs_f64() * 1e3);
-    for batch in [1usize, 8] {
-        let prompt: Vec<u32> = (0..512).map(|i| 100 + (i * 7919) % 40000).collect();
+    for batch in [1usize, 4] {
+        let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + (i * 7919) % 40000).collect();
         let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(64) };
         let mut g = Generator::new(&model, tok.clone());
         let t0 = Instant::now();
@@ -36,7 +41,7 @@ fn main() {
         let dt = t1.elapsed().as_secs_f64();
         eprintln!(
             "batch {batch}: prefill {:.0} tok/s, decode {:.1} ms/step, {:.1} tok/s",
-            (batch * 512) as f64 / (t1 - t0).as_secs_f64(),
+            (batch * prompt_len) as f64 / (t1 - t0).as_secs_f64(),
             1e3 * dt / steps as f64,
             (batch * steps) as f64 / dt
         );

@@ -223,14 +223,15 @@ fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 
 /// Attention of `q: [B, heads, d]` (one position per row) over the first `keys[b]`
 /// positions of cache rows `row0 + b` (`k_cache, v_cache: [rows, kv_heads, capacity, d]`,
-/// contiguous, f32 or bf16): `[B, heads · d]` in f32. `None` where this kernel does not
+/// contiguous, f32, bf16 or f16): `[B, heads · d]` in f32. `None` where this kernel does not
 /// apply (not the CPU, another dtype or layout), for the caller's libtorch path.
 pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, row0: i64, keys: &[i64]) -> Option<Tensor> {
     let (b, heads, d) = q.size3().ok()?;
     let (rows, kv_heads, capacity, kd) = k_cache.size4().ok()?;
-    let bf16 = match k_cache.kind() {
-        Kind::Float => false,
-        Kind::BFloat16 => true,
+    let cache = match k_cache.kind() {
+        Kind::Float => CacheKind::F32,
+        Kind::BFloat16 => CacheKind::Bf16,
+        Kind::Half => CacheKind::F16,
         _ => return None,
     };
     let usable = q.device() == Device::Cpu
@@ -253,7 +254,7 @@ pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, r
     let q = q.to_kind(Kind::Float).contiguous();
     let out = Tensor::empty([b, heads * d], (Kind::Float, Device::Cpu));
     let group = (heads / kv_heads) as usize;
-    let elt = if bf16 { 2 } else { 4 };
+    let elt = if cache == CacheKind::F32 { 4 } else { 2 };
     let (qs, ks, vs, outs) = (
         Shared(q.data_ptr() as *mut f32),
         Shared(k_cache.data_ptr() as *mut u8),
@@ -270,7 +271,7 @@ pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, r
     }
     // longest first, so the last jobs handed out are short ones
     jobs.sort_by_key(|j| std::cmp::Reverse(j.len));
-    let shape = Shape { group, d: d as usize, scale: 1.0 / (d as f32).sqrt(), bf16, avx2: avx2() && d % 8 == 0 };
+    let shape = Shape { group, d: d as usize, scale: 1.0 / (d as f32).sqrt(), cache, avx2: avx2() && d % 8 == 0 };
     let jobs = Shared(jobs.as_mut_ptr());
     parallel((b * kv_heads) as usize, |i| {
         // SAFETY: i < the number of jobs; each job's pointers cover its `group · d` query
@@ -305,13 +306,22 @@ struct Shape {
     group: usize,
     d: usize,
     scale: f32,
-    bf16: bool,
+    cache: CacheKind,
     avx2: bool,
 }
 
+/// What the KV cache holds; bf16 and f16 are widened to f32 as they are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheKind {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// AVX2, FMA and F16C (which every AVX2 CPU has): [`attend_avx2`]'s instructions.
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -331,23 +341,36 @@ const KEY_BLOCK: usize = 64;
 /// Keys are scored eight at a time: eight dot products in eight accumulators, summed across
 /// lanes by one `hadd` tree into a vector of eight scores.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
     use std::arch::x86_64::*;
     let (g, d, len) = (work.group, work.d, job.len);
     let chunks = d / 8;
-    // bf16 keys and values are widened into these, a block at a time
-    let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
-    let widen = |base: *const u8, j: usize, n: usize, buf: &mut Vec<f32>| -> *const f32 {
-        if work.bf16 {
-            // SAFETY: positions j..j + n < len of this job's block.
-            let src = unsafe { std::slice::from_raw_parts((base as *const u16).add(j * d), n * d) };
-            buf.clear();
-            buf.extend(src.iter().map(|&x| f32::from_bits(u32::from(x) << 16)));
-            buf.as_ptr()
-        } else {
-            // SAFETY: as above.
-            unsafe { (base as *const f32).add(j * d) }
+    // bf16 / f16 keys and values are widened into these, a block at a time (so each value
+    // is converted once, not once per query head of the group)
+    let room = if work.cache == CacheKind::F32 { 0 } else { KEY_BLOCK * d };
+    let (mut kbuf, mut vbuf) = (vec![0.0f32; room], vec![0.0f32; room]);
+    let widen = |base: *const u8, j: usize, n: usize, buf: &mut [f32]| -> *const f32 {
+        // SAFETY: positions j..j + n < len of this job's block; buf holds KEY_BLOCK · d
+        // values and n ≤ KEY_BLOCK; n · d is a multiple of 8.
+        unsafe {
+            let src = (base as *const u16).add(j * d);
+            let dst = buf.as_mut_ptr();
+            match work.cache {
+                CacheKind::F32 => return (base as *const f32).add(j * d),
+                CacheKind::Bf16 => {
+                    for c in (0..n * d).step_by(8) {
+                        let half = _mm_loadu_si128(src.add(c) as *const __m128i);
+                        _mm256_storeu_ps(dst.add(c), _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(half))));
+                    }
+                }
+                CacheKind::F16 => {
+                    for c in (0..n * d).step_by(8) {
+                        _mm256_storeu_ps(dst.add(c), _mm256_cvtph_ps(_mm_loadu_si128(src.add(c) as *const __m128i)));
+                    }
+                }
+            }
+            dst
         }
     };
     let scale = _mm256_set1_ps(work.scale);
@@ -358,8 +381,8 @@ unsafe fn attend_avx2(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f3
     let mut j0 = 0;
     while j0 < len {
         let n = KEY_BLOCK.min(len - j0);
-        let keys = widen(job.k, j0, n, &mut kbuf);
-        let values = widen(job.v, j0, n, &mut vbuf);
+        let keys = widen(job.k, j0, n, &mut kbuf[..]);
+        let values = widen(job.v, j0, n, &mut vbuf[..]);
         for i in 0..g {
             // SAFETY: q holds g · d values; keys n · d; scores g · KEY_BLOCK.
             let q = unsafe { job.q.add(i * d) };
@@ -466,7 +489,7 @@ unsafe fn attend(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
     let q = unsafe { std::slice::from_raw_parts(job.q, g * d) };
     let mut key = vec![0.0f32; d];
     for j in 0..len {
-        let k = unsafe { row(job.k, j, d, work.bf16, &mut key) };
+        let k = unsafe { row(job.k, j, d, work.cache, &mut key) };
         for i in 0..g {
             scores[i * len + j] = dot(&q[i * d..(i + 1) * d], k) * work.scale;
         }
@@ -483,7 +506,7 @@ unsafe fn attend(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
         *sum = softmax_numerators(&mut scores[i * len..(i + 1) * len]);
     }
     for j in 0..len {
-        let v = unsafe { row(job.v, j, d, work.bf16, &mut key) };
+        let v = unsafe { row(job.v, j, d, work.cache, &mut key) };
         for i in 0..g {
             let p = scores[i * len + j];
             for (a, &x) in acc[i * d..(i + 1) * d].iter_mut().zip(v) {
@@ -500,20 +523,38 @@ unsafe fn attend(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
     }
 }
 
-/// Position `j` of a `[len, d]` block: the f32 values in place, or bf16 widened into `buf`.
+/// Position `j` of a `[len, d]` block: the f32 values in place, or bf16 / f16 widened
+/// into `buf`.
 #[inline(always)]
-unsafe fn row<'a>(base: *const u8, j: usize, d: usize, bf16: bool, buf: &'a mut [f32]) -> &'a [f32] {
-    if bf16 {
-        // SAFETY: the caller's block holds `len · d` bf16 values and j < len.
-        let src = unsafe { std::slice::from_raw_parts((base as *const u16).add(j * d), d) };
-        for (o, &x) in buf.iter_mut().zip(src) {
-            *o = f32::from_bits(u32::from(x) << 16);
-        }
-        buf
-    } else {
-        // SAFETY: as above, f32.
-        unsafe { std::slice::from_raw_parts((base as *const f32).add(j * d), d) }
+unsafe fn row<'a>(base: *const u8, j: usize, d: usize, cache: CacheKind, buf: &'a mut [f32]) -> &'a [f32] {
+    if cache == CacheKind::F32 {
+        // SAFETY: the caller's block holds `len · d` f32 values and j < len.
+        return unsafe { std::slice::from_raw_parts((base as *const f32).add(j * d), d) };
     }
+    // SAFETY: as above, 16-bit values.
+    let src = unsafe { std::slice::from_raw_parts((base as *const u16).add(j * d), d) };
+    for (o, &x) in buf.iter_mut().zip(src) {
+        *o = if cache == CacheKind::Bf16 { f32::from_bits(u32::from(x) << 16) } else { f16_to_f32(x) };
+    }
+    buf
+}
+
+/// IEEE half precision bits to f32 (exactly: every f16 is an f32).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let mantissa = u32::from(h & 0x3ff);
+    let bits = match (exp, mantissa) {
+        (0, 0) => sign,
+        // subnormal: mantissa · 2^-24
+        (0, m) => {
+            let v = m as f32 / 16_777_216.0;
+            return if sign == 0 { v } else { -v };
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
 }
 
 /// Dot product with eight partial sums (one vector register's worth), so it vectorizes.
@@ -608,12 +649,22 @@ mod tests {
         assert!(exp(-200.0) < 1e-37);
     }
 
-    /// Against libtorch's softmax attention, rows of different lengths, f32 and bf16
+    #[test]
+    fn f16_widening_matches_libtorch_for_every_value() {
+        let bits: Vec<i16> = (0..=u16::MAX).map(|h| h as i16).collect();
+        let want = Vec::<f32>::try_from(Tensor::from_slice(&bits).view_dtype(Kind::Half).to_kind(Kind::Float)).unwrap();
+        for (h, w) in (0..=u16::MAX).zip(want) {
+            let ours = f16_to_f32(h);
+            assert!(ours.to_bits() == w.to_bits() || (ours.is_nan() && w.is_nan()), "{h:#06x}: {ours} vs {w}");
+        }
+    }
+
+    /// Against libtorch's softmax attention, rows of different lengths, f32, bf16 and f16
     /// caches, groups of 1 and 3 query heads, head sizes with and without a tail.
     #[test]
     fn matches_reference_attention() {
         let _guard = tch::no_grad_guard();
-        for (kind, tol) in [(Kind::Float, 2e-6), (Kind::BFloat16, 2e-6)] {
+        for (kind, tol) in [(Kind::Float, 2e-6), (Kind::BFloat16, 2e-6), (Kind::Half, 2e-6)] {
             for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20)] {
                 let (rows, capacity) = (5i64, 300i64);
                 let k_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
@@ -675,9 +726,9 @@ mod tests {
         assert!(decode_attention(&q, &k, &k, 0, &[9]).is_none(), "more keys than the capacity");
         assert!(decode_attention(&q, &k, &k, 2, &[1]).is_none(), "a row past the cache");
         assert!(decode_attention(&q, &k, &k, 0, &[0]).is_none(), "no keys");
-        let half = k.to_kind(Kind::Half);
-        assert!(decode_attention(&q, &half, &half, 0, &[1]).is_none(), "f16 cache");
+        let double = k.to_kind(Kind::Double);
+        assert!(decode_attention(&q, &double, &double, 0, &[1]).is_none(), "f64 cache");
+        assert!(decode_attention(&q, &k, &double, 0, &[1]).is_none(), "keys and values of different dtypes");
         assert!(decode_attention(&q, &k, &k, 0, &[8]).is_some());
     }
 }
-

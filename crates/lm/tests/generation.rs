@@ -81,6 +81,36 @@ fn tiny_bf16_batched_greedy_equals_alone() {
     assert_eq!(tokens(&run(&model, &tok, reqs.clone(), 4)), tokens(&alone(&model, &tok, &reqs)));
 }
 
+/// A 16-bit KV cache under an f32 model: rows still give the same tokens in a batch as
+/// alone (the kernel reads each row's own keys), and the logits of prefill and decoding
+/// stay within the 16-bit rounding of the keys and values of the f32 cache's.
+#[test]
+fn tiny_16_bit_kv_caches_batch_like_alone_and_stay_near_the_f32_cache() {
+    let tok = byte_tokenizer();
+    let reference = tiny_llama(Dtype::F32);
+    let prompt: Vec<u32> = tiny_prompts()[4].clone();
+    let feed = [7u32, 99, 3, 250, 41, 41, 8];
+    let logits_of = |model: &CausalLm| {
+        let mut cache = model.new_cache();
+        let row = cache.push_row(64);
+        let mut out = vec![model.prefill_row(&mut cache, row, &prompt)];
+        for &t in &feed {
+            out.push(model.decode_rows(&mut cache, &[t]).squeeze_dim(0));
+        }
+        Tensor::stack(&out, 0)
+    };
+    let want = logits_of(&reference);
+    let scale = f64::try_from(want.abs().max()).unwrap();
+    for (kv, tol) in [(Dtype::F16, 2e-3), (Dtype::Bf16, 2e-2)] {
+        let mut model = tiny_llama(Dtype::F32);
+        model.set_kv_dtype(kv);
+        let err = f64::try_from((logits_of(&model) - &want).abs().max()).unwrap();
+        assert!(err <= tol * scale, "KV cache {kv}: logits differ by {err} (largest {scale})");
+        let reqs = requests(&tiny_prompts(), greedy_params);
+        assert_eq!(tokens(&run(&model, &tok, reqs.clone(), 4)), tokens(&alone(&model, &tok, &reqs)), "KV cache {kv}");
+    }
+}
+
 fn sampling(i: usize) -> SamplingParams {
     SamplingParams {
         max_new_tokens: 12 + 5 * i,
@@ -391,6 +421,20 @@ fn smollm2_batched_greedy_equals_alone_and_transformers() {
     assert_eq!(single[0].tokens, reference, "transformers' greedy ids");
     assert_eq!(single[0].finish_reason, FinishReason::Eos);
     assert_eq!(single[0].text.clone() + "<|im_end|>", chat["generated_text"].as_str().unwrap());
+}
+
+/// The default cache of generation on the CPU (f16 under f32 weights, `auto_kv_dtype`)
+/// still gives transformers' greedy reply.
+#[test]
+fn smollm2_f16_kv_cache_greedy_equals_transformers() {
+    let Some((mut model, tok)) = smollm2() else { return };
+    assert_eq!(swegym_lm::auto_kv_dtype(Dtype::F32, Device::Cpu), Dtype::F16);
+    model.set_kv_dtype(Dtype::F16);
+    let chat = &fixture("smollm2_reference_logits.json")["chat_greedy"];
+    let reference: Vec<u32> = serde_json::from_value(chat["generated_ids"].clone()).unwrap();
+    let prompt: Vec<u32> = serde_json::from_value(chat["prompt_ids"].clone()).unwrap();
+    let c = run(&model, &tok, vec![GenerationRequest::new(prompt, SamplingParams::greedy(64))], 1).remove(0);
+    assert_eq!(c.tokens, reference, "transformers' greedy ids");
 }
 
 #[test]

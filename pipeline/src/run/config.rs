@@ -91,6 +91,7 @@ struct RawPolicy {
     kind: Option<PolicyKind>,
     model: Option<String>,
     dtype: Option<String>,
+    kv_dtype: Option<String>,
     device: Option<String>,
     threads: Option<i32>,
     temperature: Option<f64>,
@@ -243,6 +244,10 @@ pub struct PolicySection {
     pub model: PathBuf,
     #[serde(serialize_with = "display")]
     pub dtype: Dtype,
+    /// The local model's KV cache dtype (None: `swegym_lm::auto_kv_dtype`). Left out of
+    /// the config hash when unset, so runs started before the key existed resume.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_some")]
+    pub kv_dtype: Option<Dtype>,
     pub device: String,
     pub threads: Option<i32>,
     pub temperature: f64,
@@ -328,6 +333,13 @@ pub struct RunConfig {
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.to_string())
+}
+
+fn display_some<T: std::fmt::Display, S: serde::Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(&v.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 /// What sampling on one split uses.
@@ -592,6 +604,10 @@ impl Resolver {
             Some(s) => s.parse::<Dtype>().map_err(|e| self.err("[policy] dtype", e))?,
             None => Dtype::F32,
         };
+        let kv_dtype = match p.kv_dtype.as_deref() {
+            None | Some("auto") => None,
+            Some(s) => Some(s.parse::<Dtype>().map_err(|e| self.err("[policy] kv_dtype", format!("{e} (or \"auto\")")))?),
+        };
         let device = p.device.unwrap_or_else(|| "auto".into());
         device.parse::<DeviceChoice>().map_err(|e| self.err("[policy] device", e))?;
         let temperature = p.temperature.unwrap_or(1.0);
@@ -627,6 +643,7 @@ impl Resolver {
             kind,
             model,
             dtype,
+            kv_dtype,
             device,
             threads: p.threads,
             temperature,
@@ -890,6 +907,16 @@ max_steps = 2
         // sections added later are absent from the JSON when unset (old runs keep their hash)
         let json = c.to_json();
         assert!(json.get("verifier").is_none() && json["sampling"].get("best_of_temperature").is_none(), "{json}");
+        assert!(c.policy.kv_dtype.is_none() && json["policy"].get("kv_dtype").is_none(), "{json}");
+    }
+
+    #[test]
+    fn kv_dtype_is_auto_unless_set() {
+        for (line, want) in [("kv_dtype = \"auto\"\n", None), ("kv_dtype = \"bf16\"\n", Some(Dtype::Bf16))] {
+            let (dir, cfg) = fixture(&GOOD.replace("[policy]\n", &format!("[policy]\n{line}")));
+            let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
+            assert_eq!(c.policy.kv_dtype, want, "{line}");
+        }
     }
 
     #[test]
@@ -948,6 +975,7 @@ max_steps = 2
             ),
             (&format!("{GOOD}[filter]\nprefer = \"verifier_score\"\n"), "[filter] prefer: "),
             (&format!("{GOOD}[sampling]\nbest_of_temperature = 0.5\n"), "[sampling] best_of_temperature: only with eval_rollouts_per_task > 1"),
+            (&GOOD.replace("[policy]\n", "[policy]\nkv_dtype = \"f8\"\n"), "[policy] kv_dtype: unknown dtype \"f8\""),
         ];
         for (text, want) in cases {
             let (dir, cfg) = fixture(text);

@@ -31,15 +31,17 @@ pub struct AdapterLoad<'a> {
 impl LocalPolicy {
     /// Loads the model and starts its engine thread (`max_batch` rows decode together).
     pub fn load(path: &Path, dtype: Dtype, device: DeviceChoice, max_batch: usize, threads: Option<i32>) -> Result<LocalPolicy, PolicyError> {
-        LocalPolicy::load_with_adapter(path, None, dtype, device, max_batch, threads)
+        LocalPolicy::load_with_adapter(path, None, dtype, None, device, max_batch, threads)
     }
 
-    /// [`LocalPolicy::load`], with `adapter` applied to the base weights; the policy id
-    /// names both (`local:<model>+<adapter dir>`).
+    /// [`LocalPolicy::load`], with `adapter` applied to the base weights and the KV cache
+    /// in `kv_dtype` (None: [`swegym_lm::auto_kv_dtype`]); the policy id names both model
+    /// and adapter (`local:<model>+<adapter dir>`).
     pub fn load_with_adapter(
         path: &Path,
         adapter: Option<AdapterLoad<'_>>,
         dtype: Dtype,
+        kv_dtype: Option<Dtype>,
         device: DeviceChoice,
         max_batch: usize,
         threads: Option<i32>,
@@ -55,6 +57,7 @@ impl LocalPolicy {
             if let Some((dir, merge)) = adapter_dir {
                 swegym_lm::lora::load_adapter(&mut model, &dir, merge).map_err(|e| PolicyError::Server(e.to_string()))?;
             }
+            model.set_kv_dtype(kv_dtype.unwrap_or_else(|| swegym_lm::auto_kv_dtype(dtype, device)));
             Ok((model, tokenizer))
         })?;
         let tokenizer = engine.tokenizer();
