@@ -742,7 +742,7 @@ mod tests {
     }
 
     #[test]
-    fn sandbox_dir_removal_keeps_the_owner_file_to_the_end_and_follows_no_links() {
+    fn sandbox_dir_removal_removes_every_entry_and_follows_no_links() {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("keep.txt"), "x").unwrap();
         let parent = tempfile::tempdir().unwrap();
