@@ -281,7 +281,11 @@ pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, r
         let mut acc = vec![0.0f32; group * shape.d];
         unsafe {
             if shape.avx2 {
-                attend_avx2(&shape, job, &mut scores, &mut acc);
+                match shape.cache {
+                    CacheKind::F32 => attend_avx2::<ELT_F32>(&shape, job, &mut scores, &mut acc),
+                    CacheKind::Bf16 => attend_avx2::<ELT_BF16>(&shape, job, &mut scores, &mut acc),
+                    CacheKind::F16 => attend_avx2::<ELT_F16>(&shape, job, &mut scores, &mut acc),
+                }
             } else {
                 attend(&shape, job, &mut scores, &mut acc);
             }
@@ -332,83 +336,54 @@ fn avx2() -> bool {
 /// Keys per block of [`attend_avx2`]'s online softmax.
 const KEY_BLOCK: usize = 64;
 
+/// The cache's element type as a const parameter of [`attend_avx2`], so its loads compile
+/// to one conversion each.
+const ELT_F32: u8 = 0;
+const ELT_BF16: u8 = 1;
+const ELT_F16: u8 = 2;
+
+/// Query heads of a group handled together: their scores and value sums share each key
+/// and value as it is loaded and converted (3 × 4 score accumulators, or 3 × 2 value
+/// accumulators, fit AVX2's 16 registers).
+const QUERY_TILE: usize = 3;
+
+/// How far ahead of the keys being scored [`score_keys`] prefetches a 16-bit cache's keys.
+const PREFETCH_KEYS: usize = 32;
+
 /// [`attend`] with AVX2 + FMA, for head sizes that are a multiple of 8, in one pass over
 /// the keys and values together (an online softmax by blocks of [`KEY_BLOCK`] keys, as
-/// flash attention does). Against a pass over the keys then one over the values it was
-/// about as fast (4 rows × 30 layers at 2048 keys, 2 threads: 40 vs 43 ms); it is kept
-/// because the scores need only a block's room. Holding the value sums in registers over a
-/// block then took it to 34 ms (libtorch merely summing the same keys and values: 22 ms).
-/// Keys are scored eight at a time: eight dot products in eight accumulators, summed across
-/// lanes by one `hadd` tree into a vector of eight scores.
+/// flash attention does). Keys and values are converted to f32 in registers as they are
+/// loaded, once for up to [`QUERY_TILE`] query heads, so the loads from memory run
+/// interleaved with the arithmetic. An earlier version widened each block into an L1
+/// buffer first and then computed; in a real sampling run that widening, stalled on
+/// memory while no arithmetic overlapped it, took 44% of the kernel's samples.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
-    use std::arch::x86_64::*;
+unsafe fn attend_avx2<const ELT: u8>(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
     let (g, d, len) = (work.group, work.d, job.len);
-    let chunks = d / 8;
-    // bf16 / f16 keys and values are widened into these, a block at a time (so each value
-    // is converted once, not once per query head of the group)
-    let room = if work.cache == CacheKind::F32 { 0 } else { KEY_BLOCK * d };
-    let (mut kbuf, mut vbuf) = (vec![0.0f32; room], vec![0.0f32; room]);
-    let widen = |base: *const u8, j: usize, n: usize, buf: &mut [f32]| -> *const f32 {
-        // SAFETY: positions j..j + n < len of this job's block; buf holds KEY_BLOCK · d
-        // values and n ≤ KEY_BLOCK; n · d is a multiple of 8.
-        unsafe {
-            let src = (base as *const u16).add(j * d);
-            let dst = buf.as_mut_ptr();
-            match work.cache {
-                CacheKind::F32 => return (base as *const f32).add(j * d),
-                CacheKind::Bf16 => {
-                    for c in (0..n * d).step_by(8) {
-                        let half = _mm_loadu_si128(src.add(c) as *const __m128i);
-                        _mm256_storeu_ps(dst.add(c), _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(half))));
-                    }
-                }
-                CacheKind::F16 => {
-                    for c in (0..n * d).step_by(8) {
-                        _mm256_storeu_ps(dst.add(c), _mm256_cvtph_ps(_mm_loadu_si128(src.add(c) as *const __m128i)));
-                    }
-                }
-            }
-            dst
-        }
-    };
-    let scale = _mm256_set1_ps(work.scale);
     // running max and sum of each query's exponentials
     let mut max = vec![f32::NEG_INFINITY; g];
     let mut sum = vec![0.0f32; g];
-    let acc_ptr = acc.as_mut_ptr();
+    let (s_ptr, acc_ptr) = (scores.as_mut_ptr(), acc.as_mut_ptr());
     let mut j0 = 0;
     while j0 < len {
         let n = KEY_BLOCK.min(len - j0);
-        let keys = widen(job.k, j0, n, &mut kbuf[..]);
-        let values = widen(job.v, j0, n, &mut vbuf[..]);
+        // SAFETY (both tile loops): queries i0..i0 + tile < g; scores hold g · KEY_BLOCK
+        // values, acc g · d; the block's keys and values are positions j0..j0 + n < len.
+        let mut i0 = 0;
+        while i0 < g {
+            let tile = (g - i0).min(QUERY_TILE);
+            let (q, s) = unsafe { (job.q.add(i0 * d), s_ptr.add(i0 * KEY_BLOCK)) };
+            unsafe {
+                match tile {
+                    3 => score_keys::<ELT, 3>(q, job.k, if i0 == 0 { job.v } else { std::ptr::null() }, j0, n, d, work.scale, s),
+                    2 => score_keys::<ELT, 2>(q, job.k, if i0 == 0 { job.v } else { std::ptr::null() }, j0, n, d, work.scale, s),
+                    _ => score_keys::<ELT, 1>(q, job.k, if i0 == 0 { job.v } else { std::ptr::null() }, j0, n, d, work.scale, s),
+                }
+            }
+            i0 += tile;
+        }
         for i in 0..g {
-            // SAFETY: q holds g · d values; keys n · d; scores g · KEY_BLOCK.
-            let q = unsafe { job.q.add(i * d) };
-            let s = unsafe { scores.as_mut_ptr().add(i * KEY_BLOCK) };
-            let mut t0 = 0;
-            while t0 + 8 <= n {
-                let mut a = [_mm256_setzero_ps(); 8];
-                for c in 0..chunks {
-                    let qv = unsafe { _mm256_loadu_ps(q.add(c * 8)) };
-                    for (t, a) in a.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(qv, unsafe { _mm256_loadu_ps(keys.add((t0 + t) * d + c * 8)) }, *a);
-                    }
-                }
-                let h0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-                let h1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-                let dots = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
-                unsafe { _mm256_storeu_ps(s.add(t0), _mm256_mul_ps(dots, scale)) };
-                t0 += 8;
-            }
-            for t in t0..n {
-                let mut a = _mm256_setzero_ps();
-                for c in 0..chunks {
-                    a = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(q.add(c * 8)) }, unsafe { _mm256_loadu_ps(keys.add(t * d + c * 8)) }, a);
-                }
-                unsafe { *s.add(t) = hsum(a) * work.scale };
-            }
             // online softmax: rescale what was summed so far to the new max
             let block = &mut scores[i * KEY_BLOCK..i * KEY_BLOCK + n];
             let block_max = block.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -416,51 +391,24 @@ unsafe fn attend_avx2(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f3
                 let correction = if max[i] == f32::NEG_INFINITY { 0.0 } else { exp(max[i] - block_max) };
                 max[i] = block_max;
                 sum[i] *= correction;
-                let c = _mm256_set1_ps(correction);
-                for ch in 0..chunks {
-                    // SAFETY: acc holds g · d values.
-                    unsafe {
-                        let dst = acc_ptr.add(i * d + ch * 8);
-                        _mm256_storeu_ps(dst, _mm256_mul_ps(c, _mm256_loadu_ps(dst)));
-                    }
+                for a in &mut acc[i * d..(i + 1) * d] {
+                    *a *= correction;
                 }
             }
             sum[i] += exponentiate(block, max[i]);
         }
-        // acc[i] += Σ_t p_it v_t, eight vectors (64 values) of one query at a time held in
-        // registers over the block's rows (read from L1 once per query)
-        for i in 0..g {
-            let p = &scores[i * KEY_BLOCK..i * KEY_BLOCK + n];
-            let mut c0 = 0;
-            while c0 + 8 <= chunks {
-                // SAFETY: acc holds g · d values, values n · d.
-                unsafe {
-                    let dst = acc_ptr.add(i * d + c0 * 8);
-                    let mut a: [__m256; 8] = std::array::from_fn(|c| _mm256_loadu_ps(dst.add(c * 8)));
-                    for (t, &pt) in p.iter().enumerate() {
-                        let pv = _mm256_set1_ps(pt);
-                        let v = values.add(t * d + c0 * 8);
-                        for (c, a) in a.iter_mut().enumerate() {
-                            *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.add(c * 8)), *a);
-                        }
-                    }
-                    for (c, a) in a.iter().enumerate() {
-                        _mm256_storeu_ps(dst.add(c * 8), *a);
-                    }
-                }
-                c0 += 8;
-            }
-            for c in c0..chunks {
-                // SAFETY: as above.
-                unsafe {
-                    let dst = acc_ptr.add(i * d + c * 8);
-                    let mut a = _mm256_loadu_ps(dst);
-                    for (t, &pt) in p.iter().enumerate() {
-                        a = _mm256_fmadd_ps(_mm256_set1_ps(pt), _mm256_loadu_ps(values.add(t * d + c * 8)), a);
-                    }
-                    _mm256_storeu_ps(dst, a);
+        let mut i0 = 0;
+        while i0 < g {
+            let tile = (g - i0).min(QUERY_TILE);
+            let (p, a) = unsafe { (s_ptr.add(i0 * KEY_BLOCK), acc_ptr.add(i0 * d)) };
+            unsafe {
+                match tile {
+                    3 => add_values::<ELT, 3>(p, job.v, j0, n, d, a),
+                    2 => add_values::<ELT, 2>(p, job.v, j0, n, d, a),
+                    _ => add_values::<ELT, 1>(p, job.v, j0, n, d, a),
                 }
             }
+            i0 += tile;
         }
         j0 += n;
     }
@@ -475,8 +423,137 @@ unsafe fn attend_avx2(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f3
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn attend_avx2(_: &Shape, _: &Job, _: &mut [f32], _: &mut [f32]) {
+unsafe fn attend_avx2<const ELT: u8>(_: &Shape, _: &Job, _: &mut [f32], _: &mut [f32]) {
     unreachable!("decode_attention checks avx2() first")
+}
+
+/// Eight cache values from element `i` of `base`, as f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load8<const ELT: u8>(base: *const u8, i: usize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's block holds elements i..i + 8.
+    unsafe {
+        match ELT {
+            ELT_F32 => _mm256_loadu_ps((base as *const f32).add(i)),
+            ELT_BF16 => {
+                let half = _mm_loadu_si128((base as *const u16).add(i) as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(half)))
+            }
+            _ => _mm256_cvtph_ps(_mm_loadu_si128((base as *const u16).add(i) as *const __m128i)),
+        }
+    }
+}
+
+/// `s[i · KEY_BLOCK + t] = q_i · k_(j0 + t) · scale` for the `QB` queries at `q` (rows of
+/// `d`) and keys `j0..j0 + n` of `keys`: four keys at a time, each converted once and
+/// multiplied into `QB · 4` accumulators, whose lanes one `hadd` tree per query sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn score_keys<const ELT: u8, const QB: usize>(q: *const f32, keys: *const u8, values: *const u8, j0: usize, n: usize, d: usize, scale: f32, s: *mut f32) {
+    use std::arch::x86_64::*;
+    // SAFETY (the whole body): q holds QB · d values, keys positions j0..j0 + n of d
+    // elements, s QB rows of KEY_BLOCK ≥ n values.
+    unsafe {
+        let row_bytes = d * if ELT == ELT_F32 { 4 } else { 2 };
+        let mut t = 0;
+        while t + 4 <= n {
+            // the values of these keys, wanted next (add_values reads them by columns,
+            // a pattern the hardware prefetcher follows poorly)
+            // and, for a 16-bit cache, the keys PREFETCH_KEYS ahead (with f32 keys,
+            // twice the instructions, it measured slower). A prefetch past the end of the
+            // job's keys is harmless: it touches the cache's next rows, or nothing.
+            if !values.is_null() {
+                let first = values.add((j0 + t) * row_bytes);
+                let ahead = keys.wrapping_add((j0 + t + PREFETCH_KEYS) * row_bytes);
+                let mut at = 0;
+                while at < 4 * row_bytes {
+                    _mm_prefetch::<_MM_HINT_T0>(first.add(at) as *const i8);
+                    if ELT != ELT_F32 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(at) as *const i8);
+                    }
+                    at += 64;
+                }
+            }
+            let mut a = [[_mm256_setzero_ps(); 4]; QB];
+            let mut c = 0;
+            while c < d {
+                for u in 0..4 {
+                    let k = load8::<ELT>(keys, (j0 + t + u) * d + c);
+                    for (i, a) in a.iter_mut().enumerate() {
+                        a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i * d + c)), k, a[u]);
+                    }
+                }
+                c += 8;
+            }
+            for (i, a) in a.iter().enumerate() {
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                let dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                _mm_storeu_ps(s.add(i * KEY_BLOCK + t), _mm_mul_ps(dots, _mm_set1_ps(scale)));
+            }
+            t += 4;
+        }
+        while t < n {
+            let mut a = [_mm256_setzero_ps(); QB];
+            let mut c = 0;
+            while c < d {
+                let k = load8::<ELT>(keys, (j0 + t) * d + c);
+                for (i, a) in a.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i * d + c)), k, *a);
+                }
+                c += 8;
+            }
+            for (i, &a) in a.iter().enumerate() {
+                *s.add(i * KEY_BLOCK + t) = hsum(a) * scale;
+            }
+            t += 1;
+        }
+    }
+}
+
+/// `acc_i += Σ_t p[i · KEY_BLOCK + t] · v_(j0 + t)` for the `QB` queries' rows of `acc`
+/// (`d` values each): 16 columns at a time held in `QB · 2` registers over the block's
+/// values, each value converted once for all `QB` queries.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn add_values<const ELT: u8, const QB: usize>(p: *const f32, values: *const u8, j0: usize, n: usize, d: usize, acc: *mut f32) {
+    use std::arch::x86_64::*;
+    // SAFETY (the whole body): p holds QB rows of KEY_BLOCK ≥ n values, values positions
+    // j0..j0 + n of d elements, acc QB rows of d values; d is a multiple of 8.
+    unsafe {
+        let mut c0 = 0;
+        while c0 < d {
+            // two columns of eight, or one at the end of a head size that is an odd
+            // multiple of 8 (its second half repeats the first, computed, not stored)
+            let c1 = if c0 + 16 <= d { c0 + 8 } else { c0 };
+            let mut a = [[_mm256_setzero_ps(); 2]; QB];
+            for (i, a) in a.iter_mut().enumerate() {
+                a[0] = _mm256_loadu_ps(acc.add(i * d + c0));
+                a[1] = _mm256_loadu_ps(acc.add(i * d + c1));
+            }
+            for t in 0..n {
+                let row = (j0 + t) * d;
+                let v0 = load8::<ELT>(values, row + c0);
+                let v1 = load8::<ELT>(values, row + c1);
+                for (i, a) in a.iter_mut().enumerate() {
+                    let pv = _mm256_broadcast_ss(&*p.add(i * KEY_BLOCK + t));
+                    a[0] = _mm256_fmadd_ps(pv, v0, a[0]);
+                    a[1] = _mm256_fmadd_ps(pv, v1, a[1]);
+                }
+            }
+            for (i, a) in a.iter().enumerate() {
+                _mm256_storeu_ps(acc.add(i * d + c0), a[0]);
+                if c1 != c0 {
+                    _mm256_storeu_ps(acc.add(i * d + c1), a[1]);
+                }
+            }
+            c0 = c1 + 8;
+        }
+    }
 }
 
 /// One job: `scores[i · len + j] = q_i · k_j · scale`, a softmax per query, then
@@ -632,12 +709,14 @@ mod tests {
     }
 
     /// Against libtorch's softmax attention, rows of different lengths, f32, bf16 and f16
-    /// caches, groups of 1 and 3 query heads, head sizes with and without a tail.
+    /// caches, groups of 1, 2, 3 and 7 query heads (the AVX2 path takes them 3 at a time),
+    /// head sizes of an even and an odd number of 8-wide columns, and one (20) that the
+    /// scalar path takes.
     #[test]
     fn matches_reference_attention() {
         let _guard = tch::no_grad_guard();
         for (kind, tol) in [(Kind::Float, 2e-6), (Kind::BFloat16, 2e-6), (Kind::Half, 2e-6)] {
-            for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20)] {
+            for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20), (14, 2, 24), (10, 5, 32), (2, 2, 128)] {
                 let (rows, capacity) = (5i64, 300i64);
                 let k_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
                 let v_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
@@ -689,6 +768,40 @@ mod tests {
         let w = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu));
         let x = Tensor::zeros([2, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         assert!(matmul_rows(&x, &w, None).is_none(), "an input that needs a gradient");
+    }
+
+    /// The kernel's speed, not a test of it: SmolLM2-135M's shapes (30 layers, 9 query
+    /// heads over 3 key/value heads of 64) at 2048 keys, 1 and 4 rows, each layer its own
+    /// cache so the keys and values come from memory as in a real step. Run with
+    /// `cargo test --release -p swegym-lm --lib attention_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn attention_timing() {
+        let _guard = tch::no_grad_guard();
+        let (layers, heads, kv_heads, d, capacity, keys) = (30, 9i64, 3i64, 64i64, 2048i64, 2048i64);
+        for kind in [Kind::Half, Kind::Float] {
+            let caches: Vec<(Tensor, Tensor)> = (0..layers)
+                .map(|_| {
+                    let k = Tensor::randn([4, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
+                    let v = Tensor::randn([4, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
+                    (k, v)
+                })
+                .collect();
+            for rows in [1i64, 4] {
+                let q = Tensor::randn([rows, heads, d], (Kind::Float, Device::Cpu));
+                let lens = vec![keys; rows as usize];
+                let mut times = Vec::new();
+                for _ in 0..21 {
+                    let t = std::time::Instant::now();
+                    for (k, v) in &caches {
+                        let _ = decode_attention(&q, k, v, 0, &lens).expect("the kernel applies");
+                    }
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                times.sort_by(f64::total_cmp);
+                eprintln!("{kind:?} cache, {rows} row(s), {layers} layers × {keys} keys: median {:.2} ms (min {:.2})", times[10], times[0]);
+            }
+        }
     }
 
     #[test]

@@ -249,10 +249,10 @@ enum KvWrite {
 /// The KV cache dtype generation uses unless told otherwise: f16 for f32 weights on the
 /// CPU (as llama.cpp keeps its cache), else the weights' dtype (bf16 and f16 models already
 /// have a 16-bit cache; CUDA's attention reads the cache in the model's dtype). Measured on
-/// an AMD EPYC, 2 threads: the decoding attention of SmolLM2's 30 layers over 2048 keys
-/// took 18.9 ms for 4 rows and 6.0 for 1 from an f16 cache, 23.5 and 8.2 from an f32 one
-/// (the kernel is compute-bound there, so less than the halved bytes suggest); `bench
-/// sample` -j 4 generated 180k tokens/hour against 145k.
+/// an AMD EPYC (AVX2, 2 threads; `kernels::tests::attention_timing`): the decoding
+/// attention of SmolLM2's 30 layers over 2048 keys takes 13–15 ms for 4 rows and 3.5 for 1
+/// from an f16 cache, 22–25 and 7–8 from an f32 one; `bench sample` -j 4 generated 180k
+/// tokens/hour against 145k (with the kernel before its loads were interleaved).
 pub fn auto_kv_dtype(dtype: Dtype, device: Device) -> Dtype {
     match (dtype, device) {
         (Dtype::F32, Device::Cpu) => Dtype::F16,
