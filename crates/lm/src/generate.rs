@@ -12,7 +12,10 @@
 //! happened to run before it. The one exception is exact: a session's first prompt is kept
 //! whole with its last logits, and a session whose first prompt is the same token for token
 //! (the k samples of one task) starts from them — the very values its own prefill would
-//! have computed.
+//! have computed. A request may also mark a leading part of its prompt as shared
+//! (`shared_prefix`: a system prompt that every episode starts with): that part is always
+//! prefilled as a chunk of its own and kept by content, so a later request starting with
+//! the same tokens copies it instead — again the very values its own prefill computes.
 //!
 //! [`Engine`] puts a generator on its own thread behind a channel, so many tokio tasks
 //! (agent episodes) can submit requests to one model: the thread batches whatever is
@@ -82,12 +85,17 @@ pub struct GenerationRequest {
     /// The conversation this request belongs to: its keys and values are kept when it
     /// finishes, for the session's next request to continue from (None: nothing kept).
     pub session: Option<u64>,
+    /// Leading prompt tokens that many requests share verbatim (a system prompt; 0: none).
+    /// They are prefilled as a chunk of their own (so the result does not depend on
+    /// whether they were found) and kept by content for later requests that start with
+    /// them. At least the prompt's last token is always fed.
+    pub shared_prefix: usize,
 }
 
 impl GenerationRequest {
     /// A request outside any session.
     pub fn new(prompt: Vec<u32>, params: SamplingParams) -> Self {
-        Self { prompt, params, session: None }
+        Self { prompt, params, session: None, shared_prefix: 0 }
     }
 }
 
@@ -193,8 +201,9 @@ pub struct Generator<'m> {
 }
 
 /// Kept rows, most recently used last, within a byte budget: finished session requests
-/// (for the session's next request) and the first prompts of sessions (for another session
-/// that starts with exactly the same prompt, as the k samples of one task do).
+/// (for the session's next request), the first prompts of sessions (for another session
+/// that starts with exactly the same prompt, as the k samples of one task do) and shared
+/// prefixes (for any request that starts with them).
 struct PrefixCache {
     entries: VecDeque<Parked>,
     budget_bytes: usize,
@@ -206,6 +215,8 @@ enum ParkedKey {
     Session(u64),
     /// A prompt as a whole, with the logits of its last position.
     Prompt,
+    /// A shared prefix of prompts (`GenerationRequest::shared_prefix`), without logits.
+    Prefix,
 }
 
 struct Parked {
@@ -227,9 +238,10 @@ impl PrefixCache {
         self.entries.remove(at)
     }
 
-    /// The kept prompt equal to `prompt` (made most recently used).
-    fn prompt(&mut self, prompt: &[u32]) -> Option<&Parked> {
-        let at = self.entries.iter().position(|p| p.key == ParkedKey::Prompt && p.tokens == prompt)?;
+    /// The kept entry of kind `key` (a prompt or a shared prefix) whose tokens are exactly
+    /// `tokens` (made most recently used).
+    fn by_content(&mut self, key: ParkedKey, tokens: &[u32]) -> Option<&Parked> {
+        let at = self.entries.iter().position(|p| p.key == key && p.tokens == tokens)?;
         let entry = self.entries.remove(at)?;
         self.entries.push_back(entry);
         self.entries.back()
@@ -240,7 +252,7 @@ impl PrefixCache {
             ParkedKey::Session(s) => {
                 self.take(s);
             }
-            ParkedKey::Prompt => self.entries.retain(|p| !(p.key == ParkedKey::Prompt && p.tokens == parked.tokens)),
+            key => self.entries.retain(|p| !(p.key == key && p.tokens == parked.tokens)),
         }
         if parked.kv.bytes() > self.budget_bytes {
             return;
@@ -304,7 +316,7 @@ impl<'m> Generator<'m> {
     /// when it already ended (one-token limit, EOS first), else `None`: [`Generator::step`]
     /// reports it under `id` later.
     pub fn add(&mut self, id: u64, request: GenerationRequest) -> Result<Option<Completion>, GenerateError> {
-        let GenerationRequest { prompt, params, session } = request;
+        let GenerationRequest { prompt, params, session, shared_prefix } = request;
         validate(&params)?;
         if prompt.is_empty() {
             return Err(GenerateError::EmptyPrompt);
@@ -332,24 +344,20 @@ impl<'m> Generator<'m> {
             // A session's first prompt: another session may have started with the same
             // one (the k samples of a task). Its rows and last logits are exactly what the
             // prefill computes, so sharing them changes no result.
-            None if session.is_some() && self.parked.budget_bytes > 0 => match self.parked.prompt(&prompt) {
+            None if session.is_some() && self.parked.budget_bytes > 0 => match self.parked.by_content(ParkedKey::Prompt, &prompt) {
                 Some(p) => {
                     let row = self.cache.push_row_from(&p.kv, prompt.len() as i64, expected);
                     (row, prompt.len(), p.logits.as_ref().expect("a kept prompt has its logits").shallow_clone())
                 }
                 None => {
-                    let row = self.cache.push_row(expected);
-                    let logits = self.model.prefill_row(&mut self.cache, row, &prompt);
+                    let (row, cached, logits) = self.prefill_new_row(&prompt, shared_prefix, expected);
                     let kv = self.cache.snapshot_row(row, prompt.len() as i64);
                     let kept = Parked { key: ParkedKey::Prompt, tokens: prompt.clone(), kv, logits: Some(logits.copy()) };
                     self.parked.put(kept);
-                    (row, 0, logits)
+                    (row, cached, logits)
                 }
             },
-            None => {
-                let row = self.cache.push_row(expected);
-                (row, 0, self.model.prefill_row(&mut self.cache, row, &prompt))
-            }
+            None => self.prefill_new_row(&prompt, shared_prefix, expected),
         };
         drop(reuse);
         let mut seq = Sequence {
@@ -498,6 +506,32 @@ impl<'m> Generator<'m> {
             return Ok(Some(finish(seq, text, FinishReason::Length)));
         }
         Ok(None)
+    }
+
+    /// A new row holding `prompt` (room for `expected` positions) and the logits after its
+    /// last token; also how many leading tokens were copied rather than computed. The
+    /// first `shared_prefix` tokens (if fewer than the prompt's) are their own chunk, copied
+    /// from a kept prefix with the same tokens or prefilled and kept.
+    fn prefill_new_row(&mut self, prompt: &[u32], shared_prefix: usize, expected: i64) -> (usize, usize, Tensor) {
+        let shared = shared_prefix.min(prompt.len() - 1);
+        if shared == 0 {
+            let row = self.cache.push_row(expected);
+            return (row, 0, self.model.prefill_row(&mut self.cache, row, prompt));
+        }
+        let (head, rest) = prompt.split_at(shared);
+        let (row, cached) = match self.parked.by_content(ParkedKey::Prefix, head) {
+            Some(p) => (self.cache.push_row_from(&p.kv, shared as i64, expected), shared),
+            None => {
+                let row = self.cache.push_row(expected);
+                let _ = self.model.prefill_row(&mut self.cache, row, head);
+                if self.parked.budget_bytes > 0 {
+                    let kv = self.cache.snapshot_row(row, shared as i64);
+                    self.parked.put(Parked { key: ParkedKey::Prefix, tokens: head.to_vec(), kv, logits: None });
+                }
+                (row, 0)
+            }
+        };
+        (row, cached, self.model.prefill_row(&mut self.cache, row, rest))
     }
 
     /// Keeps a finished session row's keys and values for the session's next request.

@@ -34,6 +34,16 @@ fn alone(model: &CausalLm, tok: &Tokenizer, reqs: &[GenerationRequest]) -> Vec<C
     reqs.iter().map(|r| run(model, tok, vec![r.clone()], 1).remove(0)).collect()
 }
 
+/// Each request alone through a generator that keeps nothing (the reference that reuse must
+/// match): the generator, and the completions, none of which reused a prompt token.
+fn reference_keeping_nothing<'m>(model: &'m CausalLm, tok: &Tokenizer, reqs: &[GenerationRequest]) -> (Generator<'m>, Vec<Completion>) {
+    let mut g = Generator::new(model, tok.clone());
+    g.set_prefix_budget(0);
+    let done: Vec<Completion> = reqs.iter().map(|r| g.run(vec![r.clone()], 1).remove(0).unwrap()).collect();
+    assert!(done.iter().all(|c| c.cached_prompt_tokens == 0));
+    (g, done)
+}
+
 fn tokens(c: &[Completion]) -> Vec<Vec<u32>> {
     c.iter().map(|c| c.tokens.clone()).collect()
 }
@@ -257,7 +267,7 @@ fn session_turns(model: &CausalLm, tok: &Tokenizer, first: Vec<u32>, observation
     let mut prompt = first;
     let (mut kept, mut fresh) = (Vec::new(), Vec::new());
     for _ in 0..turns {
-        let request = GenerationRequest { prompt: prompt.clone(), params: params.clone(), session: Some(42) };
+        let request = GenerationRequest { prompt: prompt.clone(), params: params.clone(), session: Some(42), shared_prefix: 0 };
         let c = with.run(vec![request], 1).remove(0).unwrap();
         fresh.push(run(model, tok, vec![GenerationRequest::new(prompt.clone(), params.clone())], 1).remove(0));
         prompt.extend_from_slice(&c.tokens);
@@ -283,21 +293,21 @@ fn tiny_session_continues_from_kept_keys_and_values_with_the_same_tokens() {
     // An edited history reuses only the common prefix; another session reuses nothing.
     let mut g = Generator::new(&model, tok.clone());
     let a: Vec<u32> = (0..40).map(|i| (i * 7 % 250) as u32).collect();
-    let first = g.run(vec![GenerationRequest { prompt: a.clone(), params: params.clone(), session: Some(1) }], 1).remove(0).unwrap();
+    let first = g.run(vec![GenerationRequest { prompt: a.clone(), params: params.clone(), session: Some(1), shared_prefix: 0 }], 1).remove(0).unwrap();
     assert!(g.prefix_bytes() > 0);
     let mut edited = a.clone();
     edited[25] = 3;
     edited.extend_from_slice(&first.tokens);
-    let c = g.run(vec![GenerationRequest { prompt: edited.clone(), params: params.clone(), session: Some(1) }], 1).remove(0).unwrap();
+    let c = g.run(vec![GenerationRequest { prompt: edited.clone(), params: params.clone(), session: Some(1), shared_prefix: 0 }], 1).remove(0).unwrap();
     assert_eq!(c.cached_prompt_tokens, 25);
     assert_eq!(c.tokens, run(&model, &tok, vec![GenerationRequest::new(edited.clone(), params.clone())], 1)[0].tokens);
-    let other = g.run(vec![GenerationRequest { prompt: edited.clone(), params: params.clone(), session: Some(2) }], 1).remove(0).unwrap();
+    let other = g.run(vec![GenerationRequest { prompt: edited.clone(), params: params.clone(), session: Some(2), shared_prefix: 0 }], 1).remove(0).unwrap();
     assert_eq!(other.cached_prompt_tokens, 0);
 
     // A zero budget keeps nothing.
     g.set_prefix_budget(0);
     assert_eq!(g.prefix_bytes(), 0);
-    let again = g.run(vec![GenerationRequest { prompt: edited, params, session: Some(1) }], 1).remove(0).unwrap();
+    let again = g.run(vec![GenerationRequest { prompt: edited, params, session: Some(1), shared_prefix: 0 }], 1).remove(0).unwrap();
     assert_eq!(again.cached_prompt_tokens, 0);
 }
 
@@ -307,7 +317,7 @@ fn tiny_sessions_in_a_batch_match_each_alone() {
     let prompts = tiny_prompts();
     let mut g = Generator::new(&model, tok.clone());
     let first: Vec<GenerationRequest> =
-        prompts.iter().enumerate().map(|(i, p)| GenerationRequest { prompt: p.clone(), params: greedy_params(i), session: Some(i as u64) }).collect();
+        prompts.iter().enumerate().map(|(i, p)| GenerationRequest { prompt: p.clone(), params: greedy_params(i), session: Some(i as u64), shared_prefix: 0 }).collect();
     let replies: Vec<Completion> = g.run(first, 3).into_iter().map(Result::unwrap).collect();
     let second: Vec<GenerationRequest> = prompts
         .iter()
@@ -317,7 +327,7 @@ fn tiny_sessions_in_a_batch_match_each_alone() {
             let mut prompt = p.clone();
             prompt.extend_from_slice(&r.tokens);
             prompt.extend_from_slice(&[9, 8, 7]);
-            GenerationRequest { prompt, params: greedy_params(i), session: Some(i as u64) }
+            GenerationRequest { prompt, params: greedy_params(i), session: Some(i as u64), shared_prefix: 0 }
         })
         .collect();
     let fresh = alone(&model, &tok, &second.iter().map(|r| GenerationRequest::new(r.prompt.clone(), r.params.clone())).collect::<Vec<_>>());
@@ -334,12 +344,9 @@ fn tiny_sessions_with_the_same_first_prompt_share_its_prefill() {
     let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
     let prompt = tiny_prompts()[3].clone();
     let reqs: Vec<GenerationRequest> = (0..4)
-        .map(|i| GenerationRequest { prompt: prompt.clone(), params: SamplingParams { seed: 40 + i, ..sampling(1) }, session: Some(100 + i) })
+        .map(|i| GenerationRequest { prompt: prompt.clone(), params: SamplingParams { seed: 40 + i, ..sampling(1) }, session: Some(100 + i), shared_prefix: 0 })
         .collect();
-    let mut nothing_kept = Generator::new(&model, tok.clone());
-    nothing_kept.set_prefix_budget(0);
-    let reference: Vec<Completion> = reqs.iter().map(|r| nothing_kept.run(vec![r.clone()], 1).remove(0).unwrap()).collect();
-    assert!(reference.iter().all(|c| c.cached_prompt_tokens == 0));
+    let (_, reference) = reference_keeping_nothing(&model, &tok, &reqs);
     for max_batch in [1, 3] {
         let mut g = Generator::new(&model, tok.clone());
         let shared: Vec<Completion> = if max_batch == 1 {
@@ -353,6 +360,43 @@ fn tiny_sessions_with_the_same_first_prompt_share_its_prefill() {
         // the seeds differ, so the samples do
         assert!(tokens(&shared).windows(2).any(|w| w[0] != w[1]));
     }
+}
+
+/// Episodes of different tasks: prompts that start with the same system prompt
+/// (`shared_prefix`). Later sessions copy the kept prefix instead of prefilling it, and every
+/// reply is the one a generator keeping nothing gives — in the same session or outside any.
+/// A prefix as long as the prompt still feeds the prompt's last token.
+#[test]
+fn tiny_prompts_sharing_a_prefix_reuse_it_with_the_same_tokens() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let system: Vec<u32> = (0..23).map(|j| ((j * 13 + 7) % 250) as u32).collect();
+    let reqs: Vec<GenerationRequest> = tiny_prompts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, task)| {
+            let prompt = [system.clone(), task].concat();
+            GenerationRequest { prompt, params: SamplingParams { seed: 7 + i as u64, ..sampling(1) }, session: Some(i as u64), shared_prefix: system.len() }
+        })
+        .collect();
+    let (mut nothing_kept, reference) = reference_keeping_nothing(&model, &tok, &reqs);
+    for max_batch in [1, 3] {
+        let mut g = Generator::new(&model, tok.clone());
+        let shared: Vec<Completion> = g.run(reqs.clone(), max_batch).into_iter().map(Result::unwrap).collect();
+        assert_eq!(tokens(&shared), tokens(&reference), "max_batch {max_batch}");
+        let cached: Vec<usize> = shared.iter().map(|c| c.cached_prompt_tokens).collect();
+        let mut want = vec![system.len(); reqs.len()];
+        want[0] = 0;
+        assert_eq!(cached, want, "max_batch {max_batch}");
+    }
+    // outside any session, and a prefix that is the whole prompt
+    let mut g = Generator::new(&model, tok.clone());
+    let plain: Vec<GenerationRequest> = reqs.iter().map(|r| GenerationRequest { session: None, ..r.clone() }).collect();
+    let done: Vec<Completion> = g.run(plain, 2).into_iter().map(Result::unwrap).collect();
+    assert_eq!(tokens(&done), tokens(&reference));
+    let whole = GenerationRequest { prompt: system.clone(), params: sampling(1), session: None, shared_prefix: system.len() };
+    let c = g.run(vec![whole.clone()], 1).remove(0).unwrap();
+    assert_eq!(c.cached_prompt_tokens, 0, "the kept prefix is 23 tokens; this one uses 22 of them as its own chunk");
+    assert_eq!(c.tokens, nothing_kept.run(vec![whole], 1).remove(0).unwrap().tokens);
 }
 
 /// The counters add up: every prompt token is prefilled or reused, every token after a

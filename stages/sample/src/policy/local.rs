@@ -7,7 +7,7 @@ use std::path::Path;
 
 use swegym_lm::chat::{ChatMessage, ChatTemplate};
 use swegym_lm::{chat_template_for, load_model, DeviceChoice, Dtype, Engine, EngineOptions, GenerateError, GenerationRequest};
-use swegym_schema::Message;
+use swegym_schema::{Message, Role};
 
 use super::{Completion, Policy, PolicyError, PolicyRequest};
 
@@ -82,6 +82,19 @@ impl LocalPolicy {
         let tokenized = self.template.tokenize(self.engine.tokenizer(), &chat, true).map_err(|e| PolicyError::Server(e.to_string()))?;
         Ok(tokenized.ids)
     }
+
+    /// How many leading tokens of `prompt` are the system message as rendered alone: the
+    /// part every episode starts with, which the engine prefills once and then copies
+    /// (`GenerationRequest::shared_prefix`). 0 when there is no system message or its
+    /// tokens are not a prefix of the prompt's.
+    fn system_prefix(&self, messages: &[Message], prompt: &[u32]) -> usize {
+        let Some(system) = messages.first().filter(|m| m.role == Role::System) else { return 0 };
+        let chat = [ChatMessage { role: system.role, content: system.content.clone() }];
+        match self.template.tokenize(self.engine.tokenizer(), &chat, false) {
+            Ok(t) if prompt.starts_with(&t.ids) => t.ids.len(),
+            _ => 0,
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -108,7 +121,8 @@ impl Policy for LocalPolicy {
         let prompt_tokens = prompt.len() as u64;
         // An episode's turns share one seed (the rollout's): it keys the session, so each
         // turn prefills only what the last reply and observation added.
-        let request = GenerationRequest { prompt, params, session: p.seed };
+        let shared_prefix = self.system_prefix(request.messages, &prompt);
+        let request = GenerationRequest { prompt, params, session: p.seed, shared_prefix };
         match self.engine.generate(request).await {
             Ok(c) => Ok(Completion { text: c.text, prompt_tokens, completion_tokens: c.tokens.len() as u64 }),
             Err(e @ GenerateError::PromptTooLong { .. }) => Err(PolicyError::ContextExceeded(e.to_string())),
