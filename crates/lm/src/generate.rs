@@ -119,8 +119,9 @@ pub struct Completion {
     pub text: String,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
-    /// Leading prompt tokens whose keys and values came from the session's previous
-    /// request instead of being prefilled.
+    /// Leading prompt tokens whose keys and values were copied instead of prefilled: from
+    /// the session's previous request, a kept identical first prompt, or a kept shared
+    /// prefix.
     pub cached_prompt_tokens: usize,
     /// Wall time of the prompt's forward pass (up to the first token's logits).
     pub prefill_seconds: f64,
