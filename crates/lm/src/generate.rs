@@ -16,6 +16,9 @@
 //! (`shared_prefix`: a system prompt that every episode starts with): that part is always
 //! prefilled as a chunk of its own and kept by content, so a later request starting with
 //! the same tokens copies it instead — again the very values its own prefill computes.
+//! The rows holding such a copy are marked ([`KvCache::share_prefix`]) and a decoding step
+//! reads the prefix's keys and values from one of them for all (bit for bit the same
+//! result; with several rows the later ones find it in the CPU's cache).
 //!
 //! [`Engine`] puts a generator on its own thread behind a channel, so many tokio tasks
 //! (agent episodes) can submit requests to one model: the thread batches whatever is
@@ -525,6 +528,8 @@ impl<'m> Generator<'m> {
             None => {
                 let row = self.cache.push_row(expected);
                 let _ = self.model.prefill_row(&mut self.cache, row, head);
+                // rows copied from this one (or from its kept copy) read one copy of it
+                self.cache.share_prefix(row, shared as i64);
                 if self.parked.budget_bytes > 0 {
                     let kv = self.cache.snapshot_row(row, shared as i64);
                     self.parked.put(Parked { key: ParkedKey::Prefix, tokens: head.to_vec(), kv, logits: None });

@@ -225,7 +225,14 @@ fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 /// positions of cache rows `row0 + b` (`k_cache, v_cache: [rows, kv_heads, capacity, d]`,
 /// contiguous, f32, bf16 or f16): `[B, heads · d]` in f32. `None` where this kernel does not
 /// apply (not the CPU, another dtype or layout), for the caller's libtorch path.
-pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, row0: i64, keys: &[i64]) -> Option<Tensor> {
+///
+/// `shared` (empty, or one entry per row): `(source, len)` says that cache row `source`
+/// holds the same keys and values as row `row0 + b` in its first `len` positions (a
+/// shared prompt prefix, copied into every row that starts with it). Whole blocks of
+/// those positions are then read from `source`, so rows that share a prefix read one copy
+/// of it, which after the first row comes from the CPU's cache instead of memory. The
+/// result is the same bit for bit: the same values go through the same arithmetic.
+pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, row0: i64, keys: &[i64], shared: &[(i64, i64)]) -> Option<Tensor> {
     let (b, heads, d) = q.size3().ok()?;
     let (rows, kv_heads, capacity, kd) = k_cache.size4().ok()?;
     let cache = match k_cache.kind() {
@@ -247,7 +254,9 @@ pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, r
         && keys.len() as i64 == b
         && row0 >= 0
         && row0 + b <= rows
-        && keys.iter().all(|&n| n > 0 && n <= capacity);
+        && keys.iter().all(|&n| n > 0 && n <= capacity)
+        && (shared.is_empty() || shared.len() == keys.len())
+        && shared.iter().all(|&(source, len)| (0..rows).contains(&source) && (0..=capacity).contains(&len));
     if !usable {
         return None;
     }
@@ -262,11 +271,22 @@ pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, r
         Shared(out.data_ptr() as *mut f32),
     );
     let mut jobs = Vec::with_capacity((b * kv_heads) as usize);
+    let offset = |row: i64, h: i64| ((row * kv_heads + h) * capacity * d) as usize * elt;
     for (i, &len) in keys.iter().enumerate() {
+        let (source, shared_len) = shared.get(i).copied().unwrap_or((row0 + i as i64, 0));
         for h in 0..kv_heads {
-            let cache_offset = (((row0 + i as i64) * kv_heads + h) * capacity * d) as usize * elt;
+            let (own, from) = (offset(row0 + i as i64, h), offset(source, h));
             let q_offset = ((i as i64 * heads + h * group as i64) * d) as usize;
-            jobs.push(Job { q: qs.at(q_offset), k: ks.at(cache_offset), v: vs.at(cache_offset), len: len as usize, out: outs.at(q_offset) });
+            jobs.push(Job {
+                q: qs.at(q_offset),
+                k: ks.at(own),
+                v: vs.at(own),
+                len: len as usize,
+                shared_k: ks.at(from),
+                shared_v: vs.at(from),
+                shared: (shared_len as usize).min(len as usize),
+                out: outs.at(q_offset),
+            });
         }
     }
     // longest first, so the last jobs handed out are short ones
@@ -297,13 +317,25 @@ pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, r
 }
 
 /// One (row, key/value head) pair of [`decode_attention`]: its `group` query vectors,
-/// `len` keys and values (rows of `d` elements, contiguous), where its outputs go.
+/// `len` keys and values (rows of `d` elements, contiguous), where its outputs go; the
+/// first `shared` positions also lie, the same values, at `shared_k` and `shared_v`.
 struct Job {
     q: *const f32,
     k: *const u8,
     v: *const u8,
     len: usize,
+    shared_k: *const u8,
+    shared_v: *const u8,
+    shared: usize,
     out: *mut f32,
+}
+
+impl Job {
+    /// Where to read the keys and values of positions `j0..j0 + n`: the shared copy when
+    /// they all lie in it, else the row's own.
+    fn block(&self, j0: usize, n: usize) -> (*const u8, *const u8) {
+        if j0 + n <= self.shared { (self.shared_k, self.shared_v) } else { (self.k, self.v) }
+    }
 }
 
 struct Shape {
@@ -368,17 +400,19 @@ unsafe fn attend_avx2<const ELT: u8>(work: &Shape, job: &Job, scores: &mut [f32]
     let mut j0 = 0;
     while j0 < len {
         let n = KEY_BLOCK.min(len - j0);
+        let (keys, values) = job.block(j0, n);
         // SAFETY (both tile loops): queries i0..i0 + tile < g; scores hold g · KEY_BLOCK
         // values, acc g · d; the block's keys and values are positions j0..j0 + n < len.
         let mut i0 = 0;
         while i0 < g {
             let tile = (g - i0).min(QUERY_TILE);
             let (q, s) = unsafe { (job.q.add(i0 * d), s_ptr.add(i0 * KEY_BLOCK)) };
+            let prefetch = if i0 == 0 { values } else { std::ptr::null() };
             unsafe {
                 match tile {
-                    3 => score_keys::<ELT, 3>(q, job.k, if i0 == 0 { job.v } else { std::ptr::null() }, j0, n, d, work.scale, s),
-                    2 => score_keys::<ELT, 2>(q, job.k, if i0 == 0 { job.v } else { std::ptr::null() }, j0, n, d, work.scale, s),
-                    _ => score_keys::<ELT, 1>(q, job.k, if i0 == 0 { job.v } else { std::ptr::null() }, j0, n, d, work.scale, s),
+                    3 => score_keys::<ELT, 3>(q, keys, prefetch, j0, n, d, work.scale, s),
+                    2 => score_keys::<ELT, 2>(q, keys, prefetch, j0, n, d, work.scale, s),
+                    _ => score_keys::<ELT, 1>(q, keys, prefetch, j0, n, d, work.scale, s),
                 }
             }
             i0 += tile;
@@ -386,7 +420,7 @@ unsafe fn attend_avx2<const ELT: u8>(work: &Shape, job: &Job, scores: &mut [f32]
         for i in 0..g {
             // online softmax: rescale what was summed so far to the new max
             let block = &mut scores[i * KEY_BLOCK..i * KEY_BLOCK + n];
-            let block_max = block.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let block_max = largest(block);
             if block_max > max[i] {
                 let correction = if max[i] == f32::NEG_INFINITY { 0.0 } else { exp(max[i] - block_max) };
                 max[i] = block_max;
@@ -403,9 +437,9 @@ unsafe fn attend_avx2<const ELT: u8>(work: &Shape, job: &Job, scores: &mut [f32]
             let (p, a) = unsafe { (s_ptr.add(i0 * KEY_BLOCK), acc_ptr.add(i0 * d)) };
             unsafe {
                 match tile {
-                    3 => add_values::<ELT, 3>(p, job.v, j0, n, d, a),
-                    2 => add_values::<ELT, 2>(p, job.v, j0, n, d, a),
-                    _ => add_values::<ELT, 1>(p, job.v, j0, n, d, a),
+                    3 => add_values::<ELT, 3>(p, values, j0, n, d, a),
+                    2 => add_values::<ELT, 2>(p, values, j0, n, d, a),
+                    _ => add_values::<ELT, 1>(p, values, j0, n, d, a),
                 }
             }
             i0 += tile;
@@ -566,7 +600,8 @@ unsafe fn attend(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
     let q = unsafe { std::slice::from_raw_parts(job.q, g * d) };
     let mut key = vec![0.0f32; d];
     for j in 0..len {
-        let k = unsafe { row(job.k, j, d, work.cache, &mut key) };
+        let (keys, _) = job.block(j, 1);
+        let k = unsafe { row(keys, j, d, work.cache, &mut key) };
         for i in 0..g {
             scores[i * len + j] = dot(&q[i * d..(i + 1) * d], k) * work.scale;
         }
@@ -583,7 +618,8 @@ unsafe fn attend(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
         *sum = softmax_numerators(&mut scores[i * len..(i + 1) * len]);
     }
     for j in 0..len {
-        let v = unsafe { row(job.v, j, d, work.cache, &mut key) };
+        let (_, values) = job.block(j, 1);
+        let v = unsafe { row(values, j, d, work.cache, &mut key) };
         for i in 0..g {
             let p = scores[i * len + j];
             for (a, &x) in acc[i * d..(i + 1) * d].iter_mut().zip(v) {
@@ -628,6 +664,21 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail
+}
+
+/// The largest of `s` (not NaN), in eight lanes so it vectorizes (`f32::max`, which
+/// must pass over NaN, compiles to a serial chain); `-inf` for none.
+#[inline(always)]
+fn largest(s: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = s.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
+        }
+    }
+    lanes.iter().fold(tail, |m, &x| m.max(x))
 }
 
 /// Replaces `s` by `exp(s - max s)` and returns their sum.
@@ -723,7 +774,7 @@ mod tests {
                 let keys = [1i64, 300, 17, 129];
                 let row0 = 1;
                 let q = Tensor::randn([keys.len() as i64, heads, d], (Kind::Float, Device::Cpu)) * 3.0;
-                let out = decode_attention(&q, &k_cache, &v_cache, row0, &keys).expect("the kernel applies");
+                let out = decode_attention(&q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
                 let group = heads / kv_heads;
                 for (b, &n) in keys.iter().enumerate() {
                     let k = k_cache.get(row0 + b as i64).narrow(1, 0, n).to_kind(Kind::Double);
@@ -736,6 +787,45 @@ mod tests {
                     let scale = f64::try_from(want.abs().max()).unwrap().max(1.0);
                     assert!(err <= tol * scale * 10.0, "{kind:?} heads {heads}/{kv_heads} d {d} row {b} ({n} keys): max error {err}");
                 }
+            }
+        }
+    }
+
+    /// Rows that share a prefix read whole blocks of it from one row: the outputs are the
+    /// same bits as each row reading its own copy, and the other rows' copies of those
+    /// blocks are not read (they are overwritten with NaN, which would show).
+    #[test]
+    fn rows_sharing_a_prefix_read_one_copy() {
+        let _guard = tch::no_grad_guard();
+        for kind in [Kind::Float, Kind::Half] {
+            for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20)] {
+                let (rows, capacity, prefix) = (5i64, 300i64, 150i64);
+                let k_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
+                let v_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
+                for t in [&k_cache, &v_cache] {
+                    let first = t.get(1).narrow(1, 0, prefix).copy();
+                    for r in 2..rows {
+                        t.get(r).narrow(1, 0, prefix).copy_(&first);
+                    }
+                }
+                // row 2 stops inside the prefix, row 3 at a block's end inside it
+                let (row0, keys) = (1i64, [300i64, 100, 128, 151]);
+                let q = Tensor::randn([keys.len() as i64, heads, d], (Kind::Float, Device::Cpu)) * 3.0;
+                let want = decode_attention(&q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
+                // whole blocks of KEY_BLOCK positions come from row 1
+                let whole = (prefix as usize / KEY_BLOCK * KEY_BLOCK) as i64;
+                for t in [&k_cache, &v_cache] {
+                    for r in 2..rows {
+                        let _ = t.get(r).narrow(1, 0, whole).fill_(f64::NAN);
+                    }
+                }
+                let shared = vec![(1i64, prefix); keys.len()];
+                let got = decode_attention(&q, &k_cache, &v_cache, row0, &keys, &shared).expect("the kernel applies");
+                let (got, want) = (Vec::<f32>::try_from(got.flatten(0, -1)).unwrap(), Vec::<f32>::try_from(want.flatten(0, -1)).unwrap());
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{kind:?} heads {heads}/{kv_heads} d {d}");
+                let unshared = decode_attention(&q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
+                assert!(bool::try_from(unshared.isnan().any()).unwrap(), "the NaN copies are what a row reads without sharing");
             }
         }
     }
@@ -787,20 +877,55 @@ mod tests {
                     (k, v)
                 })
                 .collect();
-            for rows in [1i64, 4] {
+            // and 4 rows whose first 1377 keys (SmolLM2's system prompt in `swegym sample`)
+            // are read from row 0
+            for (rows, prefix) in [(1i64, 0i64), (4, 0), (4, 1377)] {
                 let q = Tensor::randn([rows, heads, d], (Kind::Float, Device::Cpu));
                 let lens = vec![keys; rows as usize];
+                let shared = vec![(0i64, prefix); rows as usize];
                 let mut times = Vec::new();
                 for _ in 0..21 {
                     let t = std::time::Instant::now();
                     for (k, v) in &caches {
-                        let _ = decode_attention(&q, k, v, 0, &lens).expect("the kernel applies");
+                        let _ = decode_attention(&q, k, v, 0, &lens, &shared).expect("the kernel applies");
                     }
                     times.push(t.elapsed().as_secs_f64() * 1e3);
                 }
                 times.sort_by(f64::total_cmp);
-                eprintln!("{kind:?} cache, {rows} row(s), {layers} layers × {keys} keys: median {:.2} ms (min {:.2})", times[10], times[0]);
+                eprintln!(
+                    "{kind:?} cache, {rows} row(s), {layers} layers × {keys} keys, {prefix} shared: median {:.2} ms (min {:.2})",
+                    times[10], times[0]
+                );
             }
+        }
+    }
+
+    /// The kernel's speed, not a test of it: one decoding step's products of SmolLM2-135M
+    /// (30 layers of fused q/k/v, o, fused gate/up and down, then the 49152-row output
+    /// head: 540 MB of f32 weights, more than any CPU cache) for 1 to 4 rows. Run with
+    /// `cargo test --release -p swegym-lm --lib matmul_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn matmul_timing() {
+        let _guard = tch::no_grad_guard();
+        let mut shapes = Vec::new();
+        for _ in 0..30 {
+            shapes.extend([(960i64, 576i64), (576, 576), (3072, 576), (576, 1536)]);
+        }
+        shapes.push((49152, 576));
+        let weights: Vec<Tensor> = shapes.iter().map(|&(n, k)| Tensor::randn([n, k], (Kind::Float, Device::Cpu))).collect();
+        for rows in [1i64, 2, 3, 4] {
+            let xs: Vec<Tensor> = shapes.iter().map(|&(_, k)| Tensor::randn([rows, k], (Kind::Float, Device::Cpu))).collect();
+            let mut times = Vec::new();
+            for _ in 0..15 {
+                let t = std::time::Instant::now();
+                for (x, w) in xs.iter().zip(&weights) {
+                    let _ = matmul_rows(x, w, None).expect("the kernel applies");
+                }
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            eprintln!("{rows} row(s), 121 products, 540 MB of weights: median {:.2} ms (min {:.2})", times[7], times[0]);
         }
     }
 
@@ -808,12 +933,12 @@ mod tests {
     fn declines_what_it_does_not_handle() {
         let k = Tensor::zeros([2, 1, 8, 4], (Kind::Float, Device::Cpu));
         let q = Tensor::zeros([1, 1, 4], (Kind::Float, Device::Cpu));
-        assert!(decode_attention(&q, &k, &k, 0, &[9]).is_none(), "more keys than the capacity");
-        assert!(decode_attention(&q, &k, &k, 2, &[1]).is_none(), "a row past the cache");
-        assert!(decode_attention(&q, &k, &k, 0, &[0]).is_none(), "no keys");
+        assert!(decode_attention(&q, &k, &k, 0, &[9], &[]).is_none(), "more keys than the capacity");
+        assert!(decode_attention(&q, &k, &k, 2, &[1], &[]).is_none(), "a row past the cache");
+        assert!(decode_attention(&q, &k, &k, 0, &[0], &[]).is_none(), "no keys");
         let double = k.to_kind(Kind::Double);
-        assert!(decode_attention(&q, &double, &double, 0, &[1]).is_none(), "f64 cache");
-        assert!(decode_attention(&q, &k, &double, 0, &[1]).is_none(), "keys and values of different dtypes");
-        assert!(decode_attention(&q, &k, &k, 0, &[8]).is_some());
+        assert!(decode_attention(&q, &double, &double, 0, &[1], &[]).is_none(), "f64 cache");
+        assert!(decode_attention(&q, &k, &double, 0, &[1], &[]).is_none(), "keys and values of different dtypes");
+        assert!(decode_attention(&q, &k, &k, 0, &[8], &[]).is_some());
     }
 }

@@ -238,12 +238,14 @@ struct Step {
 }
 
 /// Where a forward pass writes its keys/values into a [`KvCache`] and what it attends to.
+/// `shared` (decoding steps): per row, the row whose copy of its shared prefix the
+/// attention reads, and the prefix's length ([`KvCache::shared_sources`]).
 enum KvWrite {
     /// Rows `row0..row0 + B` all hold `past` positions; the T new ones go to `past..past + T`.
-    Block { row0: i64, past: i64 },
+    Block { row0: i64, past: i64, shared: Vec<(i64, i64)> },
     /// Rows `0..B`, one new position each, at `positions[b]` (int64 `[B]`); row `b`
     /// attends over its first `keys[b]` positions (`len` is the longest).
-    Scatter { rows: Tensor, positions: Tensor, keys: Vec<i64>, len: i64 },
+    Scatter { rows: Tensor, positions: Tensor, keys: Vec<i64>, len: i64, shared: Vec<(i64, i64)> },
 }
 
 /// The KV cache dtype generation uses unless told otherwise: f16 for f32 weights on the
@@ -307,21 +309,21 @@ impl Attention {
             kind => x.to_kind(kind),
         };
         let (k, v) = match (cache, &step.write) {
-            (Some((kc, vc)), Some(KvWrite::Block { row0, past })) => {
+            (Some((kc, vc)), Some(KvWrite::Block { row0, past, shared })) => {
                 kc.narrow(0, *row0, b).narrow(2, *past, t).copy_(&fit(&k, kc));
                 vc.narrow(0, *row0, b).narrow(2, *past, t).copy_(&fit(&v, vc));
                 let len = past + t;
                 if t == 1 {
-                    in_place = Some((kc.shallow_clone(), vc.shallow_clone(), *row0, vec![len; b as usize]));
+                    in_place = Some((kc.shallow_clone(), vc.shallow_clone(), *row0, vec![len; b as usize], shared.as_slice()));
                 }
                 (kc.narrow(0, *row0, b).narrow(2, 0, len), vc.narrow(0, *row0, b).narrow(2, 0, len))
             }
-            (Some((kc, vc)), Some(KvWrite::Scatter { rows, positions, keys, len })) => {
+            (Some((kc, vc)), Some(KvWrite::Scatter { rows, positions, keys, len, shared })) => {
                 // (rows[b], :, positions[b], :) ← k[b, :, 0, :]
                 let index = [Some(rows), None, Some(positions)];
                 let _ = kc.index_put_(&index, &fit(&k.squeeze_dim(2), kc), false);
                 let _ = vc.index_put_(&index, &fit(&v.squeeze_dim(2), vc), false);
-                in_place = Some((kc.shallow_clone(), vc.shallow_clone(), 0, keys.clone()));
+                in_place = Some((kc.shallow_clone(), vc.shallow_clone(), 0, keys.clone(), shared.as_slice()));
                 (kc.narrow(0, 0, b).narrow(2, 0, *len), vc.narrow(0, 0, b).narrow(2, 0, *len))
             }
             _ => (k, v),
@@ -329,8 +331,8 @@ impl Attention {
         // a cache may hold another dtype than the model computes in (`KvCache::kind`)
         let as_q = |k: Tensor, v: Tensor| if k.kind() == q.kind() { (k, v) } else { (k.to_kind(q.kind()), v.to_kind(q.kind())) };
         if t == 1 {
-            let fast = in_place.and_then(|(kc, vc, row0, keys)| {
-                kernels::decode_attention(&qk.narrow(2, 0, nh).reshape([b, nh, d]), &kc, &vc, row0, &keys)
+            let fast = in_place.and_then(|(kc, vc, row0, keys, shared)| {
+                kernels::decode_attention(&qk.narrow(2, 0, nh).reshape([b, nh, d]), &kc, &vc, row0, &keys, shared)
             });
             let y = match fast {
                 Some(y) => y.view([b, 1, nh * d]).to_kind(x.kind()),
@@ -697,7 +699,8 @@ impl CausalLm {
         let mask = cols.le_tensor(&positions.unsqueeze(1)).view([n as i64, 1, 1, max_len]);
         let rows = Tensor::arange(n as i64, (Kind::Int64, self.device));
         let keys = lens.iter().map(|l| l + 1).collect();
-        let write = KvWrite::Scatter { rows, positions, keys, len: max_len };
+        let shared = cache.shared_sources(0..n);
+        let write = KvWrite::Scatter { rows, positions, keys, len: max_len, shared };
         let step = Step { cos, sin, mask: Some(mask), is_causal: false, write: Some(write), train: false, blocks: None };
         let hidden = self.hidden(&input, &step, Some(cache));
         for len in &mut cache.lens[..n] {
@@ -722,7 +725,8 @@ impl CausalLm {
             let k = Tensor::arange(past + t, (Kind::Int64, self.device)).unsqueeze(0);
             k.le_tensor(&q)
         });
-        let write = KvWrite::Block { row0: row0 as i64, past };
+        let shared = if t == 1 { cache.shared_sources(rows.clone()) } else { Vec::new() };
+        let write = KvWrite::Block { row0: row0 as i64, past, shared };
         let step = Step { cos, sin, mask, is_causal: t > 1 && past == 0, write: Some(write), train: false, blocks: None };
         let hidden = self.hidden(input, &step, Some(cache));
         for len in &mut cache.lens[rows] {
@@ -762,6 +766,7 @@ impl CausalLm {
         KvCache {
             layers: Vec::new(),
             lens: Vec::new(),
+            prefixes: Vec::new(),
             n_layers: c.num_hidden_layers as usize,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
@@ -801,7 +806,20 @@ impl CausalLm {
 pub struct RowKv {
     layers: Vec<(Tensor, Tensor)>,
     len: i64,
+    /// The row's shared prefix, if it holds all of it ([`KvCache::share_prefix`]).
+    prefix: Option<SharedPrefix>,
 }
+
+/// A prefix that several cache rows hold the same keys and values for: they were
+/// computed once and copied ([`KvCache::share_prefix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SharedPrefix {
+    id: u64,
+    len: i64,
+}
+
+/// Ids of shared prefixes, unique in the process.
+static NEXT_PREFIX_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl RowKv {
     /// Positions held.
@@ -826,6 +844,10 @@ impl RowKv {
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
     lens: Vec<i64>,
+    /// Per row: the shared prefix it starts with, if any. Rows with the same prefix id
+    /// hold the same keys and values in its positions (only positions after a row's
+    /// length are ever written), so a decoding step reads them from one of the rows.
+    prefixes: Vec<Option<SharedPrefix>>,
     n_layers: usize,
     kv_heads: i64,
     head_dim: i64,
@@ -858,6 +880,7 @@ impl KvCache {
     /// Adds an empty row (index returned) with room for `expected_len` positions.
     pub fn push_row(&mut self, expected_len: i64) -> usize {
         self.lens.push(0);
+        self.prefixes.push(None);
         self.reserve(self.lens.len(), expected_len);
         self.lens.len() - 1
     }
@@ -876,12 +899,48 @@ impl KvCache {
             }
         }
         self.lens.swap_remove(row);
+        self.prefixes.swap_remove(row);
         (row != last).then_some(last)
     }
 
     /// Drops every row (keeps the memory).
     pub fn clear(&mut self) {
         self.lens.clear();
+        self.prefixes.clear();
+    }
+
+    /// Marks the `len` positions `row` holds as a prefix that rows copied from it (by
+    /// [`KvCache::snapshot_row`] and [`KvCache::push_row_from`], directly or through other
+    /// copies) will share: decoding steps then read those positions from one row of the
+    /// batch for all of them. Returns the prefix's id.
+    pub fn share_prefix(&mut self, row: usize, len: i64) -> u64 {
+        assert!(len > 0 && len <= self.lens[row], "sharing {len} positions of a row holding {}", self.lens[row]);
+        let id = NEXT_PREFIX_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.prefixes[row] = Some(SharedPrefix { id, len });
+        id
+    }
+
+    /// The shared prefix `row` starts with: its id and length.
+    pub fn shared_prefix(&self, row: usize) -> Option<(u64, i64)> {
+        self.prefixes[row].map(|p| (p.id, p.len))
+    }
+
+    /// For each row of `rows`: the first row of `rows` with the same shared prefix (itself
+    /// if none comes before it) and the prefix's length, 0 without one.
+    fn shared_sources(&self, rows: std::ops::Range<usize>) -> Vec<(i64, i64)> {
+        let start = rows.start;
+        let prefixes = &self.prefixes[rows];
+        prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                Some(p) => {
+                    let first = prefixes.iter().position(|q| q.is_some_and(|q| q.id == p.id)).unwrap_or(i);
+                    ((start + first) as i64, p.len)
+                }
+                None => ((start + i) as i64, 0),
+            })
+            .collect()
     }
 
     /// A copy of the first `len` positions of `row` (keys and values of every layer), to
@@ -893,7 +952,8 @@ impl KvCache {
             .iter()
             .map(|(k, v)| (k.get(row as i64).narrow(1, 0, len).copy(), v.get(row as i64).narrow(1, 0, len).copy()))
             .collect();
-        RowKv { layers, len }
+        let prefix = self.prefixes[row].filter(|p| p.len <= len);
+        RowKv { layers, len, prefix }
     }
 
     /// Adds a row holding the first `keep` positions of `snapshot`, with room for
@@ -906,6 +966,7 @@ impl KvCache {
             v.get(row as i64).narrow(1, 0, keep).copy_(&sv.narrow(1, 0, keep));
         }
         self.lens[row] = keep;
+        self.prefixes[row] = snapshot.prefix.filter(|p| p.len <= keep);
         row
     }
 
@@ -1101,6 +1162,54 @@ impl CausalLm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cache of 2 layers, 1 key/value head of 8, with rows of the given lengths.
+    fn cache_with_rows(lens: &[i64]) -> KvCache {
+        let mut cache = KvCache {
+            layers: Vec::new(),
+            lens: Vec::new(),
+            prefixes: Vec::new(),
+            n_layers: 2,
+            kv_heads: 1,
+            head_dim: 8,
+            kind: Kind::Float,
+            device: Device::Cpu,
+            capacity_rows: 0,
+            capacity_len: 0,
+        };
+        for &len in lens {
+            let row = cache.push_row(len);
+            cache.lens[row] = len;
+        }
+        cache
+    }
+
+    /// Which rows a decoding step reads a shared prefix from: the first row of the batch
+    /// with the same prefix, through copies of copies; not a row that holds only part of
+    /// it; rows that move keep their mark.
+    #[test]
+    fn shared_prefix_marks_follow_copies() {
+        let mut cache = cache_with_rows(&[40, 30]);
+        let id = cache.share_prefix(1, 20);
+        assert_eq!(cache.shared_prefix(1), Some((id, 20)));
+        let whole = cache.snapshot_row(1, 30);
+        let part = cache.snapshot_row(1, 10);
+        let row2 = cache.push_row_from(&whole, 25, 50); // holds the prefix
+        let row3 = cache.push_row_from(&part, 10, 50); // holds half of it
+        let copy = cache.snapshot_row(row2, 25);
+        let row4 = cache.push_row_from(&copy, 21, 50); // a copy of a copy
+        let other = cache.share_prefix(0, 5);
+        assert_eq!(cache.shared_sources(0..5), vec![(0, 5), (1, 20), (1, 20), (3, 0), (1, 20)]);
+        // decoding rows 2.. alone: row 2 is the first to hold the prefix
+        assert_eq!(cache.shared_sources(2..5), vec![(2, 20), (3, 0), (2, 20)]);
+        assert_eq!((cache.shared_prefix(row3), cache.shared_prefix(row4)), (None, Some((id, 20))));
+        // row 4 moves into row 1's place
+        assert_eq!(cache.swap_remove_row(1), Some(4));
+        assert_eq!(cache.shared_sources(0..4), vec![(0, 5), (1, 20), (1, 20), (3, 0)]);
+        assert_eq!(cache.shared_prefix(0), Some((other, 5)));
+        cache.clear();
+        assert_eq!(cache.shared_sources(0..0), vec![]);
+    }
 
     /// Output and q/k/v gradients of [`blocked_causal_attention`] against libtorch's SDPA
     /// (causal, grouped-query), for a length that is not a multiple of the block and two

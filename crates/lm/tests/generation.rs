@@ -365,11 +365,13 @@ fn tiny_sessions_with_the_same_first_prompt_share_its_prefill() {
 /// Episodes of different tasks: prompts that start with the same system prompt
 /// (`shared_prefix`). Later sessions copy the kept prefix instead of prefilling it, and every
 /// reply is the one a generator keeping nothing gives — in the same session or outside any.
-/// A prefix as long as the prompt still feeds the prompt's last token.
+/// A prefix as long as the prompt still feeds the prompt's last token. The prefix (70
+/// tokens) is longer than a block of the decoding attention (64 keys), so batched rows
+/// read that block from one row's copy.
 #[test]
 fn tiny_prompts_sharing_a_prefix_reuse_it_with_the_same_tokens() {
     let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
-    let system: Vec<u32> = (0..23).map(|j| ((j * 13 + 7) % 250) as u32).collect();
+    let system: Vec<u32> = (0..70).map(|j| ((j * 13 + 7) % 250) as u32).collect();
     let reqs: Vec<GenerationRequest> = tiny_prompts()
         .into_iter()
         .enumerate()
@@ -395,7 +397,7 @@ fn tiny_prompts_sharing_a_prefix_reuse_it_with_the_same_tokens() {
     assert_eq!(tokens(&done), tokens(&reference));
     let whole = GenerationRequest { prompt: system.clone(), params: sampling(1), session: None, shared_prefix: system.len() };
     let c = g.run(vec![whole.clone()], 1).remove(0).unwrap();
-    assert_eq!(c.cached_prompt_tokens, 0, "the kept prefix is 23 tokens; this one uses 22 of them as its own chunk");
+    assert_eq!(c.cached_prompt_tokens, 0, "the kept prefix is 70 tokens; this one uses 69 of them as its own chunk");
     assert_eq!(c.tokens, nothing_kept.run(vec![whole], 1).remove(0).unwrap().tokens);
 }
 
