@@ -861,8 +861,9 @@ mod tests {
     }
 
     /// The kernel's speed, not a test of it: SmolLM2-135M's shapes (30 layers, 9 query
-    /// heads over 3 key/value heads of 64) at 2048 keys, 1 and 4 rows, each layer its own
-    /// cache so the keys and values come from memory as in a real step. Run with
+    /// heads over 3 key/value heads of 64) at 2048 keys, 1 and 4 rows (and 4 rows sharing a
+    /// prefix), each layer its own cache so the keys and values come from memory as in a
+    /// real step. Run with
     /// `cargo test --release -p swegym-lm --lib attention_timing -- --ignored --nocapture`.
     #[test]
     #[ignore]

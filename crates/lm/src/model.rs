@@ -252,8 +252,8 @@ enum KvWrite {
 /// CPU (as llama.cpp keeps its cache), else the weights' dtype (bf16 and f16 models already
 /// have a 16-bit cache; CUDA's attention reads the cache in the model's dtype). Measured on
 /// an AMD EPYC (AVX2, 2 threads; `kernels::tests::attention_timing`): the decoding
-/// attention of SmolLM2's 30 layers over 2048 keys takes 13–15 ms for 4 rows and 3.5 for 1
-/// from an f16 cache, 22–25 and 7–8 from an f32 one; `bench sample` -j 4 generated 180k
+/// attention of SmolLM2's 30 layers over 2048 keys takes 11.3–11.6 ms for 4 rows and 3.1
+/// for 1 from an f16 cache, 18–22 and 5.4 from an f32 one; `bench sample` -j 4 generated 180k
 /// tokens/hour against 145k (with the kernel before its loads were interleaved).
 pub fn auto_kv_dtype(dtype: Dtype, device: Device) -> Dtype {
     match (dtype, device) {
