@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Issue 8's acceptance run in one command: a trained outcome verifier's Best@k beside
+# Pass@k and Random@k (bootstrap error bars, AUC, accuracy) on held-out rollouts of shipped
+# tasks. It needs a policy that resolves some rollouts and fails others:
+#   1. the oracle's trajectories of 12 synth-pypi tabulate tasks (A = 6, B = 6);
+#   2. a LoRA warm start of MODEL on them (the paper's warm start from expert
+#      trajectories; on these same tasks, so its successes there are partly recall);
+#   3. A: 8 rollouts a task at temperature 1 → the verifier's judge SFT data;
+#      B: rollout 0 greedy + 7 at temperature 1 → scored by the verifier, held out;
+#   4. `swegym verifier data|train|score|eval` (the paper's verifier recipe); eval on B
+#      (held out) and on A (in sample).
+# Every step skips what it already wrote (`swegym sample` resumes by rollout), so a killed
+# run continues where it stopped.
+#
+# Measured on a 2-vCPU Xeon with SmolLM2-135M (f32, CPU): step 2 trained 72 steps in 30 min
+# (loss 1.58 → 0.045); step 3 then gave 0 resolved of 48 A rollouts (32 submitted, 43 empty
+# patches: the policy learned the trajectory's shape, not the edits) and 0 of 6 greedy B
+# rollouts, so Best@k had nothing to pick and the verifier steps fail on purpose at
+# `verifier data` (no YES examples). A model that can edit (e.g. Qwen2.5-Coder-7B-Instruct
+# as an HF folder on a GPU: MODEL=DIR DEVICE=cuda DTYPE=bf16) is what this run is for.
+#
+# Usage: scripts/verifier_study.sh [OUT]   (default runs/verifier-study)
+#   env: MODEL (GGUF or HF folder; default the SmolLM2 GGUF of `make setup`), DEVICE
+#   (auto|cpu|cuda; default auto), DTYPE (f32|bf16; default f32), SWEGYM_BIN (default
+#   target/release/swegym), POLICY_EPOCHS (default 6), VERIFIER_TRAIN_CONFIG (a train.toml
+#   whose keys override the verifier recipe)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/verifier-study}
+CACHE=${SWEGYM_CACHE:-$HOME/.cache/swegym}
+SW=${SWEGYM_BIN:-target/release/swegym}
+M=${MODEL:-$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+DEVICE=${DEVICE:-auto}
+DTYPE=${DTYPE:-f32}
+D=datasets/synth-pypi/train.jsonl
+[ -x "$SW" ] || { echo "no $SW: run \`cargo build --release -p swegym\` (or set SWEGYM_BIN)" >&2; exit 2; }
+[ -e "$M" ] || { echo "no model at $M: run \`make setup\` (or set MODEL)" >&2; exit 2; }
+mkdir -p "$OUT"
+
+# The first 12 tabulate tasks of the train split (one environment to build): A = 1-6, B = 7-12.
+mapfile -t IDS < <(python3 -c "
+import json, sys
+rows = [json.loads(l) for l in open('$D')]
+print('\n'.join([r['instance_id'] for r in rows if r['repo'] == 'astanin/python-tabulate'][:12]))")
+A=("${IDS[@]:0:6}")
+B=("${IDS[@]:6:6}")
+
+cat > "$OUT/policy_train.toml" <<EOF
+[train]
+lora_r = 16
+lora_alpha = 32.0
+learning_rate = 1e-3
+warmup_steps = 3
+epochs = ${POLICY_EPOCHS:-6}.0
+batch_size = 1
+grad_accum = 1
+max_seq_len = 8192
+checkpoint_every = 12
+threads = 2
+dtype = "$DTYPE"
+EOF
+
+AGENT=(--max-tokens 256 --max-context-tokens 8192 --max-observation-chars 1000 --command-timeout 60)
+step() { echo "=== $(date +%T) $*"; }
+
+step "oracle trajectories of A and B"
+$SW sample --dataset $D --instance-ids "${A[@]}" "${B[@]}" --policy oracle -k 1 --max-turns 30 -j 2 --evaluate "${AGENT[@]}" --out "$OUT/oracle.parquet"
+
+step "policy: LoRA on them"
+[ -f "$OUT/policy/adapter_config.json" ] || $SW train --model "$M" --data "$OUT/oracle.parquet" --out "$OUT/policy" --config "$OUT/policy_train.toml" --device "$DEVICE"
+POL=(--policy local --model "$M" --adapter "$OUT/policy" --dtype "$DTYPE" --device "$DEVICE" -j 4 "${AGENT[@]}" --max-turns 8 --evaluate)
+
+step "A: 8 rollouts a task at temperature 1"
+$SW sample --dataset $D --instance-ids "${A[@]}" "${POL[@]}" -k 8 --temperature 1.0 --seed 1 --out "$OUT/A.parquet"
+step "B: rollout 0 greedy, then 1-7 at temperature 1 (the second call resumes past rollout 0)"
+$SW sample --dataset $D --instance-ids "${B[@]}" "${POL[@]}" -k 1 --temperature 0 --seed 2 --out "$OUT/B.parquet"
+$SW sample --dataset $D --instance-ids "${B[@]}" "${POL[@]}" -k 8 --temperature 1.0 --seed 2 --out "$OUT/B.parquet"
+
+step "verifier: judge data from A, LoRA (the paper's recipe), p(YES) of A and B"
+[ -f "$OUT/judge.parquet" ] || $SW verifier data --rollouts "$OUT/A.parquet" --model "$M" --out "$OUT/judge.parquet" --max-tokens 6144
+[ -f "$OUT/verifier/adapter_config.json" ] || $SW verifier train --model "$M" --data "$OUT/judge.parquet" --out "$OUT/verifier" --dtype "$DTYPE" --device "$DEVICE" ${VERIFIER_TRAIN_CONFIG:+--config "$VERIFIER_TRAIN_CONFIG"}
+for s in B A; do
+  [ -f "$OUT/$s.scores.parquet" ] || $SW verifier score --model "$M" --adapter "$OUT/verifier" --dtype "$DTYPE" --device "$DEVICE" --rollouts "$OUT/$s.parquet" --out "$OUT/$s.scores.parquet"
+done
+
+step "Pass@k / Best@k / Random@k: B held out, A in sample"
+for s in B A; do
+  $SW verifier eval --scores "$OUT/$s.scores.parquet" --ks 1 2 4 8 --out "$OUT/$s.eval.json"
+done
+step done
