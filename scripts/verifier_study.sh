@@ -15,14 +15,14 @@
 # Measured on a 2-vCPU Xeon with SmolLM2-135M (f32, CPU): step 2 trained 72 steps in 30 min
 # (loss 1.58 → 0.045); step 3 then gave 0 resolved of 48 A rollouts (32 submitted, 43 empty
 # patches: the policy learned the trajectory's shape, not the edits) and 0 of 6 greedy B
-# rollouts, so Best@k had nothing to pick and the verifier steps fail on purpose at
-# `verifier data` (no YES examples). A model that can edit (e.g. Qwen2.5-Coder-7B-Instruct
+# rollouts, so Best@k had nothing to pick and the run stops at `verifier data` (exit 3:
+# no resolved rollout, so no YES examples to train on). A model that can edit (e.g. Qwen2.5-Coder-7B-Instruct
 # as an HF folder on a GPU: MODEL=DIR DEVICE=cuda DTYPE=bf16) is what this run is for.
 #
 # Usage: scripts/verifier_study.sh [OUT]   (default runs/verifier-study)
 #   env: MODEL (GGUF or HF folder; default the SmolLM2 GGUF of `make setup`), DEVICE
 #   (auto|cpu|cuda; default auto), DTYPE (f32|bf16; default f32), SWEGYM_BIN (default
-#   target/release/swegym), POLICY_EPOCHS (default 6), VERIFIER_TRAIN_CONFIG (a train.toml
+#   target/release/swegym), POLICY_EPOCHS (passes over the oracle data; default 6), VERIFIER_TRAIN_CONFIG (a train.toml
 #   whose keys override the verifier recipe)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +51,7 @@ lora_r = 16
 lora_alpha = 32.0
 learning_rate = 1e-3
 warmup_steps = 3
-epochs = ${POLICY_EPOCHS:-6}.0
+epochs = ${POLICY_EPOCHS:-6}
 batch_size = 1
 grad_accum = 1
 max_seq_len = 8192
