@@ -16,9 +16,11 @@
 //! (`shared_prefix`: a system prompt that every episode starts with): that part is always
 //! prefilled as a chunk of its own and kept by content, so a later request starting with
 //! the same tokens copies it instead — again the very values its own prefill computes.
-//! The rows holding such a copy are marked ([`KvCache::share_prefix`]) and a decoding step
-//! reads the prefix's keys and values from one of them for all (bit for bit the same
-//! result; with several rows the later ones find it in the CPU's cache).
+//! The rows holding such a copy are marked ([`KvCache::share_prefix`]), and so are the rows
+//! holding a session's kept first prompt (the k samples of a task), and a decoding step
+//! reads each row's longest marked prefix that an earlier row of the batch holds from that
+//! row (bit for bit the same result; with several rows the later ones find it in the CPU's
+//! cache).
 //!
 //! [`Engine`] puts a generator on its own thread behind a channel, so many tokio tasks
 //! (agent episodes) can submit requests to one model: the thread batches whatever is
@@ -355,6 +357,9 @@ impl<'m> Generator<'m> {
                 }
                 None => {
                     let (row, cached, logits) = self.prefill_new_row(&prompt, shared_prefix, expected);
+                    // the sessions that copy it and this one read it from one row when
+                    // they decode together (besides the system prompt all tasks share)
+                    self.cache.share_prefix(row, prompt.len() as i64);
                     let kv = self.cache.snapshot_row(row, prompt.len() as i64);
                     let kept = Parked { key: ParkedKey::Prompt, tokens: prompt.clone(), kv, logits: Some(logits.copy()) };
                     self.parked.put(kept);
@@ -405,7 +410,11 @@ impl<'m> Generator<'m> {
         let started = Instant::now();
         let inputs: Vec<u32> = self.active.iter().map(|s| *s.tokens.last().expect("a first token")).collect();
         let logits = self.model.decode_rows(&mut self.cache, &inputs);
-        let greedy: Vec<i64> = Vec::try_from(&logits.argmax(-1, false)).expect("argmax ids");
+        let greedy: Vec<i64> = if self.active.iter().any(|s| s.params.is_greedy()) {
+            Vec::try_from(&logits.argmax(-1, false)).expect("argmax ids")
+        } else {
+            Vec::new()
+        };
         let mut finished = Vec::new();
         // indexed: `push_token` needs `&mut self` inside the loop
         #[allow(clippy::needless_range_loop)]
@@ -608,6 +617,24 @@ fn check_stop(tokenizer: &Tokenizer, seq: &Sequence) -> Result<Option<Completion
 /// Draws a token from `logits` with temperature, top-k and top-p (transformers' order).
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
     let t = params.temperature.max(f32::MIN_POSITIVE);
+    if params.top_p >= 1.0 && (params.top_k == 0 || params.top_k >= logits.len()) {
+        // no cut: every finite token may be drawn, in id order (the weights in vector lanes)
+        let mut weights = Vec::new();
+        if let Some(total) = crate::kernels::sampling_weights(logits, t, &mut weights) {
+            let mut u = rng.random::<f64>() * total;
+            let mut last = 0;
+            for (i, &w) in weights.iter().enumerate() {
+                if w > 0.0 {
+                    u -= f64::from(w);
+                    if u < 0.0 {
+                        return i as u32;
+                    }
+                    last = i;
+                }
+            }
+            return last as u32;
+        }
+    }
     let mut order: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
     // descending by logit; ties by id so the order is total and reproducible
     let descending = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));

@@ -14,8 +14,11 @@
 //!   is one job: the query heads of the group score the keys in one pass over them, a
 //!   softmax, and one pass over the values. A job reads only its row's keys and values, so
 //!   a row's result does not depend on which other rows share the step.
+//! - [`sampling_weights`]: the sampler's softmax numerators over a whole vocabulary in
+//!   vector lanes (a scalar f64 `exp` per token cost 0.43 ms per row of every step).
 //!
-//! The jobs are shared out over libtorch's own OpenMP team (libgomp's `GOMP_parallel`,
+//! With AVX-512F the attention runs in 16 lanes (`Isa`); the tests run every path the CPU
+//! has. The jobs are shared out over libtorch's own OpenMP team (libgomp's `GOMP_parallel`,
 //! found at run time; without it they run on the calling thread), so no second pool of
 //! threads competes with it for the cores.
 
@@ -233,6 +236,12 @@ fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 /// of it, which after the first row comes from the CPU's cache instead of memory. The
 /// result is the same bit for bit: the same values go through the same arithmetic.
 pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, row0: i64, keys: &[i64], shared: &[(i64, i64)]) -> Option<Tensor> {
+    decode_attention_with(Isa::best(), q, k_cache, v_cache, row0, keys, shared)
+}
+
+/// [`decode_attention`] with at most the instructions of `isa` (tests run every path the
+/// CPU has).
+fn decode_attention_with(isa: Isa, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, row0: i64, keys: &[i64], shared: &[(i64, i64)]) -> Option<Tensor> {
     let (b, heads, d) = q.size3().ok()?;
     let (rows, kv_heads, capacity, kd) = k_cache.size4().ok()?;
     let cache = match k_cache.kind() {
@@ -291,23 +300,29 @@ pub(crate) fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, r
     }
     // longest first, so the last jobs handed out are short ones
     jobs.sort_by_key(|j| std::cmp::Reverse(j.len));
-    let shape = Shape { group, d: d as usize, scale: 1.0 / (d as f32).sqrt(), cache, avx2: avx2() && d % 8 == 0 };
+    let isa = match isa {
+        Isa::Avx512 if d % 16 == 0 => Isa::Avx512,
+        Isa::Avx512 | Isa::Avx2 if d % 8 == 0 => Isa::Avx2,
+        _ => Isa::Scalar,
+    };
+    let shape = Shape { group, d: d as usize, scale: 1.0 / (d as f32).sqrt(), cache, isa };
     let jobs = Shared(jobs.as_mut_ptr());
     parallel((b * kv_heads) as usize, |i| {
         // SAFETY: i < the number of jobs; each job's pointers cover its `group · d` query
         // and output values and its row's `len · d` keys and values (checked above).
         let job = unsafe { &*jobs.at(i) };
-        let mut scores = vec![0.0f32; group * if shape.avx2 { KEY_BLOCK } else { job.len }];
+        let mut scores = vec![0.0f32; group * if shape.isa == Isa::Scalar { job.len } else { KEY_BLOCK }];
         let mut acc = vec![0.0f32; group * shape.d];
+        // SAFETY: as above; the ISA was checked by `Isa::best` (and the head size fits it).
         unsafe {
-            if shape.avx2 {
-                match shape.cache {
-                    CacheKind::F32 => attend_avx2::<ELT_F32>(&shape, job, &mut scores, &mut acc),
-                    CacheKind::Bf16 => attend_avx2::<ELT_BF16>(&shape, job, &mut scores, &mut acc),
-                    CacheKind::F16 => attend_avx2::<ELT_F16>(&shape, job, &mut scores, &mut acc),
-                }
-            } else {
-                attend(&shape, job, &mut scores, &mut acc);
+            match (shape.isa, shape.cache) {
+                (Isa::Avx512, CacheKind::F32) => attend_avx512::<ELT_F32>(&shape, job, &mut scores, &mut acc),
+                (Isa::Avx512, CacheKind::Bf16) => attend_avx512::<ELT_BF16>(&shape, job, &mut scores, &mut acc),
+                (Isa::Avx512, CacheKind::F16) => attend_avx512::<ELT_F16>(&shape, job, &mut scores, &mut acc),
+                (Isa::Avx2, CacheKind::F32) => attend_avx2::<ELT_F32>(&shape, job, &mut scores, &mut acc),
+                (Isa::Avx2, CacheKind::Bf16) => attend_avx2::<ELT_BF16>(&shape, job, &mut scores, &mut acc),
+                (Isa::Avx2, CacheKind::F16) => attend_avx2::<ELT_F16>(&shape, job, &mut scores, &mut acc),
+                (Isa::Scalar, _) => attend(&shape, job, &mut scores, &mut acc),
             }
         }
     });
@@ -343,7 +358,29 @@ struct Shape {
     d: usize,
     scale: f32,
     cache: CacheKind,
-    avx2: bool,
+    isa: Isa,
+}
+
+/// The vector instructions a [`decode_attention`] job runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C, 8 lanes: head sizes that are a multiple of 8.
+    Avx2,
+    /// AVX-512F besides, 16 lanes: head sizes that are a multiple of 16.
+    Avx512,
+}
+
+impl Isa {
+    fn best() -> Isa {
+        if avx512() {
+            Isa::Avx512
+        } else if avx2() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    }
 }
 
 /// What the KV cache holds; bf16 and f16 are widened to f32 as they are read.
@@ -362,6 +399,17 @@ fn avx2() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2() -> bool {
+    false
+}
+
+/// [`avx2`] and AVX-512F: [`attend_avx512`]'s instructions.
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    avx2() && std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512() -> bool {
     false
 }
 
@@ -392,6 +440,27 @@ const PREFETCH_KEYS: usize = 32;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2<const ELT: u8>(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
+    // SAFETY: passed through; the features are enabled here.
+    unsafe { attend_blocks::<ELT, false>(work, job, scores, acc) }
+}
+
+/// [`attend_avx2`] in 16 lanes: half the instructions for the dot products and the value
+/// sums. Memory bounds both: on a 2-vCPU Sapphire Rapids VM (`attention_timing`, SmolLM2's
+/// 30 layers × 2048 keys, the two paths interleaved) 4 rows sharing a 1377-key prefix took
+/// 6.85 ms against AVX2's 7.31 from an f16 cache (10.1 vs 11.2 from f32), 1 row 2.10 vs
+/// 2.23, and the samples land on the loads and their prefetches.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn attend_avx512<const ELT: u8>(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
+    // SAFETY: passed through; the features are enabled here.
+    unsafe { attend_blocks::<ELT, true>(work, job, scores, acc) }
+}
+
+/// The body of [`attend_avx2`] (`WIDE` false) and [`attend_avx512`] (true), inlined into
+/// each so that it compiles with that one's features.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn attend_blocks<const ELT: u8, const WIDE: bool>(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
     let (g, d, len) = (work.group, work.d, job.len);
     // running max and sum of each query's exponentials
     let mut max = vec![f32::NEG_INFINITY; g];
@@ -409,10 +478,13 @@ unsafe fn attend_avx2<const ELT: u8>(work: &Shape, job: &Job, scores: &mut [f32]
             let (q, s) = unsafe { (job.q.add(i0 * d), s_ptr.add(i0 * KEY_BLOCK)) };
             let prefetch = if i0 == 0 { values } else { std::ptr::null() };
             unsafe {
-                match tile {
-                    3 => score_keys::<ELT, 3>(q, keys, prefetch, j0, n, d, work.scale, s),
-                    2 => score_keys::<ELT, 2>(q, keys, prefetch, j0, n, d, work.scale, s),
-                    _ => score_keys::<ELT, 1>(q, keys, prefetch, j0, n, d, work.scale, s),
+                match (WIDE, tile) {
+                    (true, 3) => score_keys_512::<ELT, 3>(q, keys, prefetch, j0, n, d, work.scale, s),
+                    (true, 2) => score_keys_512::<ELT, 2>(q, keys, prefetch, j0, n, d, work.scale, s),
+                    (true, _) => score_keys_512::<ELT, 1>(q, keys, prefetch, j0, n, d, work.scale, s),
+                    (false, 3) => score_keys::<ELT, 3>(q, keys, prefetch, j0, n, d, work.scale, s),
+                    (false, 2) => score_keys::<ELT, 2>(q, keys, prefetch, j0, n, d, work.scale, s),
+                    (false, _) => score_keys::<ELT, 1>(q, keys, prefetch, j0, n, d, work.scale, s),
                 }
             }
             i0 += tile;
@@ -436,10 +508,16 @@ unsafe fn attend_avx2<const ELT: u8>(work: &Shape, job: &Job, scores: &mut [f32]
             let tile = (g - i0).min(QUERY_TILE);
             let (p, a) = unsafe { (s_ptr.add(i0 * KEY_BLOCK), acc_ptr.add(i0 * d)) };
             unsafe {
-                match tile {
-                    3 => add_values::<ELT, 3>(p, values, j0, n, d, a),
-                    2 => add_values::<ELT, 2>(p, values, j0, n, d, a),
-                    _ => add_values::<ELT, 1>(p, values, j0, n, d, a),
+                match (WIDE, tile, d % 64 == 0) {
+                    (true, 3, true) => add_values_512::<ELT, 3, 4>(p, values, j0, n, d, a),
+                    (true, 2, true) => add_values_512::<ELT, 2, 4>(p, values, j0, n, d, a),
+                    (true, _, true) => add_values_512::<ELT, 1, 4>(p, values, j0, n, d, a),
+                    (true, 3, false) => add_values_512::<ELT, 3, 1>(p, values, j0, n, d, a),
+                    (true, 2, false) => add_values_512::<ELT, 2, 1>(p, values, j0, n, d, a),
+                    (true, _, false) => add_values_512::<ELT, 1, 1>(p, values, j0, n, d, a),
+                    (false, 3, _) => add_values::<ELT, 3>(p, values, j0, n, d, a),
+                    (false, 2, _) => add_values::<ELT, 2>(p, values, j0, n, d, a),
+                    (false, _, _) => add_values::<ELT, 1>(p, values, j0, n, d, a),
                 }
             }
             i0 += tile;
@@ -459,6 +537,11 @@ unsafe fn attend_avx2<const ELT: u8>(work: &Shape, job: &Job, scores: &mut [f32]
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn attend_avx2<const ELT: u8>(_: &Shape, _: &Job, _: &mut [f32], _: &mut [f32]) {
     unreachable!("decode_attention checks avx2() first")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn attend_avx512<const ELT: u8>(_: &Shape, _: &Job, _: &mut [f32], _: &mut [f32]) {
+    unreachable!("decode_attention checks avx512() first")
 }
 
 /// Eight cache values from element `i` of `base`, as f32.
@@ -501,16 +584,7 @@ unsafe fn score_keys<const ELT: u8, const QB: usize>(q: *const f32, keys: *const
             // twice the instructions, it measured slower). A prefetch past the end of the
             // job's keys is harmless: it touches the cache's next rows, or nothing.
             if !values.is_null() {
-                let first = values.add((j0 + t) * row_bytes);
-                let ahead = keys.wrapping_add((j0 + t + PREFETCH_KEYS) * row_bytes);
-                let mut at = 0;
-                while at < 4 * row_bytes {
-                    _mm_prefetch::<_MM_HINT_T0>(first.add(at) as *const i8);
-                    if ELT != ELT_F32 {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(at) as *const i8);
-                    }
-                    at += 64;
-                }
+                prefetch_four::<ELT>(keys, values, j0 + t, row_bytes);
             }
             let mut a = [[_mm256_setzero_ps(); 4]; QB];
             let mut c = 0;
@@ -544,6 +618,28 @@ unsafe fn score_keys<const ELT: u8, const QB: usize>(q: *const f32, keys: *const
                 *s.add(i * KEY_BLOCK + t) = hsum(a) * scale;
             }
             t += 1;
+        }
+    }
+}
+
+/// Prefetches the values of positions `j..j + 4` and, for a 16-bit cache, the keys
+/// [`PREFETCH_KEYS`] positions ahead (see [`score_keys`]).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_four<const ELT: u8>(keys: *const u8, values: *const u8, j: usize, row_bytes: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the values of positions j..j + 4 are the caller's; a prefetch past the end of
+    // the keys touches the cache's next rows or nothing, and never faults.
+    unsafe {
+        let first = values.add(j * row_bytes);
+        let ahead = keys.wrapping_add((j + PREFETCH_KEYS) * row_bytes);
+        let mut at = 0;
+        while at < 4 * row_bytes {
+            _mm_prefetch::<_MM_HINT_T0>(first.add(at) as *const i8);
+            if ELT != ELT_F32 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(at) as *const i8);
+            }
+            at += 64;
         }
     }
 }
@@ -586,6 +682,125 @@ unsafe fn add_values<const ELT: u8, const QB: usize>(p: *const f32, values: *con
                 }
             }
             c0 = c1 + 8;
+        }
+    }
+}
+
+/// Sixteen cache values from element `i` of `base`, as f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn load16<const ELT: u8>(base: *const u8, i: usize) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's block holds elements i..i + 16.
+    unsafe {
+        match ELT {
+            ELT_F32 => _mm512_loadu_ps((base as *const f32).add(i)),
+            ELT_BF16 => {
+                let half = _mm256_loadu_si256((base as *const u16).add(i) as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
+            }
+            _ => _mm512_cvtph_ps(_mm256_loadu_si256((base as *const u16).add(i) as *const __m256i)),
+        }
+    }
+}
+
+/// The two 8-lane halves of `a` added.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+fn fold_halves(a: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))))
+}
+
+/// [`score_keys`] in 16 lanes (`d` a multiple of 16); the same prefetches.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn score_keys_512<const ELT: u8, const QB: usize>(q: *const f32, keys: *const u8, values: *const u8, j0: usize, n: usize, d: usize, scale: f32, s: *mut f32) {
+    use std::arch::x86_64::*;
+    // SAFETY (the whole body): q holds QB · d values, keys positions j0..j0 + n of d
+    // elements, s QB rows of KEY_BLOCK ≥ n values.
+    unsafe {
+        let row_bytes = d * if ELT == ELT_F32 { 4 } else { 2 };
+        let mut t = 0;
+        while t + 4 <= n {
+            if !values.is_null() {
+                prefetch_four::<ELT>(keys, values, j0 + t, row_bytes);
+            }
+            let mut a = [[_mm512_setzero_ps(); 4]; QB];
+            let mut c = 0;
+            while c < d {
+                for u in 0..4 {
+                    let k = load16::<ELT>(keys, (j0 + t + u) * d + c);
+                    for (i, a) in a.iter_mut().enumerate() {
+                        a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i * d + c)), k, a[u]);
+                    }
+                }
+                c += 16;
+            }
+            for (i, a) in a.iter().enumerate() {
+                let [a0, a1, a2, a3] = [fold_halves(a[0]), fold_halves(a[1]), fold_halves(a[2]), fold_halves(a[3])];
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                let dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                _mm_storeu_ps(s.add(i * KEY_BLOCK + t), _mm_mul_ps(dots, _mm_set1_ps(scale)));
+            }
+            t += 4;
+        }
+        while t < n {
+            let mut a = [_mm512_setzero_ps(); QB];
+            let mut c = 0;
+            while c < d {
+                let k = load16::<ELT>(keys, (j0 + t) * d + c);
+                for (i, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i * d + c)), k, *a);
+                }
+                c += 16;
+            }
+            for (i, &a) in a.iter().enumerate() {
+                *s.add(i * KEY_BLOCK + t) = hsum(fold_halves(a)) * scale;
+            }
+            t += 1;
+        }
+    }
+}
+
+/// [`add_values`] in 16 lanes: `CV` columns of 16 at a time (4: a head of 64 in one pass
+/// over the block's values), in `QB · CV` registers; `d` a multiple of `16 · CV`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+unsafe fn add_values_512<const ELT: u8, const QB: usize, const CV: usize>(p: *const f32, values: *const u8, j0: usize, n: usize, d: usize, acc: *mut f32) {
+    use std::arch::x86_64::*;
+    // SAFETY (the whole body): p holds QB rows of KEY_BLOCK ≥ n values, values positions
+    // j0..j0 + n of d elements, acc QB rows of d values; d is a multiple of 16 · CV.
+    unsafe {
+        let mut c0 = 0;
+        while c0 < d {
+            let mut a = [[_mm512_setzero_ps(); CV]; QB];
+            for (i, a) in a.iter_mut().enumerate() {
+                for (v, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(acc.add(i * d + c0 + 16 * v));
+                }
+            }
+            for t in 0..n {
+                let row = (j0 + t) * d + c0;
+                let vals: [__m512; CV] = std::array::from_fn(|v| load16::<ELT>(values, row + 16 * v));
+                for (i, a) in a.iter_mut().enumerate() {
+                    let pv = _mm512_set1_ps(*p.add(i * KEY_BLOCK + t));
+                    for (a, &x) in a.iter_mut().zip(&vals) {
+                        *a = _mm512_fmadd_ps(pv, x, *a);
+                    }
+                }
+            }
+            for (i, a) in a.iter().enumerate() {
+                for (v, &a) in a.iter().enumerate() {
+                    _mm512_storeu_ps(acc.add(i * d + c0 + 16 * v), a);
+                }
+            }
+            c0 += 16 * CV;
         }
     }
 }
@@ -707,6 +922,72 @@ fn exponentiate(s: &mut [f32], max: f32) -> f32 {
     sum
 }
 
+/// Sampling weights of a whole vocabulary: `w[i] = e^(logits[i] / t - max)` for each
+/// finite logit, where `max` is the largest finite logit over `t`, and 0 for the others
+/// (NaN, ±inf). Returns their sum, or `None` when no logit is finite. [`exp`] in vector
+/// lanes instead of a scalar f64 `exp` per token: over SmolLM2's 49152 tokens that took
+/// 0.43 ms a sampled token, paid once per row of every decoding step.
+pub(crate) fn sampling_weights(logits: &[f32], t: f32, w: &mut Vec<f32>) -> Option<f64> {
+    w.clear();
+    w.resize(logits.len(), 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: avx2() checked the features the function is compiled for.
+        return unsafe { sampling_weights_avx2(logits, t, w) };
+    }
+    sampling_weights_body(logits, t, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn sampling_weights_avx2(logits: &[f32], t: f32, w: &mut [f32]) -> Option<f64> {
+    sampling_weights_body(logits, t, w)
+}
+
+#[inline(always)]
+fn sampling_weights_body(logits: &[f32], t: f32, w: &mut [f32]) -> Option<f64> {
+    // NaN fails the comparison too
+    let finite = |x: f32| x.abs() < f32::INFINITY;
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = logits.chunks_exact(8);
+    let tail = chunks.remainder().iter().filter(|x| finite(**x)).fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] = if finite(c[l]) && c[l] > lanes[l] { c[l] } else { lanes[l] };
+        }
+    }
+    let best = lanes.iter().fold(tail, |m, &x| m.max(x));
+    if !finite(best) {
+        return None;
+    }
+    let max = best / t;
+    // computed for every lane, then selected (a branch around `exp` keeps it scalar); a
+    // non-finite logit's argument may be NaN, which `exp` maps to its floor
+    let weight = |x: f32| {
+        let e = exp(x / t - max);
+        if finite(x) { e } else { 0.0 }
+    };
+    let mut out = w.chunks_exact_mut(8);
+    let mut input = logits.chunks_exact(8);
+    for (o, c) in (&mut out).zip(&mut input) {
+        for l in 0..8 {
+            o[l] = weight(c[l]);
+        }
+    }
+    for (o, &x) in out.into_remainder().iter_mut().zip(input.remainder()) {
+        *o = weight(x);
+    }
+    let mut sums = [0.0f64; 4];
+    let chunks = w.chunks_exact(4);
+    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
+    for c in chunks {
+        for l in 0..4 {
+            sums[l] += f64::from(c[l]);
+        }
+    }
+    Some(sums.iter().sum::<f64>() + tail)
+}
+
 /// `e^x` for `x ≤ 0`, to a relative error below 5e-7 down to -87 (`e^-87.3`, about
 /// 1e-38, below that): `x = n·ln 2 + r` with `n` the nearest integer to `x·log2(e)` (`r`
 /// computed with ln 2 in two parts, so it stays exact for large `n`), `e^r` by its Taylor
@@ -759,14 +1040,50 @@ mod tests {
         assert!(exp(-200.0) < 1e-37);
     }
 
-    /// Against libtorch's softmax attention, rows of different lengths, f32, bf16 and f16
-    /// caches, groups of 1, 2, 3 and 7 query heads (the AVX2 path takes them 3 at a time),
-    /// head sizes of an even and an odd number of 8-wide columns, and one (20) that the
-    /// scalar path takes.
+    /// Against f64 `exp` of the same f32 arguments, for a vocabulary-sized row with NaN
+    /// and ±inf among the logits (weight 0), a length that is not a multiple of 8, and
+    /// temperatures below and above 1; a row with no finite logit has no weights.
+    #[test]
+    fn sampling_weights_match_f64_exp() {
+        let mut logits: Vec<f32> = (0..49_157).map(|i| ((i * 7919) % 2003) as f32 / 100.0 - 12.0).collect();
+        for (at, bad) in [(3, f32::NAN), (17, f32::INFINITY), (40_000, f32::NEG_INFINITY), (49_156, f32::NAN)] {
+            logits[at] = bad;
+        }
+        let mut w = Vec::new();
+        for t in [0.3f32, 1.0, 2.5] {
+            let total = sampling_weights(&logits, t, &mut w).expect("finite logits");
+            let max = logits.iter().filter(|x| x.is_finite()).fold(f32::NEG_INFINITY, |m, &x| m.max(x)) / t;
+            let mut reference_total = 0.0f64;
+            for (i, (&x, &ours)) in logits.iter().zip(&w).enumerate() {
+                if !x.is_finite() {
+                    assert_eq!(ours, 0.0, "logit {i} ({x}) has weight {ours}");
+                    continue;
+                }
+                let reference = f64::from(x / t - max).exp();
+                reference_total += reference;
+                // below e^-87.3 the kernel's exp stops at about 1e-38
+                assert!((f64::from(ours) - reference).abs() <= 5e-7 * reference + 2e-38, "t {t}, logit {i}: {ours} vs {reference}");
+            }
+            assert!((total - reference_total).abs() <= 1e-6 * reference_total, "t {t}: sum {total} vs {reference_total}");
+        }
+        assert_eq!(sampling_weights(&[f32::NAN, f32::NEG_INFINITY, f32::INFINITY], 1.0, &mut w), None);
+        assert_eq!(sampling_weights(&[], 1.0, &mut w), None);
+    }
+
+    /// Every path of [`decode_attention`] this CPU can run.
+    fn isas() -> impl Iterator<Item = Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|&isa| isa <= Isa::best())
+    }
+
+    /// Against libtorch's softmax attention, on every path the CPU has: rows of different
+    /// lengths, f32, bf16 and f16 caches, groups of 1, 2, 3 and 7 query heads (the vector
+    /// paths take them 3 at a time), head sizes of an even and an odd number of 8-wide
+    /// columns (AVX-512 takes 64 and 128 four 16-wide columns at a time, 32 one; 24 goes to
+    /// AVX2), and one (20) that only the scalar path takes.
     #[test]
     fn matches_reference_attention() {
         let _guard = tch::no_grad_guard();
-        for (kind, tol) in [(Kind::Float, 2e-6), (Kind::BFloat16, 2e-6), (Kind::Half, 2e-6)] {
+        for (isa, (kind, tol)) in isas().flat_map(|isa| [(Kind::Float, 2e-6), (Kind::BFloat16, 2e-6), (Kind::Half, 2e-6)].map(|k| (isa, k))) {
             for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20), (14, 2, 24), (10, 5, 32), (2, 2, 128)] {
                 let (rows, capacity) = (5i64, 300i64);
                 let k_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
@@ -774,7 +1091,7 @@ mod tests {
                 let keys = [1i64, 300, 17, 129];
                 let row0 = 1;
                 let q = Tensor::randn([keys.len() as i64, heads, d], (Kind::Float, Device::Cpu)) * 3.0;
-                let out = decode_attention(&q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
+                let out = decode_attention_with(isa, &q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
                 let group = heads / kv_heads;
                 for (b, &n) in keys.iter().enumerate() {
                     let k = k_cache.get(row0 + b as i64).narrow(1, 0, n).to_kind(Kind::Double);
@@ -785,7 +1102,7 @@ mod tests {
                     let got = out.get(b as i64).to_kind(Kind::Double);
                     let err = f64::try_from((got - &want).abs().max()).unwrap();
                     let scale = f64::try_from(want.abs().max()).unwrap().max(1.0);
-                    assert!(err <= tol * scale * 10.0, "{kind:?} heads {heads}/{kv_heads} d {d} row {b} ({n} keys): max error {err}");
+                    assert!(err <= tol * scale * 10.0, "{isa:?} {kind:?} heads {heads}/{kv_heads} d {d} row {b} ({n} keys): max error {err}");
                 }
             }
         }
@@ -797,8 +1114,8 @@ mod tests {
     #[test]
     fn rows_sharing_a_prefix_read_one_copy() {
         let _guard = tch::no_grad_guard();
-        for kind in [Kind::Float, Kind::Half] {
-            for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20)] {
+        for (isa, kind) in isas().flat_map(|isa| [(isa, Kind::Float), (isa, Kind::Half)]) {
+            for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20), (4, 2, 48)] {
                 let (rows, capacity, prefix) = (5i64, 300i64, 150i64);
                 let k_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
                 let v_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
@@ -811,7 +1128,7 @@ mod tests {
                 // row 2 stops inside the prefix, row 3 at a block's end inside it
                 let (row0, keys) = (1i64, [300i64, 100, 128, 151]);
                 let q = Tensor::randn([keys.len() as i64, heads, d], (Kind::Float, Device::Cpu)) * 3.0;
-                let want = decode_attention(&q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
+                let want = decode_attention_with(isa, &q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
                 // whole blocks of KEY_BLOCK positions come from row 1
                 let whole = (prefix as usize / KEY_BLOCK * KEY_BLOCK) as i64;
                 for t in [&k_cache, &v_cache] {
@@ -820,11 +1137,11 @@ mod tests {
                     }
                 }
                 let shared = vec![(1i64, prefix); keys.len()];
-                let got = decode_attention(&q, &k_cache, &v_cache, row0, &keys, &shared).expect("the kernel applies");
+                let got = decode_attention_with(isa, &q, &k_cache, &v_cache, row0, &keys, &shared).expect("the kernel applies");
                 let (got, want) = (Vec::<f32>::try_from(got.flatten(0, -1)).unwrap(), Vec::<f32>::try_from(want.flatten(0, -1)).unwrap());
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{kind:?} heads {heads}/{kv_heads} d {d}");
-                let unshared = decode_attention(&q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
+                assert_eq!(bits(&got), bits(&want), "{isa:?} {kind:?} heads {heads}/{kv_heads} d {d}");
+                let unshared = decode_attention_with(isa, &q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
                 assert!(bool::try_from(unshared.isnan().any()).unwrap(), "the NaN copies are what a row reads without sharing");
             }
         }
@@ -884,19 +1201,25 @@ mod tests {
                 let q = Tensor::randn([rows, heads, d], (Kind::Float, Device::Cpu));
                 let lens = vec![keys; rows as usize];
                 let shared = vec![(0i64, prefix); rows as usize];
-                let mut times = Vec::new();
+                // the vector paths this CPU has, interleaved so that drift hits both
+                let paths: Vec<Isa> = isas().filter(|&isa| isa != Isa::Scalar).collect();
+                let mut times = vec![Vec::new(); paths.len()];
                 for _ in 0..21 {
-                    let t = std::time::Instant::now();
-                    for (k, v) in &caches {
-                        let _ = decode_attention(&q, k, v, 0, &lens, &shared).expect("the kernel applies");
+                    for (isa, times) in paths.iter().zip(&mut times) {
+                        let t = std::time::Instant::now();
+                        for (k, v) in &caches {
+                            let _ = decode_attention_with(*isa, &q, k, v, 0, &lens, &shared).expect("the kernel applies");
+                        }
+                        times.push(t.elapsed().as_secs_f64() * 1e3);
                     }
-                    times.push(t.elapsed().as_secs_f64() * 1e3);
                 }
-                times.sort_by(f64::total_cmp);
-                eprintln!(
-                    "{kind:?} cache, {rows} row(s), {layers} layers × {keys} keys, {prefix} shared: median {:.2} ms (min {:.2})",
-                    times[10], times[0]
-                );
+                for (isa, times) in paths.iter().zip(&mut times) {
+                    times.sort_by(f64::total_cmp);
+                    eprintln!(
+                        "{isa:?}, {kind:?} cache, {rows} row(s), {layers} layers × {keys} keys, {prefix} shared: median {:.2} ms (min {:.2})",
+                        times[10], times[0]
+                    );
+                }
             }
         }
     }

@@ -806,8 +806,8 @@ impl CausalLm {
 pub struct RowKv {
     layers: Vec<(Tensor, Tensor)>,
     len: i64,
-    /// The row's shared prefix, if it holds all of it ([`KvCache::share_prefix`]).
-    prefix: Option<SharedPrefix>,
+    /// The row's shared prefixes that it holds all of ([`KvCache::share_prefix`]).
+    prefixes: Vec<SharedPrefix>,
 }
 
 /// A prefix that several cache rows hold the same keys and values for: they were
@@ -844,10 +844,11 @@ impl RowKv {
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
     lens: Vec<i64>,
-    /// Per row: the shared prefix it starts with, if any. Rows with the same prefix id
-    /// hold the same keys and values in its positions (only positions after a row's
-    /// length are ever written), so a decoding step reads them from one of the rows.
-    prefixes: Vec<Option<SharedPrefix>>,
+    /// Per row: the shared prefixes it starts with, shortest first (a task's first prompt
+    /// begins with the system prompt every task shares). Rows with the same prefix id hold
+    /// the same keys and values in its positions (only positions after a row's length are
+    /// ever written), so a decoding step reads them from one of the rows.
+    prefixes: Vec<Vec<SharedPrefix>>,
     n_layers: usize,
     kv_heads: i64,
     head_dim: i64,
@@ -880,7 +881,7 @@ impl KvCache {
     /// Adds an empty row (index returned) with room for `expected_len` positions.
     pub fn push_row(&mut self, expected_len: i64) -> usize {
         self.lens.push(0);
-        self.prefixes.push(None);
+        self.prefixes.push(Vec::new());
         self.reserve(self.lens.len(), expected_len);
         self.lens.len() - 1
     }
@@ -912,33 +913,40 @@ impl KvCache {
     /// Marks the `len` positions `row` holds as a prefix that rows copied from it (by
     /// [`KvCache::snapshot_row`] and [`KvCache::push_row_from`], directly or through other
     /// copies) will share: decoding steps then read those positions from one row of the
-    /// batch for all of them. Returns the prefix's id.
+    /// batch for all of them. A row keeps its earlier marks (a shorter prefix it shares with
+    /// more rows). Returns the prefix's id.
     pub fn share_prefix(&mut self, row: usize, len: i64) -> u64 {
         assert!(len > 0 && len <= self.lens[row], "sharing {len} positions of a row holding {}", self.lens[row]);
         let id = NEXT_PREFIX_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.prefixes[row] = Some(SharedPrefix { id, len });
+        let marks = &mut self.prefixes[row];
+        marks.push(SharedPrefix { id, len });
+        marks.sort_by_key(|p| p.len);
         id
     }
 
-    /// The shared prefix `row` starts with: its id and length.
+    /// The longest shared prefix `row` starts with: its id and length.
     pub fn shared_prefix(&self, row: usize) -> Option<(u64, i64)> {
-        self.prefixes[row].map(|p| (p.id, p.len))
+        self.prefixes[row].last().map(|p| (p.id, p.len))
     }
 
-    /// For each row of `rows`: the first row of `rows` with the same shared prefix (itself
-    /// if none comes before it) and the prefix's length, 0 without one.
+    /// For each row of `rows`: the row of `rows` to read its shared prefix from and the
+    /// prefix's length — its longest prefix that an earlier row of `rows` also holds, read
+    /// from the first row holding it — or itself and 0 when no earlier row shares one.
     fn shared_sources(&self, rows: std::ops::Range<usize>) -> Vec<(i64, i64)> {
         let start = rows.start;
         let prefixes = &self.prefixes[rows];
         prefixes
             .iter()
             .enumerate()
-            .map(|(i, p)| match p {
-                Some(p) => {
-                    let first = prefixes.iter().position(|q| q.is_some_and(|q| q.id == p.id)).unwrap_or(i);
-                    ((start + first) as i64, p.len)
-                }
-                None => ((start + i) as i64, 0),
+            .map(|(i, marks)| {
+                marks
+                    .iter()
+                    .rev()
+                    .find_map(|p| {
+                        let first = prefixes.iter().position(|q| q.iter().any(|q| q.id == p.id))?;
+                        (first < i).then_some(((start + first) as i64, p.len))
+                    })
+                    .unwrap_or(((start + i) as i64, 0))
             })
             .collect()
     }
@@ -952,8 +960,8 @@ impl KvCache {
             .iter()
             .map(|(k, v)| (k.get(row as i64).narrow(1, 0, len).copy(), v.get(row as i64).narrow(1, 0, len).copy()))
             .collect();
-        let prefix = self.prefixes[row].filter(|p| p.len <= len);
-        RowKv { layers, len, prefix }
+        let prefixes = self.prefixes[row].iter().copied().filter(|p| p.len <= len).collect();
+        RowKv { layers, len, prefixes }
     }
 
     /// Adds a row holding the first `keep` positions of `snapshot`, with room for
@@ -966,7 +974,7 @@ impl KvCache {
             v.get(row as i64).narrow(1, 0, keep).copy_(&sv.narrow(1, 0, keep));
         }
         self.lens[row] = keep;
-        self.prefixes[row] = snapshot.prefix.filter(|p| p.len <= keep);
+        self.prefixes[row] = snapshot.prefixes.iter().copied().filter(|p| p.len <= keep).collect();
         row
     }
 
@@ -1186,7 +1194,8 @@ mod tests {
 
     /// Which rows a decoding step reads a shared prefix from: the first row of the batch
     /// with the same prefix, through copies of copies; not a row that holds only part of
-    /// it; rows that move keep their mark.
+    /// it; rows that move keep their mark; a row that no earlier row shares with reads its
+    /// own.
     #[test]
     fn shared_prefix_marks_follow_copies() {
         let mut cache = cache_with_rows(&[40, 30]);
@@ -1199,16 +1208,44 @@ mod tests {
         let copy = cache.snapshot_row(row2, 25);
         let row4 = cache.push_row_from(&copy, 21, 50); // a copy of a copy
         let other = cache.share_prefix(0, 5);
-        assert_eq!(cache.shared_sources(0..5), vec![(0, 5), (1, 20), (1, 20), (3, 0), (1, 20)]);
+        assert_eq!(cache.shared_sources(0..5), vec![(0, 0), (1, 0), (1, 20), (3, 0), (1, 20)]);
         // decoding rows 2.. alone: row 2 is the first to hold the prefix
-        assert_eq!(cache.shared_sources(2..5), vec![(2, 20), (3, 0), (2, 20)]);
+        assert_eq!(cache.shared_sources(2..5), vec![(2, 0), (3, 0), (2, 20)]);
         assert_eq!((cache.shared_prefix(row3), cache.shared_prefix(row4)), (None, Some((id, 20))));
         // row 4 moves into row 1's place
         assert_eq!(cache.swap_remove_row(1), Some(4));
-        assert_eq!(cache.shared_sources(0..4), vec![(0, 5), (1, 20), (1, 20), (3, 0)]);
+        assert_eq!(cache.shared_sources(0..4), vec![(0, 0), (1, 0), (1, 20), (3, 0)]);
         assert_eq!(cache.shared_prefix(0), Some((other, 5)));
         cache.clear();
         assert_eq!(cache.shared_sources(0..0), vec![]);
+    }
+
+    /// Nested prefixes (a system prompt every task starts with, then one task's whole first
+    /// prompt that its k samples start with): a row reads its longest prefix that an earlier
+    /// row of the batch holds, so samples of one task share their whole first prompt and
+    /// rows of other tasks still share the system prompt.
+    #[test]
+    fn rows_read_their_longest_prefix_an_earlier_row_holds() {
+        let mut cache = cache_with_rows(&[40]);
+        let system = cache.share_prefix(0, 10);
+        let task_a = cache.share_prefix(0, 30);
+        assert_eq!(cache.shared_prefix(0), Some((task_a, 30)));
+        let a = cache.snapshot_row(0, 30);
+        let system_only = cache.snapshot_row(0, 12);
+        let a2 = cache.push_row_from(&a, 30, 50);
+        let b = cache.push_row_from(&system_only, 12, 50);
+        let task_b = cache.share_prefix(b, 12);
+        let b_copy = cache.snapshot_row(b, 12);
+        let b2 = cache.push_row_from(&b_copy, 12, 50);
+        let a3 = cache.push_row_from(&a, 30, 50);
+        assert_eq!((a2, b, b2, a3), (1, 2, 3, 4));
+        assert_eq!(cache.shared_prefix(b), Some((task_b, 12)));
+        assert_eq!(cache.shared_sources(0..5), vec![(0, 0), (0, 30), (0, 10), (2, 12), (0, 30)]);
+        // without row 0 the first copy of task A is the source; task B's first row reads
+        // the system prompt from it
+        assert_eq!(cache.shared_sources(1..5), vec![(1, 0), (1, 10), (2, 12), (1, 30)]);
+        assert_eq!(cache.shared_sources(2..4), vec![(2, 0), (2, 12)]);
+        assert!(system != task_a && task_a != task_b);
     }
 
     /// Output and q/k/v gradients of [`blocked_causal_attention`] against libtorch's SDPA

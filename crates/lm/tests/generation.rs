@@ -174,6 +174,34 @@ fn sampler_respects_top_k_and_top_p() {
     assert_eq!(draw(SamplingParams { temperature: 50.0, ..base }, &mut rng), vec![0, 1, 2, 3, 4]);
 }
 
+/// Without a top-k or top-p cut the sampler draws from the whole vocabulary (its weights in
+/// vector lanes): the frequencies of 40000 draws are the softmax's to within 0.01, tokens
+/// whose logit is NaN or ±inf never come out, and a seed gives the same draws again.
+#[test]
+fn sampler_without_a_cut_draws_the_softmax() {
+    use rand::SeedableRng;
+    let mut logits = vec![f32::NEG_INFINITY; 1000];
+    logits[..5].copy_from_slice(&[1.0, 5.0, 3.0, 4.9, -2.0]);
+    logits[7] = f32::NAN;
+    logits[999] = f32::INFINITY;
+    for temperature in [1.0f32, 2.0] {
+        let p = SamplingParams { temperature, ..SamplingParams::default() };
+        let draws = |seed: u64| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            (0..40_000).map(|_| swegym_lm::generate::sample(&logits, &p, &mut rng)).collect::<Vec<u32>>()
+        };
+        let seen = draws(11);
+        assert_eq!(seen, draws(11));
+        let exps: Vec<f64> = logits[..5].iter().map(|&l| f64::from(l / temperature).exp()).collect();
+        let total: f64 = exps.iter().sum();
+        for (token, e) in exps.iter().enumerate() {
+            let freq = seen.iter().filter(|&&t| t as usize == token).count() as f64 / seen.len() as f64;
+            assert!((freq - e / total).abs() < 0.01, "t {temperature}, token {token}: {freq} vs {}", e / total);
+        }
+        assert!(seen.iter().all(|&t| t < 5), "a non-finite logit was drawn");
+    }
+}
+
 #[test]
 fn tiny_stop_strings_cut_the_text_before_the_first_stop() {
     let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
@@ -360,6 +388,30 @@ fn tiny_sessions_with_the_same_first_prompt_share_its_prefill() {
         // the seeds differ, so the samples do
         assert!(tokens(&shared).windows(2).any(|w| w[0] != w[1]));
     }
+}
+
+/// The k samples of two tasks decoding together; the first prompts start with the same
+/// system prompt (66 tokens, more than a 64-key block). A task's later samples
+/// copy its kept first prompt and read it from the first sample's row, the other task's
+/// rows read the system prompt from there, and every reply is the one a generator keeping
+/// nothing gives.
+#[test]
+fn tiny_samples_of_two_tasks_share_their_first_prompts_in_a_batch() {
+    let (model, tok) = (tiny_llama(Dtype::F32), byte_tokenizer());
+    let system: Vec<u32> = (0..66).map(|j| ((j * 13 + 7) % 250) as u32).collect();
+    let reqs: Vec<GenerationRequest> = (0..6u64)
+        .map(|i| {
+            let task: Vec<u32> = (0..20 + 10 * (i % 2) as usize).map(|j| ((j * 7 + 31 * (i % 2) as usize + 3) % 250) as u32).collect();
+            let params = SamplingParams { seed: 60 + i, ..sampling(1) };
+            GenerationRequest { prompt: [system.clone(), task].concat(), params, session: Some(200 + i), shared_prefix: system.len() }
+        })
+        .collect();
+    let (_, reference) = reference_keeping_nothing(&model, &tok, &reqs);
+    let mut g = Generator::new(&model, tok.clone());
+    let batched: Vec<Completion> = g.run(reqs.clone(), 6).into_iter().map(Result::unwrap).collect();
+    assert_eq!(tokens(&batched), tokens(&reference));
+    let cached: Vec<usize> = batched.iter().map(|c| c.cached_prompt_tokens).collect();
+    assert_eq!(cached, [0, 66, 86, 96, 86, 96]);
 }
 
 /// Episodes of different tasks: prompts that start with the same system prompt
