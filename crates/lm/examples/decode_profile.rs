@@ -1,4 +1,6 @@
-//! Times the pieces of one decoding step of a model (GGUF or HF folder) on the CPU:
+//! Times the pieces of one decoding step of a model (GGUF or HF folder) on the CPU (1 row,
+//! 4 rows at one position, 4 rows at different positions as agents' rows are), and the
+//! prefill of 256-token chunks after the prompt (an observation appended to a context):
 //! `cargo run --release -p swegym-lm --example decode_profile -- MODEL [f32|bf16] [threads]
 //! [kv dtype] [prompt length]`.
 
@@ -24,13 +26,14 @@ fn main() {
         let _ = x.linear::<tch::Tensor>(&w, None);
     }
     eprintln!("gemv 1x576x3072: {:.1} us", t.elapsed().as_secs_f64() * 1e3);
-    for batch in [1usize, 4] {
-        let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + (i * 7919) % 40000).collect();
+    // rows at one position (a plain block write), then at different positions (a scatter)
+    for (batch, stagger) in [(1usize, 0usize), (4, 0), (4, 1)] {
         let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(64) };
         let mut g = Generator::new(&model, tok.clone());
         let t0 = Instant::now();
         for i in 0..batch {
-            let _ = g.add(i as u64, GenerationRequest::new(prompt.clone(), params.clone())).unwrap();
+            let prompt: Vec<u32> = (0..(prompt_len + i * stagger) as u32).map(|i| 100 + (i * 7919) % 40000).collect();
+            let _ = g.add(i as u64, GenerationRequest::new(prompt, params.clone())).unwrap();
         }
         let t1 = Instant::now();
         let mut steps = 0;
@@ -40,10 +43,22 @@ fn main() {
         }
         let dt = t1.elapsed().as_secs_f64();
         eprintln!(
-            "batch {batch}: prefill {:.0} tok/s, decode {:.1} ms/step, {:.1} tok/s",
+            "batch {batch}{}: prefill {:.0} tok/s, decode {:.1} ms/step, {:.1} tok/s",
+            if stagger > 0 { " (rows at different positions)" } else { "" },
             (batch * prompt_len) as f64 / (t1 - t0).as_secs_f64(),
             1e3 * dt / steps as f64,
             (batch * steps) as f64 / dt
         );
+    }
+    // observations' prefills: chunks of 256 tokens after the prompt, the context growing
+    let mut cache = model.new_cache();
+    let row = cache.push_row(prompt_len as i64 + 256 * 8);
+    let ids: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + (i * 7919) % 40000).collect();
+    let _ = model.prefill_row(&mut cache, row, &ids);
+    for chunk in 0..8 {
+        let more: Vec<u32> = (0..256u32).map(|i| 100 + ((i + chunk) * 104729) % 40000).collect();
+        let t = Instant::now();
+        let _ = model.prefill_row(&mut cache, row, &more);
+        eprintln!("prefill 256 after {}: {:.1} ms ({:.2} ms/token)", cache.row_len(row) - 256, t.elapsed().as_secs_f64() * 1e3, t.elapsed().as_secs_f64() * 1e3 / 256.0);
     }
 }
