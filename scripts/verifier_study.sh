@@ -16,8 +16,14 @@
 # (loss 1.58 → 0.045); step 3 then gave 0 resolved of 48 A rollouts (32 submitted, 43 empty
 # patches: the policy learned the trajectory's shape, not the edits) and 0 of 6 greedy B
 # rollouts, so Best@k had nothing to pick and the run stops at `verifier data` (exit 3:
-# no resolved rollout, so no YES examples to train on). A model that can edit (e.g. Qwen2.5-Coder-7B-Instruct
-# as an HF folder on a GPU: MODEL=DIR DEVICE=cuda DTYPE=bf16) is what this run is for.
+# no resolved rollout, so no YES examples to train on). On an AMD EPYC, a policy trained 8
+# passes over A's 6 trajectories alone (48 steps, loss 1.58 → 0.027) replayed a trajectory
+# greedily token for token until a number it had to recall (`view_range` [1218, 1229] for
+# [1212, 1229]); from the different observation on, its `old_str` degenerated into
+# repetition. At temperature 0.7 it resolved 0 of 24 rollouts of A's first 3 tasks (22 empty
+# patches): more passes and a lower temperature did not change the outcome. A model that can
+# edit (e.g. Qwen2.5-Coder-7B-Instruct as an HF folder on a GPU: MODEL=DIR DEVICE=cuda
+# DTYPE=bf16) is what this run is for.
 #
 # Usage: scripts/verifier_study.sh [OUT]   (default runs/verifier-study)
 #   env: MODEL (GGUF or HF folder; default the SmolLM2 GGUF of `make setup`), DEVICE
