@@ -474,14 +474,16 @@ async fn bench_run(
     );
     if let Some(e) = &row.engine {
         eprintln!(
-            "    engine: {} decode steps, mean batch {:.2} rows, {:.1} s decoding ({:.1} ms/step); {:.1} s prefilling {} tokens ({} reused); {:.1} s idle",
+            "    engine: {} decode steps, mean batch {:.2} rows, {:.1} s decoding ({:.1} ms/step, {:.1} tokens/s); {:.1} s prefilling {} tokens ({} reused; {:.0}% of the wall time, the batch waiting); {:.1} s idle",
             e.decode_steps,
             e.mean_batch(),
             e.decode_seconds,
             e.decode_seconds * 1e3 / e.decode_steps.max(1) as f64,
+            e.decoded_tokens as f64 / e.decode_seconds.max(1e-9),
             e.prefill_seconds,
             e.prefill_tokens,
             e.cached_prompt_tokens,
+            100.0 * e.prefill_seconds / row.wall_seconds.max(1e-9),
             e.idle_seconds
         );
     }
