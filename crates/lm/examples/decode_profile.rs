@@ -31,8 +31,10 @@ fn main() {
         let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(64) };
         let mut g = Generator::new(&model, tok.clone());
         let t0 = Instant::now();
+        let mut prompt_tokens = 0;
         for i in 0..batch {
             let prompt: Vec<u32> = (0..(prompt_len + i * stagger) as u32).map(|i| 100 + (i * 7919) % 40000).collect();
+            prompt_tokens += prompt.len();
             let _ = g.add(i as u64, GenerationRequest::new(prompt, params.clone())).unwrap();
         }
         let t1 = Instant::now();
@@ -45,7 +47,7 @@ fn main() {
         eprintln!(
             "batch {batch}{}: prefill {:.0} tok/s, decode {:.1} ms/step, {:.1} tok/s",
             if stagger > 0 { " (rows at different positions)" } else { "" },
-            (batch * prompt_len) as f64 / (t1 - t0).as_secs_f64(),
+            prompt_tokens as f64 / (t1 - t0).as_secs_f64(),
             1e3 * dt / steps as f64,
             (batch * steps) as f64 / dt
         );
@@ -57,8 +59,9 @@ fn main() {
     let _ = model.prefill_row(&mut cache, row, &ids);
     for chunk in 0..8 {
         let more: Vec<u32> = (0..256u32).map(|i| 100 + ((i + chunk) * 104729) % 40000).collect();
-        let t = Instant::now();
+        let (before, t) = (cache.row_len(row), Instant::now());
         let _ = model.prefill_row(&mut cache, row, &more);
-        eprintln!("prefill 256 after {}: {:.1} ms ({:.2} ms/token)", cache.row_len(row) - 256, t.elapsed().as_secs_f64() * 1e3, t.elapsed().as_secs_f64() * 1e3 / 256.0);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        eprintln!("prefill 256 after {before}: {ms:.1} ms ({:.2} ms/token)", ms / 256.0);
     }
 }
