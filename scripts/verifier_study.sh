@@ -25,8 +25,18 @@
 # edit (e.g. Qwen2.5-Coder-7B-Instruct as an HF folder on a GPU: MODEL=DIR DEVICE=cuda
 # DTYPE=bf16) is what this run is for.
 #
+# POLICY=oracle-slips replaces steps 1-3 with an imperfect expert whose rollouts have mixed
+# outcomes on any machine: `swegym sample --policy oracle --oracle-slip-rate SLIP_RATE`
+# (default 0.5; in that share of rollouts it makes a near-miss edit or stops before the fix
+# is complete, then tests and finishes as always; the evaluation decides the outcome).
+# A: K_A rollouts a task (default 6) → judge data; B: 8 a task, held out. The verifier
+# (steps 4) is the same; what it learns to read is whether a trajectory's edits and test
+# run show a fix, with the thoughts and the trajectory's shape the same in both outcomes.
+#
 # Usage: scripts/verifier_study.sh [OUT]   (default runs/verifier-study)
-#   env: MODEL (GGUF or HF folder; default the SmolLM2 GGUF of `make setup`), DEVICE
+#   env: POLICY (warm-start, the default, or oracle-slips), SLIP_RATE, K_A, N_TASKS
+#   (tabulate tasks used, split in half into A and B; default 12),
+#   MODEL (GGUF or HF folder; default the SmolLM2 GGUF of `make setup`), DEVICE
 #   (auto|cpu|cuda; default auto), DTYPE (f32|bf16; default f32), SWEGYM_BIN (default
 #   target/release/swegym), POLICY_EPOCHS (passes over the oracle data; default 6), VERIFIER_TRAIN_CONFIG (a train.toml
 #   whose keys override the verifier recipe)
@@ -43,13 +53,15 @@ D=datasets/synth-pypi/train.jsonl
 [ -e "$M" ] || { echo "no model at $M: run \`make setup\` (or set MODEL)" >&2; exit 2; }
 mkdir -p "$OUT"
 
-# The first 12 tabulate tasks of the train split (one environment to build): A = 1-6, B = 7-12.
+# The first N_TASKS tabulate tasks of the train split (one environment to build): A the
+# first half, B the second.
+N=${N_TASKS:-12}
 mapfile -t IDS < <(python3 -c "
 import json, sys
 rows = [json.loads(l) for l in open('$D')]
-print('\n'.join([r['instance_id'] for r in rows if r['repo'] == 'astanin/python-tabulate'][:12]))")
-A=("${IDS[@]:0:6}")
-B=("${IDS[@]:6:6}")
+print('\n'.join([r['instance_id'] for r in rows if r['repo'] == 'astanin/python-tabulate'][:$N]))")
+A=("${IDS[@]:0:$((N / 2))}")
+B=("${IDS[@]:$((N / 2))}")
 
 cat > "$OUT/policy_train.toml" <<EOF
 [train]
@@ -69,6 +81,13 @@ EOF
 AGENT=(--max-tokens 256 --max-context-tokens 8192 --max-observation-chars 1000 --command-timeout 60)
 step() { echo "=== $(date +%T) $*"; }
 
+if [ "${POLICY:-warm-start}" = oracle-slips ]; then
+  SLIPS=(--policy oracle --oracle-slip-rate "${SLIP_RATE:-0.5}" -j 2 --max-turns 30 --evaluate "${AGENT[@]}")
+  step "A: ${K_A:-6} rollouts a task of an oracle slipping in ${SLIP_RATE:-0.5} of them"
+  $SW sample --dataset $D --instance-ids "${A[@]}" "${SLIPS[@]}" -k "${K_A:-6}" --seed 1 --out "$OUT/A.parquet"
+  step "B: 8 rollouts a task of the same oracle (held out)"
+  $SW sample --dataset $D --instance-ids "${B[@]}" "${SLIPS[@]}" -k 8 --seed 2 --out "$OUT/B.parquet"
+else
 step "oracle trajectories of A and B"
 $SW sample --dataset $D --instance-ids "${A[@]}" "${B[@]}" --policy oracle -k 1 --max-turns 30 -j 2 --evaluate "${AGENT[@]}" --out "$OUT/oracle.parquet"
 
@@ -81,6 +100,7 @@ $SW sample --dataset $D --instance-ids "${A[@]}" "${POL[@]}" -k 8 --temperature 
 step "B: rollout 0 greedy, then 1-7 at temperature 1 (the second call resumes past rollout 0)"
 $SW sample --dataset $D --instance-ids "${B[@]}" "${POL[@]}" -k 1 --temperature 0 --seed 2 --out "$OUT/B.parquet"
 $SW sample --dataset $D --instance-ids "${B[@]}" "${POL[@]}" -k 8 --temperature 1.0 --seed 2 --out "$OUT/B.parquet"
+fi
 
 step "verifier: judge data from A, LoRA (the paper's recipe), p(YES) of A and B"
 [ -f "$OUT/judge.parquet" ] || $SW verifier data --rollouts "$OUT/A.parquet" --model "$M" --out "$OUT/judge.parquet" --max-tokens 6144

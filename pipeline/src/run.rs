@@ -477,7 +477,7 @@ impl Runner {
 
     async fn build_policy(&self, choice: &PolicyChoice) -> anyhow::Result<Arc<dyn Policy>> {
         let adapter = match choice {
-            PolicyChoice::Oracle => return Ok(Arc::new(OraclePolicy)),
+            PolicyChoice::Oracle => return Ok(Arc::new(OraclePolicy::exact())),
             PolicyChoice::Model { adapter } => adapter.clone(),
         };
         let p = &self.cfg.policy;

@@ -47,6 +47,12 @@ pub struct SampleArgs {
     pub dataset: PathBuf,
     #[arg(long, value_enum)]
     pub policy: PolicyArg,
+    /// --policy oracle: the share of rollouts in which the expert slips (a near-miss edit or
+    /// stopping before the fix is complete; drawn from each rollout's seed), for rollouts
+    /// with mixed outcomes where no model resolves tasks yet (a verifier's data). Policy id
+    /// `oracle-slips<rate>`.
+    #[arg(long, default_value_t = 0.0)]
+    pub oracle_slip_rate: f64,
     /// OpenAI-compatible base URL (with /v1), for --policy openai.
     #[arg(long)]
     pub base_url: Option<String>,
@@ -157,8 +163,11 @@ struct SampleSummary {
 }
 
 fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
+    if args.oracle_slip_rate != 0.0 && args.policy != PolicyArg::Oracle {
+        return Err(Exit::bad_input("--oracle-slip-rate applies only to --policy oracle"));
+    }
     Ok(match args.policy {
-        PolicyArg::Oracle => Arc::new(OraclePolicy),
+        PolicyArg::Oracle => Arc::new(OraclePolicy::with_slips(args.oracle_slip_rate).map_err(|e| Exit::bad_input(format!("--oracle-slip-rate: {e}")))?),
         PolicyArg::Local => {
             let model = args.model.as_ref().ok_or_else(|| Exit::bad_input("--policy local needs --model (a GGUF file or an HF folder)"))?;
             let path = std::path::Path::new(model);

@@ -163,7 +163,7 @@ async fn oracle_solves_the_tiny_task() {
     let f = common::fixture();
     let mut sb = f.sandbox().await;
     let task = common::task();
-    let r = run_episode(sb.as_ref(), &task, &OraclePolicy, &SamplingParams::default(), &EpisodeConfig::default(), &id()).await;
+    let r = run_episode(sb.as_ref(), &task, &OraclePolicy::exact(), &SamplingParams::default(), &EpisodeConfig::default(), &id()).await;
     sb.destroy().await.unwrap();
     assert_eq!(r.exit_reason, ExitReason::Submitted, "{:#?}", r.messages);
     // The extracted patch is the gold patch (same change, same file).
@@ -172,6 +172,25 @@ async fn oracle_solves_the_tiny_task() {
     // marshmallow end-to-end test checks a real run).
     let last_call = &r.messages[r.messages.len() - 3].content;
     assert!(last_call.contains("python -m pytest -q -p no:cacheprovider tests/test_calc.py"), "{last_call}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slipping_oracle_submits_a_wrong_fix() {
+    // Slipping in every rollout, the oracle gets the tiny task's one added line wrong (its
+    // only near miss other than the bug itself: a negated return value) and goes on as the
+    // exact oracle does: the tests, then finish.
+    let f = common::fixture();
+    let mut sb = f.sandbox().await;
+    let task = common::task();
+    let oracle = OraclePolicy::with_slips(1.0).unwrap();
+    // run_episode samples with the rollout's seed (7), which picks the slip
+    let r = run_episode(sb.as_ref(), &task, &oracle, &SamplingParams::default(), &EpisodeConfig::default(), &id()).await;
+    sb.destroy().await.unwrap();
+    assert_eq!(r.exit_reason, ExitReason::Submitted, "{:#?}", r.messages);
+    assert_eq!(r.policy_id, "oracle-slips1");
+    let changed: Vec<&str> = r.patch.lines().filter(|l| (l.starts_with('+') || l.starts_with('-')) && !l.starts_with("+++") && !l.starts_with("---")).collect();
+    assert_eq!(changed, ["-    return a - b", "+    return not a + b"], "{}", r.patch);
+    assert!(r.messages[r.messages.len() - 3].content.contains("python -m pytest"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,17 @@
 //! applied with `git apply`. The policy keeps no state: the step and try are replayed from
 //! the conversation (each earlier reply and its observation), so one oracle serves many
 //! concurrent rollouts.
+//!
+//! With a slip rate ([`OraclePolicy::with_slips`]) it is an imperfect expert: in that share
+//! of rollouts (drawn from the rollout's seed, so a rerun slips the same way) it either
+//! makes a near-miss edit (one changed line of the fix comes out with a flipped comparison,
+//! operator, boolean, identity or membership test, `min`/`max`, `elif`, a negated return
+//! value, a call's two arguments swapped or an integer off by one, in every try of that edit) or stops editing
+//! before the fix is complete, then runs the tests and finishes as usual. Its thoughts are
+//! the same either way; only the edit and what the tools answer differ. This gives rollouts
+//! with mixed outcomes on machines where no model resolves a task yet — what a verifier
+//! (issue: Best@k) is trained and measured on — with the outcome always decided by the
+//! real evaluation, not by the oracle.
 
 use swegym_schema::patch::{split_file_diffs, FileDiff};
 use swegym_schema::{Role, Task};
@@ -20,7 +31,91 @@ use crate::action::{Action, EditorArgs, EditorCommand};
 
 const TESTBED: &str = swegym_sandbox::TESTBED;
 
-pub struct OraclePolicy;
+/// The expert policy; see the module documentation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OraclePolicy {
+    slip_rate: f64,
+}
+
+impl OraclePolicy {
+    /// The exact expert: every rollout makes the gold edits.
+    pub fn exact() -> Self {
+        OraclePolicy { slip_rate: 0.0 }
+    }
+
+    /// An expert that slips in a `rate` share of its rollouts (0 ≤ rate ≤ 1).
+    pub fn with_slips(rate: f64) -> Result<Self, String> {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(format!("the oracle's slip rate must be in [0, 1], got {rate}"));
+        }
+        Ok(OraclePolicy { slip_rate: rate })
+    }
+
+    pub fn slip_rate(&self) -> f64 {
+        self.slip_rate
+    }
+}
+
+/// How a rollout of a slipping oracle goes wrong; the numbers pick where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slip {
+    None,
+    /// One changed line of one gold hunk is replaced by a near miss ([`near_misses`]).
+    WrongEdit(u64),
+    /// The edits from one gold hunk on are left out (from the first: an empty patch).
+    StopEarly(u64),
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The slip of the rollout with this seed: none in `1 - rate` of seeds; otherwise a wrong
+/// edit twice as often as stopping early. No seed, no slip.
+fn slip_for(rate: f64, seed: Option<u64>) -> Slip {
+    let Some(seed) = seed.filter(|_| rate > 0.0) else { return Slip::None };
+    let a = splitmix(seed ^ 0x0a3c_1e55_0f0a_c1e5);
+    if (a >> 11) as f64 / (1u64 << 53) as f64 >= rate {
+        return Slip::None;
+    }
+    let b = splitmix(a);
+    if b % 3 == 2 {
+        Slip::StopEarly(b / 3)
+    } else {
+        Slip::WrongEdit(b / 3)
+    }
+}
+
+/// The rewrites a near miss is made of: (text in the line, its replacement), the first
+/// occurrence of each.
+const NEAR_MISSES: &[(&str, &str)] = &[
+    (" < ", " <= "),
+    (" <= ", " < "),
+    (" > ", " >= "),
+    (" >= ", " > "),
+    (" == ", " != "),
+    (" != ", " == "),
+    (" and ", " or "),
+    (" or ", " and "),
+    (" is not ", " is "),
+    (" is ", " is not "),
+    ("True", "False"),
+    ("False", "True"),
+    (" + ", " - "),
+    (" - ", " + "),
+    (" * ", " // "),
+    ("+=", "-="),
+    ("-=", "+="),
+    (" not in ", " in "),
+    (" in ", " not in "),
+    ("max(", "min("),
+    ("min(", "max("),
+    ("elif ", "if "),
+    ("return ", "return not "),
+];
 
 /// One hunk of a file section.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +148,125 @@ impl Hunk {
 
     fn full(&self) -> (String, String) {
         self.strings(0, self.lines.len())
+    }
+
+    /// Line `i` (an added line) becomes `text`, in `lines` and in the diff text.
+    fn replace_line(&mut self, i: usize, text: String) {
+        let (from, to) = (format!("\n+{}\n", self.lines[i].1), format!("\n+{text}\n"));
+        self.text = self.text.replacen(&from, &to, 1);
+        self.lines[i].1 = text;
+    }
+}
+
+/// Near misses of a hunk's added lines: (line index, the line rewritten by one of
+/// [`NEAR_MISSES`] or with its first integer one larger), none equal to a removed line
+/// (that would undo the edit instead of getting it wrong).
+fn near_misses(hunk: &Hunk) -> Vec<(usize, String)> {
+    let removed: Vec<&str> = hunk.lines.iter().filter(|(k, _)| *k == '-').map(|(_, l)| l.as_str()).collect();
+    let mut out = Vec::new();
+    for (i, (kind, line)) in hunk.lines.iter().enumerate() {
+        if *kind != '+' || !hunk.text.contains(&format!("\n+{line}\n")) {
+            continue;
+        }
+        // ` in ` of a loop or of ` not in ` is no comparison to flip
+        let flippable = |from: &str| {
+            line.contains(from) && !(from == " in " && (line.contains(" not in ") || line.trim_start().starts_with("for "))) && !(from == " is " && line.contains(" is not "))
+        };
+        let mut candidates: Vec<String> = NEAR_MISSES.iter().filter(|(from, _)| flippable(from)).map(|(from, to)| line.replacen(from, to, 1)).collect();
+        candidates.extend(shift_integer(line));
+        candidates.extend(swap_arguments(line));
+        for c in candidates {
+            if c != *line && !removed.contains(&c.as_str()) && !out.iter().any(|(j, o): &(usize, String)| *j == i && *o == c) {
+                out.push((i, c));
+            }
+        }
+    }
+    out
+}
+
+/// `line` with its first integer literal (digits not part of a name or a float) one larger,
+/// and one smaller (0 becomes -1; a negative literal does not become -0).
+fn shift_integer(line: &str) -> Vec<String> {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.')) {
+            let end = (i..b.len()).find(|&j| !b[j].is_ascii_digit()).unwrap_or(b.len());
+            let next = b.get(end).copied();
+            if !next.is_some_and(|c| c.is_ascii_alphabetic() || c == b'_' || c == b'.') && end - i <= 9 {
+                let Ok(n) = line[i..end].parse::<u64>() else { return Vec::new() };
+                let negative = i > 0 && b[i - 1] == b'-';
+                let with = |v: String| format!("{}{v}{}", &line[..i], &line[end..]);
+                let mut out = vec![with((n + 1).to_string())];
+                match n {
+                    0 if !negative => out.push(with("-1".to_string())),
+                    0 | 1 if negative => {}
+                    0 => {}
+                    _ => out.push(with((n - 1).to_string())),
+                }
+                return out;
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    Vec::new()
+}
+
+/// `line` with the two arguments of its first two-argument call swapped (`f(a, b)` →
+/// `f(b, a)`; arguments without brackets, quotes or keywords).
+fn swap_arguments(line: &str) -> Option<String> {
+    let mut from = 0;
+    while let Some(open) = line[from..].find('(').map(|o| from + o) {
+        from = open + 1;
+        if open == 0 || !line.as_bytes()[open - 1].is_ascii_alphanumeric() && line.as_bytes()[open - 1] != b'_' {
+            continue; // a parenthesised expression, not a call
+        }
+        let Some(close) = line[open + 1..].find(')').map(|c| open + 1 + c) else { return None };
+        let inner = &line[open + 1..close];
+        if inner.contains(['(', '[', '{', '"', '\'', '=']) {
+            continue;
+        }
+        if let Some((a, b)) = inner.split_once(',') {
+            let (a, b) = (a.trim(), b.trim());
+            if !a.is_empty() && !b.is_empty() && !b.contains(',') && a != b {
+                return Some(format!("{}{b}, {a}{}", &line[..open + 1], &line[close..]));
+            }
+        }
+    }
+    None
+}
+
+/// Makes `steps` go wrong as `slip` says. A plan without [`Step::Edit`]s (only whole-file
+/// changes) does not slip.
+fn apply_slip(steps: &mut Vec<Step>, slip: Slip) {
+    let edits: Vec<usize> = steps.iter().enumerate().filter(|(_, s)| matches!(s, Step::Edit { .. })).map(|(i, _)| i).collect();
+    if edits.is_empty() {
+        return;
+    }
+    match slip {
+        Slip::None => {}
+        Slip::WrongEdit(pick) => {
+            let mut candidates: Vec<(usize, usize, String)> = Vec::new();
+            for &s in &edits {
+                if let Step::Edit { hunk, .. } = &steps[s] {
+                    candidates.extend(near_misses(hunk).into_iter().map(|(line, text)| (s, line, text)));
+                }
+            }
+            if candidates.is_empty() {
+                return apply_slip(steps, Slip::StopEarly(pick));
+            }
+            let (s, line, text) = candidates.swap_remove((pick % candidates.len() as u64) as usize);
+            if let Step::Edit { hunk, .. } = &mut steps[s] {
+                hunk.replace_line(line, text);
+            }
+        }
+        Slip::StopEarly(pick) => {
+            let cut = edits[(pick % edits.len() as u64) as usize];
+            let kept: Vec<Step> = std::mem::take(steps).into_iter().enumerate().filter(|(i, s)| !(matches!(s, Step::Edit { .. }) && *i >= cut)).map(|(_, s)| s).collect();
+            *steps = kept;
+        }
     }
 }
 
@@ -252,11 +466,16 @@ fn failed(observation: &str) -> bool {
 #[async_trait::async_trait]
 impl Policy for OraclePolicy {
     fn id(&self) -> String {
-        "oracle".into()
+        if self.slip_rate > 0.0 {
+            format!("oracle-slips{}", self.slip_rate)
+        } else {
+            "oracle".into()
+        }
     }
 
     async fn complete(&self, request: PolicyRequest<'_>) -> Result<Completion, PolicyError> {
-        let steps = plan(request.task)?;
+        let mut steps = plan(request.task)?;
+        apply_slip(&mut steps, slip_for(self.slip_rate, request.params.seed));
         // Replay the conversation: which step, which try.
         let (mut step, mut attempt) = (0usize, 0usize);
         let msgs = request.messages;
@@ -321,7 +540,7 @@ mod tests {
         let mut msgs = vec![Message::system("s"), Message::user("u")];
         let mut kinds = Vec::new();
         for turn in 0..12 {
-            let c = OraclePolicy.complete(PolicyRequest { task: &t, messages: &msgs, params: &params }).await.unwrap();
+            let c = OraclePolicy::exact().complete(PolicyRequest { task: &t, messages: &msgs, params: &params }).await.unwrap();
             let action = crate::action::parse_action(&c.text).unwrap();
             kinds.push(match &action {
                 Action::StrReplaceEditor(a) => a.command.as_str().to_string(),
@@ -339,6 +558,87 @@ mod tests {
         // The retry uses the whole hunk.
         let retry = &msgs[12].content;
         assert!(retry.contains("more surrounding context") && retry.contains("<parameter=old_str>\n    try:\n"), "{retry}");
+    }
+
+    const COMPARE: &str = "diff --git a/src/m.py b/src/m.py\n--- a/src/m.py\n+++ b/src/m.py\n@@ -4,3 +4,3 @@ def pos(n):\n     x = n\n-    if x > 0 and x < 10:\n+    if x >= 0 and x < 10:\n         return True\n";
+
+    #[test]
+    fn near_misses_get_the_fix_wrong_without_undoing_it() {
+        let hunk = &parse_hunks(COMPARE)[0];
+        let texts: Vec<String> = near_misses(hunk).into_iter().map(|(i, t)| {
+            assert_eq!(i, 2);
+            t
+        }).collect();
+        // ` >= ` -> ` > ` would give back the removed line, so it is not offered.
+        assert_eq!(texts, ["    if x >= 0 and x <= 10:", "    if x >= 0 or x < 10:", "    if x >= 1 and x < 10:", "    if x >= -1 and x < 10:"]);
+        assert_eq!(shift_integer("a = b1 + 2.5 + 40"), ["a = b1 + 2.5 + 41", "a = b1 + 2.5 + 39"]);
+        assert_eq!(shift_integer("n = len(rows[0])"), ["n = len(rows[1])", "n = len(rows[-1])"]);
+        assert_eq!(shift_integer("return -1"), ["return -2"]);
+        assert!(shift_integer("x_2 = y").is_empty());
+        assert_eq!(swap_arguments("rows.insert(index, LINE)").as_deref(), Some("rows.insert(LINE, index)"));
+        assert_eq!(swap_arguments("x = (a, b) + f(c)"), None);
+        assert_eq!(swap_arguments("f(a, g(b))"), None);
+        let flips = |line: &str| {
+            let h = &parse_hunks(&format!("@@ -1,1 +1,1 @@\n-    pass\n+{line}\n"))[0];
+            near_misses(h).into_iter().map(|(_, t)| t).collect::<Vec<_>>()
+        };
+        assert_eq!(flips("    if k not in seen:"), ["    if k in seen:"]);
+        assert_eq!(flips("    for k in seen:"), Vec::<String>::new());
+        assert_eq!(flips("    return x"), ["    return not x"]);
+        assert_eq!(flips("    elif v is not bytes:"), ["    elif v is bytes:", "    if v is not bytes:"]);
+        // TWO_HUNKS' added lines have nothing to flip.
+        assert!(parse_hunks(TWO_HUNKS).iter().all(|h| near_misses(h).is_empty()));
+    }
+
+    #[test]
+    fn slips_follow_the_rate_and_the_seed() {
+        let draws: Vec<Slip> = (0..3000u64).map(|s| slip_for(0.5, Some(s))).collect();
+        let none = draws.iter().filter(|s| **s == Slip::None).count();
+        let wrong = draws.iter().filter(|s| matches!(s, Slip::WrongEdit(_))).count();
+        assert!((1400..1600).contains(&none), "{none}");
+        assert!((900..1100).contains(&wrong), "{wrong}");
+        assert!((0..3000u64).all(|s| slip_for(0.0, Some(s)) == Slip::None && slip_for(1.0, Some(s)) != Slip::None));
+        assert_eq!(slip_for(1.0, None), Slip::None);
+        assert_eq!(slip_for(0.5, Some(42)), slip_for(0.5, Some(42)));
+        assert!(OraclePolicy::with_slips(1.5).is_err());
+        assert_eq!(OraclePolicy::with_slips(0.5).unwrap().id(), "oracle-slips0.5");
+        assert_eq!(OraclePolicy::exact().id(), "oracle");
+    }
+
+    #[test]
+    fn a_wrong_edit_is_wrong_in_every_try() {
+        let mut steps = plan(&task(COMPARE)).unwrap();
+        apply_slip(&mut steps, Slip::WrongEdit(1));
+        let edit = steps.iter().find(|s| matches!(s, Step::Edit { .. })).unwrap();
+        for attempt in 0..3 {
+            let text = edit.render(attempt);
+            assert!(text.contains("if x >= 0 or x < 10:") && !text.contains("if x >= 0 and x < 10:\n"), "{attempt}: {text}");
+        }
+        assert!(edit.render(2).contains("\n+    if x >= 0 or x < 10:\n"));
+        // The thoughts are the exact oracle's.
+        let exact = plan(&task(COMPARE)).unwrap();
+        let thought = |s: &Step| s.render(0).lines().next().unwrap().to_string();
+        assert_eq!(steps.iter().map(thought).collect::<Vec<_>>(), exact.iter().map(thought).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn stopping_early_leaves_out_the_rest_of_the_fix() {
+        let edits = |steps: &[Step]| steps.iter().filter(|s| matches!(s, Step::Edit { .. })).count();
+        let mut steps = plan(&task(TWO_HUNKS)).unwrap();
+        assert_eq!(edits(&steps), 2);
+        apply_slip(&mut steps, Slip::StopEarly(1));
+        assert_eq!(edits(&steps), 1);
+        let mut steps = plan(&task(TWO_HUNKS)).unwrap();
+        let n = steps.len();
+        apply_slip(&mut steps, Slip::StopEarly(0));
+        assert_eq!((edits(&steps), steps.len()), (0, n - 2));
+        // Nothing to get wrong in TWO_HUNKS' lines: a wrong edit becomes stopping early.
+        let mut steps = plan(&task(TWO_HUNKS)).unwrap();
+        apply_slip(&mut steps, Slip::WrongEdit(2));
+        assert_eq!(edits(&steps), 0);
+        // The run ends as usual: the tests, then finish.
+        let last: Vec<String> = steps[steps.len() - 2..].iter().map(|s| s.render(0)).collect();
+        assert!(last[0].contains("python -m pytest") && last[1].contains("<function=finish>"), "{last:?}");
     }
 
     #[test]
