@@ -63,6 +63,41 @@ fn oracle_resolves_the_marshmallow_instances() {
 }
 
 #[test]
+fn a_slipping_oracle_is_graded_unresolved() {
+    // Slipping in every rollout: a near-miss edit of the fix (1359: e.g. `or` → `and`, or the
+    // call's arguments swapped) or the fix cut short (1343 has nothing to flip), as each
+    // rollout's seed draws. The real grading says unresolved.
+    if !slow("a_slipping_oracle_is_graded_unresolved") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rollouts.parquet");
+    let run = run_ok(swegym().args(["sample", "--dataset", DATASET, "--policy", "oracle", "--oracle-slip-rate", "1", "-k", "2", "-j", "2", "--evaluate", "--out"]).arg(&out));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("resolved 0/4"), "{stdout}");
+    let rows = read_parquet_with_pyarrow(&out);
+    for r in rows.as_array().unwrap() {
+        assert_eq!((r["policy_id"].as_str(), r["exit_reason"].as_str(), r["resolved"].as_bool()), (Some("oracle-slips1"), Some("submitted"), Some(false)), "{r}");
+        // The test run is in every trajectory. (It need not fail: SWE-bench's failing tests
+        // come with the test patch, which the agent never sees; 1343 cut short after its
+        // first hunk passes the visible test file.)
+        let messages = r["messages"].as_array().unwrap();
+        assert!(messages[messages.len() - 3]["content"].as_str().unwrap().contains("python -m pytest"));
+        assert_eq!(r["status"], if r["empty_patch"] == true { "empty_patch" } else { "unresolved" });
+        if r["instance_id"] == "marshmallow-code__marshmallow-1359" && r["empty_patch"] == false {
+            let patch = r["patch"].as_str().unwrap();
+            assert!(patch.contains("-            or getattr(schema.opts, self.SCHEMA_OPTS_VAR_NAME)\n+") && !patch.contains("+            or getattr(self.root.opts, self.SCHEMA_OPTS_VAR_NAME)\n"), "{patch}");
+        }
+    }
+    // The policy refuses a slip rate it cannot have, and one given to another policy.
+    for (policy, rate) in [("oracle", "1.5"), ("replay", "0.5")] {
+        let o = swegym().args(["sample", "--dataset", DATASET, "--policy", policy, "--oracle-slip-rate", rate, "--out"]).arg(tmp.path().join("x.parquet")).output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{policy} {rate}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("slip rate") || String::from_utf8_lossy(&o.stderr).contains("--oracle-slip-rate"), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
 fn killed_run_resumes_without_loss_or_duplicates() {
     if !slow("killed_run_resumes_without_loss_or_duplicates") {
         return;

@@ -223,7 +223,7 @@ fn swap_arguments(line: &str) -> Option<String> {
         if open == 0 || !line.as_bytes()[open - 1].is_ascii_alphanumeric() && line.as_bytes()[open - 1] != b'_' {
             continue; // a parenthesised expression, not a call
         }
-        let Some(close) = line[open + 1..].find(')').map(|c| open + 1 + c) else { return None };
+        let close = line[open + 1..].find(')').map(|c| open + 1 + c)?;
         let inner = &line[open + 1..close];
         if inner.contains(['(', '[', '{', '"', '\'', '=']) {
             continue;
