@@ -16,8 +16,9 @@
 //! of rollouts (drawn from the rollout's seed, so a rerun slips the same way) it either
 //! makes a near-miss edit (one changed line of the fix comes out with a flipped comparison,
 //! operator, boolean, identity or membership test, `min`/`max`, `elif`, a negated return
-//! value, a call's two arguments swapped or an integer off by one, in every try of that edit) or stops editing
-//! before the fix is complete, then runs the tests and finishes as usual. Its thoughts are
+//! value, a call's two arguments swapped or an integer off by one, in every try of that
+//! edit) or stops editing before the fix is complete, then runs the tests and finishes as
+//! usual. Its thoughts are
 //! the same either way; only the edit and what the tools answer differ. This gives rollouts
 //! with mixed outcomes on machines where no model resolves a task yet — what a verifier
 //! (issue: Best@k) is trained and measured on — with the outcome always decided by the
@@ -49,10 +50,6 @@ impl OraclePolicy {
             return Err(format!("the oracle's slip rate must be in [0, 1], got {rate}"));
         }
         Ok(OraclePolicy { slip_rate: rate })
-    }
-
-    pub fn slip_rate(&self) -> f64 {
-        self.slip_rate
     }
 }
 
@@ -159,7 +156,7 @@ impl Hunk {
 }
 
 /// Near misses of a hunk's added lines: (line index, the line rewritten by one of
-/// [`NEAR_MISSES`] or with its first integer one larger), none equal to a removed line
+/// [`NEAR_MISSES`], [`shift_integer`] or [`swap_arguments`]), none equal to a removed line
 /// (that would undo the edit instead of getting it wrong).
 fn near_misses(hunk: &Hunk) -> Vec<(usize, String)> {
     let removed: Vec<&str> = hunk.lines.iter().filter(|(k, _)| *k == '-').map(|(_, l)| l.as_str()).collect();
@@ -198,10 +195,9 @@ fn shift_integer(line: &str) -> Vec<String> {
                 let negative = i > 0 && b[i - 1] == b'-';
                 let with = |v: String| format!("{}{v}{}", &line[..i], &line[end..]);
                 let mut out = vec![with((n + 1).to_string())];
-                match n {
-                    0 if !negative => out.push(with("-1".to_string())),
-                    0 | 1 if negative => {}
-                    0 => {}
+                match (n, negative) {
+                    (0, false) => out.push(with("-1".to_string())),
+                    (0 | 1, true) => {}
                     _ => out.push(with((n - 1).to_string())),
                 }
                 return out;
