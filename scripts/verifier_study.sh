@@ -33,13 +33,20 @@
 # (steps 4) is the same; what it learns to read is whether a trajectory's edits and test
 # run show a fix, with the thoughts and the trajectory's shape the same in both outcomes.
 #
+# Measured on an AMD EPYC 2-vCPU machine with POLICY=oracle-slips N_TASKS=16 K_A=4 (and
+# configs/verifier-study-cpu.toml, that mode's default: lr 1e-3, grad_accum 2, 30 steps;
+# the paper's lr 2e-4 × accumulation 8 would be 8 steps here): judge data 30 examples
+# (15 YES), training 2503 s (loss 1.50 → 0.031), scoring B's 64 rollouts 890 s; held-out
+# AUC 0.992, accuracy 93.8%, Best@k = Pass@k at k = 2, 4, 8 (79.4, 93.4, 100%) vs
+# Random@k 61.1, 56.3, 56.2%.
+#
 # Usage: scripts/verifier_study.sh [OUT]   (default runs/verifier-study)
 #   env: POLICY (warm-start, the default, or oracle-slips), SLIP_RATE, K_A, N_TASKS
-#   (tabulate tasks used, split in half into A and B; default 12),
+#   (tabulate tasks used, split in half into A and B; default 12; the run above: 16, K_A=4),
 #   MODEL (GGUF or HF folder; default the SmolLM2 GGUF of `make setup`), DEVICE
 #   (auto|cpu|cuda; default auto), DTYPE (f32|bf16; default f32), SWEGYM_BIN (default
-#   target/release/swegym), POLICY_EPOCHS (passes over the oracle data; default 6), VERIFIER_TRAIN_CONFIG (a train.toml
-#   whose keys override the verifier recipe)
+#   target/release/swegym), POLICY_EPOCHS (passes over the oracle data; default 6),
+#   VERIFIER_TRAIN_CONFIG (a train.toml whose keys override the verifier recipe)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/verifier-study}
@@ -82,6 +89,7 @@ AGENT=(--max-tokens 256 --max-context-tokens 8192 --max-observation-chars 1000 -
 step() { echo "=== $(date +%T) $*"; }
 
 if [ "${POLICY:-warm-start}" = oracle-slips ]; then
+  VERIFIER_TRAIN_CONFIG=${VERIFIER_TRAIN_CONFIG:-configs/verifier-study-cpu.toml}
   SLIPS=(--policy oracle --oracle-slip-rate "${SLIP_RATE:-0.5}" -j 2 --max-turns 30 --evaluate "${AGENT[@]}")
   step "A: ${K_A:-6} rollouts a task of an oracle slipping in ${SLIP_RATE:-0.5} of them"
   $SW sample --dataset $D --instance-ids "${A[@]}" "${SLIPS[@]}" -k "${K_A:-6}" --seed 1 --out "$OUT/A.parquet"
