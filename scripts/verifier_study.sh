@@ -58,6 +58,10 @@ DTYPE=${DTYPE:-f32}
 D=datasets/synth-pypi/train.jsonl
 [ -x "$SW" ] || { echo "no $SW: run \`cargo build --release -p swegym\` (or set SWEGYM_BIN)" >&2; exit 2; }
 [ -e "$M" ] || { echo "no model at $M: run \`make setup\` (or set MODEL)" >&2; exit 2; }
+case ${POLICY:=warm-start} in
+  warm-start|oracle-slips) ;;
+  *) echo "POLICY=$POLICY: use warm-start (the default) or oracle-slips" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
 
 # The first N_TASKS tabulate tasks of the train split (one environment to build): A the
@@ -88,7 +92,7 @@ EOF
 AGENT=(--max-tokens 256 --max-context-tokens 8192 --max-observation-chars 1000 --command-timeout 60)
 step() { echo "=== $(date +%T) $*"; }
 
-if [ "${POLICY:-warm-start}" = oracle-slips ]; then
+if [ "$POLICY" = oracle-slips ]; then
   VERIFIER_TRAIN_CONFIG=${VERIFIER_TRAIN_CONFIG:-configs/verifier-study-cpu.toml}
   SLIPS=(--policy oracle --oracle-slip-rate "${SLIP_RATE:-0.5}" -j 2 --max-turns 30 --evaluate "${AGENT[@]}")
   step "A: ${K_A:-6} rollouts a task of an oracle slipping in ${SLIP_RATE:-0.5} of them"
