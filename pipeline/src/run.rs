@@ -47,7 +47,7 @@ use serde_json::{json, Value};
 use swegym_evaluate::EvalOptions;
 use swegym_filter::{Candidate, Decision};
 use swegym_lm::chat::{ChatMessage, ChatTemplate};
-use swegym_sample::policy::local::{AdapterLoad, LocalPolicy};
+use swegym_sample::policy::local::{AdapterLoad, LocalPolicy, ModelDtypes};
 use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
 use swegym_sample::policy::oracle::OraclePolicy;
 use swegym_sample::{Policy, Rollout};
@@ -483,11 +483,12 @@ impl Runner {
         let p = &self.cfg.policy;
         match p.kind {
             PolicyKind::Local => {
-                let (model, dtype, kv_dtype, device, threads, merge, jobs) =
-                    (p.model.clone(), p.dtype, p.kv_dtype, p.device_choice(), p.threads, p.merge_adapter, self.cfg.sandbox.jobs);
+                let dtypes = ModelDtypes { weights: p.dtype, kv: p.kv_dtype, prefill: p.prefill_dtype };
+                crate::sample::warn_slow_bf16_prefill(&dtypes);
+                let (model, device, threads, merge, jobs) = (p.model.clone(), p.device_choice(), p.threads, p.merge_adapter, self.cfg.sandbox.jobs);
                 let policy = tokio::task::spawn_blocking(move || {
                     let adapter = adapter.as_deref().map(|dir| AdapterLoad { dir, merge });
-                    LocalPolicy::load_with_adapter(&model, adapter, dtype, kv_dtype, device, jobs, threads)
+                    LocalPolicy::load_with_adapter(&model, adapter, dtypes, device, jobs, threads)
                 })
                 .await
                 .context("loading the policy model")?

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use swegym_evaluate::runner::{Harness, Job, JobKind};
 use swegym_evaluate::EvalOptions;
-use swegym_sample::policy::local::{AdapterLoad, LocalPolicy};
+use swegym_sample::policy::local::{AdapterLoad, LocalPolicy, ModelDtypes};
 use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
 use swegym_sample::policy::oracle::OraclePolicy;
 use swegym_sample::policy::replay::ReplayPolicy;
@@ -67,6 +67,12 @@ pub struct SampleArgs {
     /// the weights dtype).
     #[arg(long)]
     pub kv_dtype: Option<swegym_lm::Dtype>,
+    /// dtype the local model's prefills compute in (default: the weights'). bf16 for f32
+    /// weights keeps a bf16 copy of the projections for prompts and observations (decoding
+    /// stays f32): about twice as fast where the CPU multiplies bf16 natively (AVX512-BF16,
+    /// AMX), at bf16's rounding of the prompt's keys, values and first logits.
+    #[arg(long)]
+    pub prefill_dtype: Option<swegym_lm::Dtype>,
     /// Device of the local model: auto (CUDA when libtorch has it), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: swegym_lm::DeviceChoice,
@@ -179,8 +185,10 @@ fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
                 return Err(Exit::bad_input(format!("--adapter {}: no adapter_config.json there (a PEFT adapter folder)", dir.display())));
             }
             let adapter = adapter.map(|dir| AdapterLoad { dir, merge: true });
+            let dtypes = ModelDtypes { weights: args.dtype, kv: args.kv_dtype, prefill: args.prefill_dtype };
+            warn_slow_bf16_prefill(&dtypes);
             Arc::new(
-                LocalPolicy::load_with_adapter(path, adapter, args.dtype, args.kv_dtype, args.device, args.jobs.max(1), None)
+                LocalPolicy::load_with_adapter(path, adapter, dtypes, args.device, args.jobs.max(1), None)
                     .map_err(|e| Exit::bad_input(e.to_string()))?,
             )
         }
@@ -210,6 +218,14 @@ fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
 
 /// The tasks, the stage config and the sandbox provisioner that `args` describe (the policy
 /// is built apart: a benchmark builds one per concurrency).
+/// A bf16 prefill where the CPU does not multiply bf16 natively still runs (libtorch
+/// converts), but slower than f32: say so rather than let the flag cost time silently.
+pub(crate) fn warn_slow_bf16_prefill(dtypes: &ModelDtypes) {
+    if dtypes.prefill == Some(swegym_lm::Dtype::Bf16) && dtypes.weights == swegym_lm::Dtype::F32 && !swegym_lm::cpu_multiplies_bf16() {
+        tracing::warn!("prefill dtype bf16: this CPU reports neither avx512_bf16 nor amx_bf16, so bf16 products are emulated and slower than f32; leave the prefill dtype unset here");
+    }
+}
+
 async fn prepare(ctx: &Context, args: &SampleArgs) -> anyhow::Result<(Vec<swegym_schema::Task>, SampleConfig, Arc<Provisioner>)> {
     let mut tasks = load_dataset(&args.dataset)?;
     if !args.instance_ids.is_empty() {
@@ -390,6 +406,9 @@ struct SampleBenchRow {
     run: usize,
     rollouts: usize,
     wall_seconds: f64,
+    /// When the last rollout started; the rest of the wall time ran fewer than `jobs`
+    /// rollouts (the drain: a short run's rate at -j N > 1 pays it, a long stage hardly).
+    last_start_seconds: f64,
     rollouts_per_hour: f64,
     /// Rollouts/hour over the first concurrency's (its first run; the summary line uses
     /// medians).
@@ -459,6 +478,7 @@ async fn bench_run(
         run,
         rollouts: outcome.ran,
         wall_seconds: outcome.wall_seconds,
+        last_start_seconds: outcome.last_start_seconds,
         rollouts_per_hour: rate,
         ratio: rate / first_rate,
         completion_tokens_per_hour: token_rate,
@@ -470,9 +490,10 @@ async fn bench_run(
         engine,
     };
     eprintln!(
-        "-j {jobs} (run {run}): {} rollouts in {:.1} s = {:.0} rollouts/hour ({:.2}x -j {}); {} turns, {} completion tokens = {:.0}/hour ({:.2}x)",
+        "-j {jobs} (run {run}): {} rollouts in {:.1} s (the last started at {:.1} s) = {:.0} rollouts/hour ({:.2}x -j {}); {} turns, {} completion tokens = {:.0}/hour ({:.2}x)",
         row.rollouts,
         row.wall_seconds,
+        row.last_start_seconds,
         row.rollouts_per_hour,
         row.ratio,
         args.compare_jobs[0],

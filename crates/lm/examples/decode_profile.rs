@@ -2,7 +2,7 @@
 //! 4 rows at one position, 4 rows at different positions as agents' rows are), and the
 //! prefill of 256-token chunks after the prompt (an observation appended to a context):
 //! `cargo run --release -p swegym-lm --example decode_profile -- MODEL [f32|bf16] [threads]
-//! [kv dtype] [prompt length]`.
+//! [kv dtype] [prompt length] [prefill dtype]`.
 
 use std::time::Instant;
 
@@ -16,6 +16,9 @@ fn main() {
     let (mut model, tok) = swegym_lm::load_model(std::path::Path::new(&args[1]), dtype, tch::Device::Cpu).unwrap();
     if let Some(kv) = args.get(4) {
         model.set_kv_dtype(kv.parse().unwrap());
+    }
+    if let Some(prefill) = args.get(6) {
+        model.set_prefill_dtype(prefill.parse().unwrap());
     }
     let prompt_len: usize = args.get(5).map_or(512, |n| n.parse().unwrap());
     let _guard = tch::no_grad_guard();

@@ -69,18 +69,31 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     parts: Vec<(LoraTarget, i64)>,
     lora: Option<LoraLayer>,
+    /// A bf16 copy of `weight` for prefill-sized products ([`CausalLm::set_prefill_dtype`]).
+    prefill: Option<Tensor>,
 }
 
 impl Linear {
     fn load(w: &mut Weights, prefix: &str, target: LoraTarget, (out, inp): (i64, i64), bias: bool) -> Result<Self, ModelError> {
         let weight = w.take(&format!("{prefix}.weight"), &[out, inp])?;
         let bias = if bias { Some(w.take(&format!("{prefix}.bias"), &[out])?) } else { None };
-        Ok(Self { weight, bias, parts: vec![(target, out)], lora: None })
+        Ok(Self { weight, bias, parts: vec![(target, out)], lora: None, prefill: None })
     }
 
-    /// `x W^T + b`, plus the LoRA delta (`train` switches LoRA dropout on).
+    /// `x W^T + b`, plus the LoRA delta (`train` switches LoRA dropout on). With a bf16
+    /// copy of the weight ([`CausalLm::set_prefill_dtype`]), a product of more rows than a
+    /// decoding step feeds, outside training, multiplies in bf16 (f32 sums) and returns f32.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = linear(x, &self.weight, self.bias.as_ref());
+        let y = match &self.prefill {
+            Some(w16) if !train && is_prefill_product(x, w16) => {
+                let y = x.to_kind(Kind::BFloat16).linear::<Tensor>(w16, None).to_kind(Kind::Float);
+                match &self.bias {
+                    Some(b) => y + b,
+                    None => y,
+                }
+            }
+            _ => linear(x, &self.weight, self.bias.as_ref()),
+        };
         match &self.lora {
             None => y,
             Some(lora) => {
@@ -101,12 +114,17 @@ impl Linear {
             None
         };
         let fused_parts = parts.iter().flat_map(|l| l.parts.iter().copied()).collect();
-        Linear { weight, bias, parts: fused_parts, lora: None }
+        Linear { weight, bias, parts: fused_parts, lora: None, prefill: None }
     }
 
     fn cast(self, device: Device, kind: Kind) -> Linear {
         let cast = |t: Tensor| t.to_device(device).to_kind(kind);
-        Linear { weight: cast(self.weight), bias: self.bias.map(cast), ..self }
+        Linear { weight: cast(self.weight), bias: self.bias.map(cast), prefill: None, ..self }
+    }
+
+    /// Keeps (or drops) the bf16 copy of the weight that prefill-sized products use.
+    fn set_prefill_copy(&mut self, keep: bool) {
+        self.prefill = keep.then(|| self.weight.to_kind(Kind::BFloat16));
     }
 
     /// Folds the LoRA delta into the weight rows of each part and drops the LoRA layer.
@@ -121,7 +139,17 @@ impl Linear {
             }
             row += out;
         }
+        if self.prefill.is_some() {
+            self.set_prefill_copy(true);
+        }
     }
+}
+
+/// Whether `x` (f32, no gradient) is a product for a bf16 weight copy: more rows than
+/// [`kernels::MATMUL_MAX_ROWS`], which decoding steps never feed (they stay in f32).
+fn is_prefill_product(x: &Tensor, w16: &Tensor) -> bool {
+    let in_dim = w16.size()[1].max(1);
+    x.kind() == Kind::Float && !x.requires_grad() && x.numel() as i64 / in_dim > kernels::MATMUL_MAX_ROWS
 }
 
 /// `x W^T + b` for `x: [..., in]`, `weight: [out, in]`. A decoding step feeds a handful of
@@ -235,6 +263,9 @@ struct Step {
     train: bool,
     /// Causal attention by query blocks (see [`blocked_causal_attention`]) instead of SDPA.
     blocks: Option<CausalBlocks>,
+    /// Attention of more than one new position in this dtype instead of the model's (a
+    /// bf16 prefill, [`CausalLm::set_prefill_dtype`]; see [`reduced_prefill_attention`]).
+    prefill_kind: Option<Kind>,
 }
 
 /// Where a forward pass writes its keys/values into a [`KvCache`] and what it attends to.
@@ -347,6 +378,11 @@ impl Attention {
             let y = blocked_causal_attention(&qk.narrow(2, 0, nh), &qk.narrow(2, nh, nkv), &qkv.narrow(2, nh + nkv, nkv), blocks);
             return self.o_proj.forward(&y, step.train);
         }
+        // as the projections: only products of more positions than a decoding step's
+        if let Some(kind) = step.prefill_kind.filter(|&kind| kind != q.kind() && b * t > kernels::MATMUL_MAX_ROWS) {
+            let y = reduced_prefill_attention(&q, &k, &v, kind, REDUCED_ATTENTION_MAX_SCORES);
+            return self.o_proj.forward(&y.to_kind(x.kind()), step.train);
+        }
         let (k, v) = as_q(k, v);
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, step.mask.as_ref(), 0.0, step.is_causal, None, true);
         self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, nh * d]), step.train)
@@ -370,6 +406,47 @@ fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -
     }
     let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind());
     weights.matmul(v).reshape([b, 1, heads * d])
+}
+
+/// Most score elements (queries × keys × heads) [`reduced_prefill_attention`] holds
+/// at once (16 MB in bf16); longer prompts go by chunks of queries.
+const REDUCED_ATTENTION_MAX_SCORES: i64 = 8 << 20;
+
+/// Causal attention of T > 1 new positions `q: [B, heads, T, d]` over `k, v: [B, kv_heads,
+/// L, d]` whose last T keys are theirs (any dtype, e.g. the f16 cache), in `kind` (bf16),
+/// as transformers' eager attention runs a bf16 model: the scores and both products in
+/// `kind` (f32 sums), the softmax accumulated in f32. Returns `[B, T, heads * d]`. Only the
+/// last T keys need a mask (every new position sees the whole past), so the triangle is
+/// applied to those columns alone; callers pass no other mask (forward_block's
+/// `step.mask` is this one). libtorch's CPU flash kernel given bf16 inputs still spent
+/// most of its time in f32 GEMMs on an AMD EPYC with AVX512-BF16, so an observation's
+/// prefill after a long context gained little from it. The scores are materialised by
+/// query chunks of at most `max_scores` elements ([`REDUCED_ATTENTION_MAX_SCORES`]).
+fn reduced_prefill_attention(q: &Tensor, k: &Tensor, v: &Tensor, kind: Kind, max_scores: i64) -> Tensor {
+    let (b, heads, t, d) = q.size4().expect("q is [B, heads, T, d]");
+    let (kv_heads, len) = (k.size()[1], k.size()[2]);
+    let group = heads / kv_heads;
+    let (k, v) = (k.to_kind(kind), v.to_kind(kind));
+    // the `group` query heads of a key/value head attend as group × T queries of it
+    let q = (q * (1.0 / (d as f64).sqrt())).to_kind(kind).view([b, kv_heads, group, t, d]);
+    // queries by chunks whose scores fit the budget; chunk [s, e) sees keys 0..len - t + e
+    let chunk = (max_scores / (heads * len).max(1)).clamp(1, t);
+    let mut outs = Vec::new();
+    let mut s = 0;
+    while s < t {
+        let e = (s + chunk).min(t);
+        let (n, keys) = (e - s, len - t + e);
+        let qc = q.narrow(3, s, n).reshape([b, kv_heads, group * n, d]);
+        let scores = qc.matmul(&k.narrow(2, 0, keys).transpose(-1, -2));
+        // query s + i (absolute len - t + s + i) sees keys up to that position: above the
+        // diagonal of the chunk's last n columns is masked
+        let above = Tensor::ones([n, n], (Kind::Bool, q.device())).triu(1);
+        let _ = scores.view([b, kv_heads, group, n, keys]).narrow(-1, keys - n, n).masked_fill_(&above, f64::NEG_INFINITY);
+        let weights = scores.softmax(-1, kind);
+        outs.push(weights.matmul(&v.narrow(2, 0, keys)).view([b, heads, n, d]));
+        s = e;
+    }
+    Tensor::cat(&outs, 2).transpose(1, 2).reshape([b, t, heads * d])
 }
 
 /// The additive causal masks of [`blocked_causal_attention`] for one sequence length:
@@ -541,6 +618,8 @@ pub struct CausalLm {
     dtype: Dtype,
     /// What [`CausalLm::new_cache`]'s caches hold (`dtype` unless set otherwise).
     kv_dtype: Dtype,
+    /// The dtype prefills compute in, when not `dtype` ([`CausalLm::set_prefill_dtype`]).
+    prefill_dtype: Option<Dtype>,
 }
 
 impl CausalLm {
@@ -590,6 +669,7 @@ impl CausalLm {
             device,
             dtype,
             kv_dtype: dtype,
+            prefill_dtype: None,
         })
     }
 
@@ -634,6 +714,37 @@ impl CausalLm {
         self.kv_dtype = dtype;
     }
 
+    /// The dtype prefills (and other forward passes of more than
+    /// [`kernels::MATMUL_MAX_ROWS`] positions, outside training) compute in. `Bf16` for an
+    /// f32 model keeps a bf16 copy of every layer's projection weights (half the f32
+    /// bytes again) and runs those products and the prompt's attention in bf16 with f32
+    /// sums; decoding steps and the lm_head stay in f32. Where the CPU multiplies bf16
+    /// natively (AVX512-BF16, AMX; see [`crate::cpu_multiplies_bf16`]) that halves a
+    /// prefill's time: an agent's prefills (observations after long contexts) are
+    /// compute-bound, and with several agents the whole batch waits for each one. The
+    /// logits move by bf16 rounding (a quantized GGUF's own rounding is coarser). Any other
+    /// value, or a model that is not f32, drops the copies. Call it after adapters are loaded or merged
+    /// (a merge refreshes the copies).
+    pub fn set_prefill_dtype(&mut self, dtype: Dtype) {
+        let keep = dtype == Dtype::Bf16 && self.dtype == Dtype::F32;
+        let _guard = tch::no_grad_guard();
+        for layer in &mut self.layers {
+            for linear in [&mut layer.self_attn.qkv_proj, &mut layer.self_attn.o_proj, &mut layer.mlp.gate_up_proj, &mut layer.mlp.down_proj] {
+                linear.set_prefill_copy(keep);
+            }
+        }
+        self.prefill_dtype = keep.then_some(Dtype::Bf16);
+    }
+
+    /// The dtype prefills compute in: [`CausalLm::set_prefill_dtype`]'s, else the weights'.
+    pub fn prefill_dtype(&self) -> Dtype {
+        self.prefill_dtype.unwrap_or(self.dtype)
+    }
+
+    fn prefill_kind(&self) -> Option<Kind> {
+        self.prefill_dtype.map(Dtype::kind)
+    }
+
     /// Logits `[B, T, vocab]` (f32) for token ids `input_ids: [B, T]` at positions 0..T,
     /// causal attention, no cache.
     pub fn forward(&self, input_ids: &Tensor) -> Tensor {
@@ -648,7 +759,7 @@ impl CausalLm {
         let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
         let positions = Tensor::arange(t, (Kind::Int64, self.device)).unsqueeze(0).expand([b, t], false);
         let (cos, sin) = self.rotary.tables(&positions, self.dtype.kind());
-        let step = Step { cos, sin, mask: None, is_causal: t > 1, write: None, train: false, blocks: None };
+        let step = Step { cos, sin, mask: None, is_causal: t > 1, write: None, train: false, blocks: None, prefill_kind: self.prefill_kind() };
         self.hidden(input_ids, &step, None)
     }
 
@@ -701,7 +812,7 @@ impl CausalLm {
         let keys = lens.iter().map(|l| l + 1).collect();
         let shared = cache.shared_sources(0..n);
         let write = KvWrite::Scatter { rows, positions, keys, len: max_len, shared };
-        let step = Step { cos, sin, mask: Some(mask), is_causal: false, write: Some(write), train: false, blocks: None };
+        let step = Step { cos, sin, mask: Some(mask), is_causal: false, write: Some(write), train: false, blocks: None, prefill_kind: None };
         let hidden = self.hidden(&input, &step, Some(cache));
         for len in &mut cache.lens[..n] {
             *len += 1;
@@ -727,7 +838,7 @@ impl CausalLm {
         });
         let shared = if t == 1 { cache.shared_sources(rows.clone()) } else { Vec::new() };
         let write = KvWrite::Block { row0: row0 as i64, past, shared };
-        let step = Step { cos, sin, mask, is_causal: t > 1 && past == 0, write: Some(write), train: false, blocks: None };
+        let step = Step { cos, sin, mask, is_causal: t > 1 && past == 0, write: Some(write), train: false, blocks: None, prefill_kind: self.prefill_kind() };
         let hidden = self.hidden(input, &step, Some(cache));
         for len in &mut cache.lens[rows] {
             *len += t;
@@ -1044,7 +1155,7 @@ impl CausalLm {
         let saved = blocked_attention_saved_bytes(batch, seq, c.num_attention_heads, self.dtype) * layers_held;
         let blocks = (self.dtype == Dtype::Bf16 && self.device == Device::Cpu && seq > 1 && saved <= BLOCKED_ATTENTION_BUDGET)
             .then(|| CausalBlocks::new(seq, c.num_attention_heads / c.num_key_value_heads, self.dtype.kind(), self.device));
-        TrainStep(Step { cos, sin, mask: None, is_causal: seq > 1, write: None, train: true, blocks })
+        TrainStep(Step { cos, sin, mask: None, is_causal: seq > 1, write: None, train: true, blocks, prefill_kind: None })
     }
 
     /// Token embeddings `[B, T, hidden]` of `input_ids: [B, T]`.
@@ -1170,6 +1281,42 @@ impl CausalLm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bf16 prefill attention against f64 attention with GQA and a causal tail:
+    /// queries by chunks (as small as one query) or whole give the same result within
+    /// bf16's rounding, and the last key is seen only by the last query.
+    #[test]
+    fn reduced_prefill_attention_matches_f64_attention() {
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(7);
+        let (b, heads, kv_heads, t, past, d) = (2i64, 6i64, 2i64, 5i64, 11i64, 16i64);
+        let len = past + t;
+        let opts = (Kind::Float, Device::Cpu);
+        let q = Tensor::randn([b, heads, t, d], opts);
+        let k = Tensor::randn([b, kv_heads, len, d], opts).to_kind(Kind::Half);
+        let v = Tensor::randn([b, kv_heads, len, d], opts).to_kind(Kind::Half);
+        // reference: each query head reads its group's key/value head; query i sees keys ≤ past + i
+        let group = heads / kv_heads;
+        let (k64, v64) = (k.to_kind(Kind::Double).repeat_interleave_self_int(group, 1, None), v.to_kind(Kind::Double).repeat_interleave_self_int(group, 1, None));
+        let scores = q.to_kind(Kind::Double).matmul(&k64.transpose(-1, -2)) / (d as f64).sqrt();
+        let rows = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(1) + past;
+        let allowed = Tensor::arange(len, (Kind::Int64, Device::Cpu)).unsqueeze(0).le_tensor(&rows);
+        let want = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY).softmax(-1, Kind::Double).matmul(&v64);
+        let want = want.transpose(1, 2).reshape([b, t, heads * d]);
+        let whole = reduced_prefill_attention(&q, &k, &v, Kind::BFloat16, REDUCED_ATTENTION_MAX_SCORES);
+        assert_eq!(whole.kind(), Kind::BFloat16);
+        for max_scores in [1, heads * len * 2, REDUCED_ATTENTION_MAX_SCORES] {
+            let got = reduced_prefill_attention(&q, &k, &v, Kind::BFloat16, max_scores).to_kind(Kind::Double);
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 3e-2, "max_scores {max_scores}: max abs error {err}");
+        }
+        // a value only the last key holds reaches the last query alone
+        let mut v_last = Tensor::zeros([b, kv_heads, len, d], opts);
+        let _ = v_last.narrow(2, len - 1, 1).fill_(1.0);
+        let seen = reduced_prefill_attention(&q, &k, &v_last.to_kind(Kind::Half), Kind::BFloat16, heads * len).to_kind(Kind::Float);
+        assert_eq!(seen.narrow(1, 0, t - 1).abs().max().double_value(&[]), 0.0);
+        assert!(seen.narrow(1, t - 1, 1).min().double_value(&[]) > 0.0);
+    }
 
     /// A cache of 2 layers, 1 key/value head of 8, with rows of the given lengths.
     fn cache_with_rows(lens: &[i64]) -> KvCache {

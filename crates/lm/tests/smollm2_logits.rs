@@ -125,3 +125,61 @@ fn smollm2_gguf_bf16_runs_and_agrees_loosely() {
     let want_top = f32s(&r["last_position_top10"]["logits"])[0];
     assert!((top - want_top).abs() < 1.0, "bf16 top logit {top} vs {want_top}");
 }
+
+#[test]
+fn smollm2_gguf_bf16_prefill_agrees_with_f32_and_leaves_decoding_alone() {
+    // an f32 model with a bf16 prefill (set_prefill_dtype): prompts of more than 16
+    // positions compute in bf16, shorter ones (a decoding step's size) stay exactly f32
+    let Some(path) = smollm2_gguf() else { return };
+    swegym_lm::init_cpu_runtime();
+    let _guard = tch::no_grad_guard();
+    let file = GgufFile::open(&path).unwrap();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let mut model = CausalLm::from_gguf(&file, Dtype::F32, Device::Cpu).unwrap();
+    let text = "The agent reads the issue, opens the file that raises the error, and finds that the \
+                parser drops the last column when a row ends with a separator. It edits the loop so \
+                the trailing empty field is kept, then runs the failing test again: it passes, and \
+                so do the tests that passed before. It submits the patch with a short summary.";
+    let ids: Vec<u32> = tok.encode(text, false).unwrap();
+    assert!(ids.len() > 40, "{} tokens", ids.len());
+    let short = &ids[..12];
+    // f32 results: the whole text, its last 20 tokens prefilled after the rest, a short prompt
+    let f32_full = model.forward(&Tensor::from_slice(&ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>()).unsqueeze(0));
+    let split = ids.len() - 20;
+    let cached_last = |model: &CausalLm| {
+        let mut cache = model.new_cache();
+        let row = cache.push_row(ids.len() as i64);
+        let _ = model.prefill_row(&mut cache, row, &ids[..split]);
+        model.prefill_row(&mut cache, row, &ids[split..])
+    };
+    let short_last = |model: &CausalLm| {
+        let mut cache = model.new_cache();
+        let row = cache.push_row(16);
+        model.prefill_row(&mut cache, row, short)
+    };
+    let (f32_cached, f32_short) = (cached_last(&model), short_last(&model));
+
+    model.set_prefill_dtype(Dtype::Bf16);
+    assert_eq!(model.prefill_dtype(), Dtype::Bf16);
+    let bf16_full = model.forward(&Tensor::from_slice(&ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>()).unsqueeze(0));
+    let full_diff = (&bf16_full - &f32_full).abs().max().double_value(&[]);
+    assert!(full_diff > 0.0, "the long prompt did not go through bf16");
+    let argmax = |t: &Tensor| Vec::<i64>::try_from(&t.get(0).argmax(-1, false)).unwrap();
+    let (a, b) = (argmax(&bf16_full), argmax(&f32_full));
+    let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    eprintln!("bf16 prefill: full forward max |Δlogit| {full_diff:.3}, argmax agrees at {agree}/{} positions", a.len());
+    assert!(agree * 10 >= a.len() * 9, "argmax agrees at {agree} of {} positions", a.len());
+    assert!(full_diff < 1.5, "max |Δlogit| {full_diff}");
+    // an observation's prefill after a context (the materialised bf16 attention)
+    let bf16_cached = cached_last(&model);
+    let cached_diff = (&bf16_cached - &f32_cached).abs().max().double_value(&[]);
+    eprintln!("bf16 prefill: last 20 tokens after {split}: max |Δlogit| {cached_diff:.3}");
+    assert_eq!(bf16_cached.argmax(-1, false).int64_value(&[]), f32_cached.argmax(-1, false).int64_value(&[]));
+    assert!(cached_diff > 0.0 && cached_diff < 1.5, "max |Δlogit| {cached_diff}");
+    // 12 positions are a decoding step's size: exactly the f32 result
+    assert!(short_last(&model).equal(&f32_short), "a short prefill changed with the bf16 prefill");
+    // back to f32: the copies are gone and results are f32's again, bit for bit
+    model.set_prefill_dtype(Dtype::F32);
+    assert_eq!(model.prefill_dtype(), Dtype::F32);
+    assert!(cached_last(&model).equal(&f32_cached));
+}

@@ -92,6 +92,7 @@ struct RawPolicy {
     model: Option<String>,
     dtype: Option<String>,
     kv_dtype: Option<String>,
+    prefill_dtype: Option<String>,
     device: Option<String>,
     threads: Option<i32>,
     temperature: Option<f64>,
@@ -248,6 +249,10 @@ pub struct PolicySection {
     /// the config hash when unset, so runs started before the key existed resume.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_some")]
     pub kv_dtype: Option<Dtype>,
+    /// The dtype the local model's prefills compute in (None: the weights'; see
+    /// `swegym_lm::CausalLm::set_prefill_dtype`). Left out of the config hash when unset.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_some")]
+    pub prefill_dtype: Option<Dtype>,
     pub device: String,
     pub threads: Option<i32>,
     pub temperature: f64,
@@ -608,6 +613,10 @@ impl Resolver {
             None | Some("auto") => None,
             Some(s) => Some(s.parse::<Dtype>().map_err(|e| self.err("[policy] kv_dtype", format!("{e} (or \"auto\")")))?),
         };
+        let prefill_dtype = match p.prefill_dtype.as_deref() {
+            None => None,
+            Some(s) => Some(s.parse::<Dtype>().map_err(|e| self.err("[policy] prefill_dtype", e))?),
+        };
         let device = p.device.unwrap_or_else(|| "auto".into());
         device.parse::<DeviceChoice>().map_err(|e| self.err("[policy] device", e))?;
         let temperature = p.temperature.unwrap_or(1.0);
@@ -644,6 +653,7 @@ impl Resolver {
             model,
             dtype,
             kv_dtype,
+            prefill_dtype,
             device,
             threads: p.threads,
             temperature,
@@ -908,6 +918,18 @@ max_steps = 2
         let json = c.to_json();
         assert!(json.get("verifier").is_none() && json["sampling"].get("best_of_temperature").is_none(), "{json}");
         assert!(c.policy.kv_dtype.is_none() && json["policy"].get("kv_dtype").is_none(), "{json}");
+        assert!(c.policy.prefill_dtype.is_none() && json["policy"].get("prefill_dtype").is_none(), "{json}");
+    }
+
+    #[test]
+    fn prefill_dtype_is_the_weights_unless_set() {
+        let (dir, cfg) = fixture(&GOOD.replace("[policy]\n", "[policy]\nprefill_dtype = \"bf16\"\n"));
+        let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        assert_eq!(c.policy.prefill_dtype, Some(Dtype::Bf16));
+        assert_eq!(c.to_json()["policy"]["prefill_dtype"], "bf16");
+        let (dir, cfg) = fixture(&GOOD.replace("[policy]\n", "[policy]\nprefill_dtype = \"fp8\"\n"));
+        let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("[policy] prefill_dtype"), "{err}");
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub struct SampleOutcome {
     /// Rollouts whose task panicked (not written; a rerun runs them).
     pub panicked: usize,
     pub wall_seconds: f64,
+    /// When the last rollout of this call started (seconds from the start): after it,
+    /// fewer than `jobs` rollouts run (the drain), which weighs on a short run's rate.
+    pub last_start_seconds: f64,
 }
 
 impl SampleOutcome {
@@ -208,6 +211,7 @@ pub async fn sample(
         let log = Arc::new(Mutex::new(log));
         let on_done = Arc::new(on_done);
         let permits = Arc::new(Semaphore::new(config.jobs.max(1)));
+        let last_start = Arc::new(Mutex::new(0.0f64));
         let mut handles = Vec::new();
         for task in tasks {
             let task = Arc::new(task.clone());
@@ -217,12 +221,17 @@ pub async fn sample(
                 }
                 let (task, policy, provider, log, on_done, permits) =
                     (Arc::clone(&task), Arc::clone(&policy), Arc::clone(&provider), Arc::clone(&log), Arc::clone(&on_done), Arc::clone(&permits));
+                let last_start = Arc::clone(&last_start);
                 let id = RolloutId { sample_idx, iteration: config.iteration, seed: rollout_seed(config.seed, &task.instance_id, sample_idx) };
                 let (params, episode) = (config.sampling.clone(), config.episode.clone());
                 let span = tracing::info_span!("rollout", instance_id = %task.instance_id, sample_idx);
                 handles.push(tokio::spawn(
                     async move {
                         let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+                        {
+                            let mut last = last_start.lock().expect("last start lock");
+                            *last = last.max(started.elapsed().as_secs_f64());
+                        }
                         let rollout = one_rollout(&task, policy.as_ref(), provider.as_ref(), &params, &episode, &id).await;
                         let written = log.lock().expect("log lock").append(&rollout);
                         if written.is_ok() {
@@ -264,7 +273,8 @@ pub async fn sample(
         if panicked == 0 {
             let _ = std::fs::remove_file(&partial);
         }
-        Ok(SampleOutcome { rollouts, ran, resumed, panicked, wall_seconds: started.elapsed().as_secs_f64() })
+        let last_start_seconds = *last_start.lock().expect("last start lock");
+        Ok(SampleOutcome { rollouts, ran, resumed, panicked, wall_seconds: started.elapsed().as_secs_f64(), last_start_seconds })
     }
     .instrument(span)
     .await

@@ -206,6 +206,8 @@ async fn stage_runs_k_rollouts_and_resumes() {
     let outcome = sample(&tasks, Arc::clone(&policy), f.clone(), &config, &out, move |r| seen2.lock().unwrap().push(r.sample_idx)).await.unwrap();
     assert_eq!((outcome.ran, outcome.resumed, outcome.rollouts.len()), (3, 0, 3));
     assert_eq!(outcome.count(ExitReason::Submitted), 3);
+    // two at a time: the third started when one of the first two had finished
+    assert!(outcome.last_start_seconds > 0.0 && outcome.last_start_seconds < outcome.wall_seconds, "{} of {}", outcome.last_start_seconds, outcome.wall_seconds);
     let mut seen = seen.lock().unwrap().clone();
     seen.sort();
     assert_eq!(seen, [0, 1, 2]);

@@ -105,20 +105,35 @@ pub struct AdapterLoad<'a> {
     pub merge: bool,
 }
 
+/// The dtypes of a local model: its weights; its KV cache (None:
+/// [`swegym_lm::auto_kv_dtype`]); its prefills (None: the weights'; bf16 for an f32 model:
+/// [`swegym_lm::CausalLm::set_prefill_dtype`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelDtypes {
+    pub weights: Dtype,
+    pub kv: Option<Dtype>,
+    pub prefill: Option<Dtype>,
+}
+
+impl From<Dtype> for ModelDtypes {
+    fn from(weights: Dtype) -> Self {
+        ModelDtypes { weights, kv: None, prefill: None }
+    }
+}
+
 impl LocalPolicy {
     /// Loads the model and starts its engine thread (`max_batch` rows decode together).
     pub fn load(path: &Path, dtype: Dtype, device: DeviceChoice, max_batch: usize, threads: Option<i32>) -> Result<LocalPolicy, PolicyError> {
-        LocalPolicy::load_with_adapter(path, None, dtype, None, device, max_batch, threads)
+        LocalPolicy::load_with_adapter(path, None, dtype.into(), device, max_batch, threads)
     }
 
-    /// [`LocalPolicy::load`], with `adapter` applied to the base weights and the KV cache
-    /// in `kv_dtype` (None: [`swegym_lm::auto_kv_dtype`]); the policy id names both model
-    /// and adapter (`local:<model>+<adapter dir>`).
+    /// [`LocalPolicy::load`], with `adapter` applied to the base weights, the KV cache and
+    /// prefills in `dtypes`' dtypes; the policy id names both model and adapter
+    /// (`local:<model>+<adapter dir>`).
     pub fn load_with_adapter(
         path: &Path,
         adapter: Option<AdapterLoad<'_>>,
-        dtype: Dtype,
-        kv_dtype: Option<Dtype>,
+        dtypes: ModelDtypes,
         device: DeviceChoice,
         max_batch: usize,
         threads: Option<i32>,
@@ -130,11 +145,12 @@ impl LocalPolicy {
         let (model_path, adapter_dir) = (path.to_path_buf(), adapter.map(|a| (a.dir.to_path_buf(), a.merge)));
         let options = EngineOptions { max_batch: max_batch.max(1), threads, ..EngineOptions::default() };
         let engine = Engine::spawn_with(options, move || {
-            let (mut model, tokenizer) = load_model(&model_path, dtype, device).map_err(|e| PolicyError::Server(e.to_string()))?;
+            let (mut model, tokenizer) = load_model(&model_path, dtypes.weights, device).map_err(|e| PolicyError::Server(e.to_string()))?;
             if let Some((dir, merge)) = adapter_dir {
                 swegym_lm::lora::load_adapter(&mut model, &dir, merge).map_err(|e| PolicyError::Server(e.to_string()))?;
             }
-            model.set_kv_dtype(kv_dtype.unwrap_or_else(|| swegym_lm::auto_kv_dtype(dtype, device)));
+            model.set_kv_dtype(dtypes.kv.unwrap_or_else(|| swegym_lm::auto_kv_dtype(dtypes.weights, device)));
+            model.set_prefill_dtype(dtypes.prefill.unwrap_or(dtypes.weights));
             Ok((model, tokenizer))
         })?;
         let tokenizer = engine.tokenizer();
