@@ -186,6 +186,7 @@ fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
             }
             let adapter = adapter.map(|dir| AdapterLoad { dir, merge: true });
             let dtypes = ModelDtypes { weights: args.dtype, kv: args.kv_dtype, prefill: args.prefill_dtype };
+            dtypes.check_prefill().map_err(|e| Exit::bad_input(format!("--prefill-dtype: {e}")))?;
             warn_slow_bf16_prefill(&dtypes);
             Arc::new(
                 LocalPolicy::load_with_adapter(path, adapter, dtypes, args.device, args.jobs.max(1), None)
@@ -216,8 +217,6 @@ fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
     })
 }
 
-/// The tasks, the stage config and the sandbox provisioner that `args` describe (the policy
-/// is built apart: a benchmark builds one per concurrency).
 /// A bf16 prefill where the CPU does not multiply bf16 natively still runs (libtorch
 /// converts), but slower than f32: say so rather than let the flag cost time silently.
 pub(crate) fn warn_slow_bf16_prefill(dtypes: &ModelDtypes) {
@@ -225,6 +224,9 @@ pub(crate) fn warn_slow_bf16_prefill(dtypes: &ModelDtypes) {
         tracing::warn!("prefill dtype bf16: this CPU reports neither avx512_bf16 nor amx_bf16, so bf16 products are emulated and slower than f32; leave the prefill dtype unset here");
     }
 }
+
+/// The tasks, the stage config and the sandbox provisioner that `args` describe (the policy
+/// is built apart: a benchmark builds one per concurrency).
 
 async fn prepare(ctx: &Context, args: &SampleArgs) -> anyhow::Result<(Vec<swegym_schema::Task>, SampleConfig, Arc<Provisioner>)> {
     let mut tasks = load_dataset(&args.dataset)?;

@@ -617,6 +617,8 @@ impl Resolver {
             None => None,
             Some(s) => Some(s.parse::<Dtype>().map_err(|e| self.err("[policy] prefill_dtype", e))?),
         };
+        let dtypes = swegym_sample::policy::local::ModelDtypes { weights: dtype, kv: kv_dtype, prefill: prefill_dtype };
+        dtypes.check_prefill().map_err(|e| self.err("[policy] prefill_dtype", e))?;
         let device = p.device.unwrap_or_else(|| "auto".into());
         device.parse::<DeviceChoice>().map_err(|e| self.err("[policy] device", e))?;
         let temperature = p.temperature.unwrap_or(1.0);
@@ -927,9 +929,11 @@ max_steps = 2
         let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
         assert_eq!(c.policy.prefill_dtype, Some(Dtype::Bf16));
         assert_eq!(c.to_json()["policy"]["prefill_dtype"], "bf16");
-        let (dir, cfg) = fixture(&GOOD.replace("[policy]\n", "[policy]\nprefill_dtype = \"fp8\"\n"));
-        let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("[policy] prefill_dtype"), "{err}");
+        for bad in ["fp8", "f16"] {
+            let (dir, cfg) = fixture(&GOOD.replace("[policy]\n", &format!("[policy]\nprefill_dtype = \"{bad}\"\n")));
+            let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
+            assert!(err.contains("[policy] prefill_dtype"), "{err}");
+        }
     }
 
     #[test]

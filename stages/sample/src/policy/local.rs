@@ -115,6 +115,18 @@ pub struct ModelDtypes {
     pub prefill: Option<Dtype>,
 }
 
+impl ModelDtypes {
+    /// A prefill dtype the model can use: bf16 for f32 weights, or the weights' own. Any
+    /// other would be ignored by [`swegym_lm::CausalLm::set_prefill_dtype`], so it is refused.
+    pub fn check_prefill(&self) -> Result<(), String> {
+        match self.prefill {
+            None => Ok(()),
+            Some(p) if p == self.weights || (p == Dtype::Bf16 && self.weights == Dtype::F32) => Ok(()),
+            Some(p) => Err(format!("{p} prefill with {} weights is not supported; use bf16 with f32 weights, or leave it unset", self.weights)),
+        }
+    }
+}
+
 impl From<Dtype> for ModelDtypes {
     fn from(weights: Dtype) -> Self {
         ModelDtypes { weights, kv: None, prefill: None }
@@ -243,6 +255,15 @@ impl Policy for LocalPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefill_dtype_the_model_would_ignore_is_refused() {
+        let ok = |weights, prefill| ModelDtypes { weights, kv: None, prefill }.check_prefill();
+        assert!(ok(Dtype::F32, None).is_ok() && ok(Dtype::F32, Some(Dtype::Bf16)).is_ok() && ok(Dtype::Bf16, Some(Dtype::Bf16)).is_ok());
+        let err = ok(Dtype::F32, Some(Dtype::F16)).unwrap_err();
+        assert!(err.contains("f16 prefill with f32 weights") && err.contains("use bf16"), "{err}");
+        assert!(ok(Dtype::Bf16, Some(Dtype::F32)).is_err());
+    }
     use swegym_lm::Tokenizer;
 
     fn chat(messages: &[Message]) -> String {
