@@ -62,11 +62,12 @@ pub struct SampleArgs {
     /// Weights dtype of the local model.
     #[arg(long, default_value = "f32")]
     pub dtype: swegym_lm::Dtype,
-    /// dtype of the local model's KV cache: f32, bf16 or f16 (default: f16 for f32 weights
-    /// on the CPU, which halves the bytes a decoding step reads per row of context; else
-    /// the weights dtype).
+    /// dtype of the local model's KV cache: f32, bf16, f16 or q8 (default: f16 for f32
+    /// weights on the CPU, which halves the bytes a decoding step reads per row of context;
+    /// else the weights dtype). q8 (int8 values with a scale per position and head) halves
+    /// them again, at 8 bits of each key and value.
     #[arg(long)]
-    pub kv_dtype: Option<swegym_lm::Dtype>,
+    pub kv_dtype: Option<swegym_lm::KvDtype>,
     /// dtype the local model's prefills compute in (default: the weights'). bf16 for f32
     /// weights keeps a bf16 copy of the projections for prompts and observations (decoding
     /// stays f32): about twice as fast where the CPU multiplies bf16 natively (AVX512-BF16,

@@ -15,7 +15,7 @@ fn main() {
     tch::set_num_threads(args.get(3).map_or(2, |t| t.parse().unwrap()));
     let (mut model, tok) = swegym_lm::load_model(std::path::Path::new(&args[1]), dtype, tch::Device::Cpu).unwrap();
     if let Some(kv) = args.get(4) {
-        model.set_kv_dtype(kv.parse().unwrap());
+        model.set_kv_dtype(kv.parse::<swegym_lm::KvDtype>().unwrap());
     }
     if let Some(prefill) = args.get(6) {
         model.set_prefill_dtype(prefill.parse().unwrap());

@@ -354,8 +354,11 @@ fn decode_attention_with(isa: Isa, q: &Tensor, k_cache: &Tensor, v_cache: &Tenso
         Kind::Float => CacheKind::F32,
         Kind::BFloat16 => CacheKind::Bf16,
         Kind::Half => CacheKind::F16,
+        Kind::Int8 => CacheKind::Q8,
         _ => return None,
     };
+    // a q8 row holds d values and its scale's 4 bytes (`quantize_q8`)
+    let row_len = if cache == CacheKind::Q8 { d + 4 } else { d };
     let usable = q.device() == Device::Cpu
         && !q.requires_grad()
         && k_cache.device() == Device::Cpu
@@ -363,7 +366,7 @@ fn decode_attention_with(isa: Isa, q: &Tensor, k_cache: &Tensor, v_cache: &Tenso
         && v_cache.size() == k_cache.size()
         && k_cache.is_contiguous()
         && v_cache.is_contiguous()
-        && kd == d
+        && kd == row_len
         && kv_heads > 0
         && heads % kv_heads == 0
         && keys.len() as i64 == b
@@ -376,9 +379,23 @@ fn decode_attention_with(isa: Isa, q: &Tensor, k_cache: &Tensor, v_cache: &Tenso
         return None;
     }
     let q = q.to_kind(Kind::Float).contiguous();
+    // rotated q8 rows: the queries turn as the keys did (a new tensor: `q` may be the
+    // caller's), the outputs turn back at the end
+    let rotated = cache == CacheKind::Q8 && q8_rotates(d);
+    let q = if rotated {
+        let own = q.copy();
+        fwht_rows(&own, d as usize);
+        own
+    } else {
+        q
+    };
     let out = Tensor::empty([b, heads * d], (Kind::Float, Device::Cpu));
     let group = (heads / kv_heads) as usize;
-    let elt = if cache == CacheKind::F32 { 4 } else { 2 };
+    let row_bytes = match cache {
+        CacheKind::F32 => 4 * d,
+        CacheKind::Q8 => d + 4,
+        CacheKind::Bf16 | CacheKind::F16 => 2 * d,
+    } as usize;
     let (qs, ks, vs, outs) = (
         Shared(q.data_ptr() as *mut f32),
         Shared(k_cache.data_ptr() as *mut u8),
@@ -386,7 +403,7 @@ fn decode_attention_with(isa: Isa, q: &Tensor, k_cache: &Tensor, v_cache: &Tenso
         Shared(out.data_ptr() as *mut f32),
     );
     let mut jobs = Vec::with_capacity((b * kv_heads) as usize);
-    let offset = |row: i64, h: i64| ((row * kv_heads + h) * capacity * d) as usize * elt;
+    let offset = |row: i64, h: i64| ((row * kv_heads + h) * capacity) as usize * row_bytes;
     for (i, &len) in keys.iter().enumerate() {
         let (source, shared_len) = shared.get(i).copied().unwrap_or((row0 + i as i64, 0));
         for h in 0..kv_heads {
@@ -425,16 +442,135 @@ fn decode_attention_with(isa: Isa, q: &Tensor, k_cache: &Tensor, v_cache: &Tenso
                 (Isa::Avx512, CacheKind::F32) => attend_avx512::<ELT_F32>(&shape, job, &mut scores, &mut acc),
                 (Isa::Avx512, CacheKind::Bf16) => attend_avx512::<ELT_BF16>(&shape, job, &mut scores, &mut acc),
                 (Isa::Avx512, CacheKind::F16) => attend_avx512::<ELT_F16>(&shape, job, &mut scores, &mut acc),
+                (Isa::Avx512, CacheKind::Q8) => attend_avx512::<ELT_Q8>(&shape, job, &mut scores, &mut acc),
                 (Isa::Avx2, CacheKind::F32) => attend_avx2::<ELT_F32>(&shape, job, &mut scores, &mut acc),
                 (Isa::Avx2, CacheKind::Bf16) => attend_avx2::<ELT_BF16>(&shape, job, &mut scores, &mut acc),
                 (Isa::Avx2, CacheKind::F16) => attend_avx2::<ELT_F16>(&shape, job, &mut scores, &mut acc),
+                (Isa::Avx2, CacheKind::Q8) => attend_avx2::<ELT_Q8>(&shape, job, &mut scores, &mut acc),
                 (Isa::Scalar, _) => attend(&shape, job, &mut scores, &mut acc),
             }
         }
     });
     // the tensors the jobs point into live until here
     drop((q, k_cache, v_cache));
+    if rotated {
+        fwht_rows(&out, d as usize);
+    }
     Some(out)
+}
+
+/// Rows of `x: [..., d]` (any float kind) as a q8 cache holds them: `[..., d + 4]` int8.
+/// Each row is first turned by the Hadamard rotation of [`q8_rotation`] when `d` is a power
+/// of two (it spreads a head's few large channels over all of them, so one scale fits the
+/// whole row; queries turn the same way, which keeps every dot product, and attention
+/// outputs turn back), then divided by its scale (its largest magnitude / 127) and rounded
+/// to the nearest integer (ties to even), and followed by the scale's four bytes (f32, the
+/// CPU's byte order). A row of zeros has scale 0; one holding inf or NaN comes back NaN.
+/// On the CPU one pass in Rust (a decoding step quantizes a few rows per layer, where a
+/// chain of libtorch ops cost more than the cache's halved reads saved).
+pub(crate) fn quantize_q8(x: &Tensor) -> Tensor {
+    let mut size = x.size();
+    let d = *size.last().expect("rows have a last dimension");
+    let rotate = q8_rotates(d);
+    if x.device() != Device::Cpu || d == 0 {
+        return quantize_q8_ops(x);
+    }
+    let x = x.to_kind(Kind::Float).contiguous();
+    let n = x.numel();
+    *size.last_mut().expect("checked above") = d + 4;
+    let quantized = Tensor::empty(size.as_slice(), (Kind::Int8, Device::Cpu));
+    let d = d as usize;
+    // SAFETY: both tensors are contiguous on the CPU, x of n f32 values, `quantized` of
+    // n / d rows of d + 4 bytes; they live to the end of this function.
+    let (values, out) = unsafe {
+        (
+            std::slice::from_raw_parts(x.data_ptr() as *const f32, n),
+            std::slice::from_raw_parts_mut(quantized.data_ptr() as *mut i8, n / d * (d + 4)),
+        )
+    };
+    let mut row = vec![0.0f32; d];
+    for (src, dst) in values.chunks_exact(d).zip(out.chunks_exact_mut(d + 4)) {
+        row.copy_from_slice(src);
+        if rotate {
+            fwht(&mut row);
+        }
+        let largest = row.iter().fold(0.0f32, |m, &v| if v.abs() > m || v.is_nan() { v.abs() } else { m });
+        let scale = largest / 127.0;
+        let divisor = scale.max(f32::MIN_POSITIVE);
+        for (o, &v) in dst.iter_mut().zip(&row) {
+            *o = (v / divisor).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        for (o, byte) in dst[d..].iter_mut().zip(scale.to_ne_bytes()) {
+            *o = byte as i8;
+        }
+    }
+    quantized
+}
+
+/// Turns each row of `d` values of the contiguous f32 CPU tensor `x` by [`fwht`], in place.
+fn fwht_rows(x: &Tensor, d: usize) {
+    let n = x.numel();
+    // SAFETY: x is a contiguous f32 CPU tensor of n values (the callers' own).
+    let values = unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, n) };
+    values.chunks_exact_mut(d).for_each(fwht);
+}
+
+/// [`quantize_q8`] in libtorch ops, for other devices than the CPU.
+fn quantize_q8_ops(x: &Tensor) -> Tensor {
+    let d = *x.size().last().expect("rows have a last dimension");
+    let x = x.to_kind(Kind::Float);
+    let x = match q8_rotation(d, Kind::Float, x.device()) {
+        Some(h) => x.matmul(&h),
+        None => x,
+    };
+    let scale = x.abs().amax([-1i64].as_slice(), true) / 127.0;
+    let q = (&x / scale.clamp_min(f64::from(f32::MIN_POSITIVE))).round().clamp(-127, 127).to_kind(Kind::Int8);
+    Tensor::cat(&[q, scale.contiguous().view_dtype(Kind::Int8)], -1)
+}
+
+/// Whether q8 rows of `d` values are rotated ([`quantize_q8`]): `d` a power of two.
+pub(crate) fn q8_rotates(d: i64) -> bool {
+    d > 1 && d & (d - 1) == 0
+}
+
+/// The rotation q8 rows of `d` values are stored under, as a `d × d` matrix in `kind`
+/// (Sylvester's Hadamard matrix over √d: symmetric and orthogonal, its own inverse), or
+/// `None` when they are not rotated.
+pub(crate) fn q8_rotation(d: i64, kind: Kind, device: Device) -> Option<Tensor> {
+    if !q8_rotates(d) {
+        return None;
+    }
+    let n = d as usize;
+    let scale = 1.0 / (d as f32).sqrt();
+    let values: Vec<f32> = (0..n * n).map(|i| if ((i / n) & (i % n)).count_ones() % 2 == 0 { scale } else { -scale }).collect();
+    Some(Tensor::from_slice(&values).view([d, d]).to_kind(kind).to_device(device))
+}
+
+/// `x ← x H` for [`q8_rotation`]'s `H` (`x.len()` a power of two): the fast Walsh–Hadamard
+/// transform, then the 1/√n.
+fn fwht(x: &mut [f32]) {
+    let n = x.len();
+    let mut h = 1;
+    while h < n {
+        for block in x.chunks_exact_mut(2 * h) {
+            let (a, b) = block.split_at_mut(h);
+            for (a, b) in a.iter_mut().zip(b) {
+                (*a, *b) = (*a + *b, *a - *b);
+            }
+        }
+        h *= 2;
+    }
+    let scale = 1.0 / (n as f32).sqrt();
+    for v in x {
+        *v *= scale;
+    }
+}
+
+/// The values of q8 rows `[..., d + 4]` ([`quantize_q8`]) as `kind`: `[..., d]`.
+pub(crate) fn dequantize_q8(rows: &Tensor, kind: Kind) -> Tensor {
+    let d = rows.size().last().copied().expect("q8 rows have a last dimension") - 4;
+    let scale = rows.narrow(-1, d, 4).contiguous().view_dtype(Kind::Float);
+    (rows.narrow(-1, 0, d).to_kind(Kind::Float) * scale).to_kind(kind)
 }
 
 /// One (row, key/value head) pair of [`decode_attention`]: its `group` query vectors,
@@ -489,12 +625,15 @@ impl Isa {
     }
 }
 
-/// What the KV cache holds; bf16 and f16 are widened to f32 as they are read.
+/// What the KV cache holds; bf16 and f16 are widened to f32 as they are read, q8 rows
+/// (int8 values, then their f32 scale: [`quantize_q8`]) too, their scale applied to the
+/// scores and the probabilities rather than to each value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CacheKind {
     F32,
     Bf16,
     F16,
+    Q8,
 }
 
 /// AVX2, FMA and F16C (which every AVX2 CPU has): [`attend_avx2`]'s instructions.
@@ -527,6 +666,25 @@ const KEY_BLOCK: usize = 64;
 const ELT_F32: u8 = 0;
 const ELT_BF16: u8 = 1;
 const ELT_F16: u8 = 2;
+const ELT_Q8: u8 = 3;
+
+/// Bytes of one position's row of `d` elements in a cache of `ELT` (a q8 row ends with its
+/// f32 scale, [`quantize_q8`]).
+#[inline(always)]
+const fn row_bytes<const ELT: u8>(d: usize) -> usize {
+    match ELT {
+        ELT_F32 => 4 * d,
+        ELT_Q8 => d + 4,
+        _ => 2 * d,
+    }
+}
+
+/// The scale a q8 row of `d` values ends with.
+#[inline(always)]
+unsafe fn q8_scale(row: *const u8, d: usize) -> f32 {
+    // SAFETY: the caller's row holds d int8 values and then 4 bytes of scale.
+    unsafe { std::ptr::read_unaligned(row.add(d) as *const f32) }
+}
 
 /// Query heads of a group handled together: their scores and value sums share each key
 /// and value as it is loaded and converted (3 × 4 score accumulators, or 3 × 2 value
@@ -650,16 +808,18 @@ unsafe fn attend_avx512<const ELT: u8>(_: &Shape, _: &Job, _: &mut [f32], _: &mu
     unreachable!("decode_attention checks avx512() first")
 }
 
-/// Eight cache values from element `i` of `base`, as f32.
+/// Eight cache values from element `i` of the position's row at `base`, as f32 (a q8 row's
+/// integers, not yet scaled).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn load8<const ELT: u8>(base: *const u8, i: usize) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    // SAFETY: the caller's block holds elements i..i + 8.
+    // SAFETY: the caller's row holds elements i..i + 8.
     unsafe {
         match ELT {
             ELT_F32 => _mm256_loadu_ps((base as *const f32).add(i)),
+            ELT_Q8 => _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(base.add(i) as *const __m128i))),
             ELT_BF16 => {
                 let half = _mm_loadu_si128((base as *const u16).add(i) as *const __m128i);
                 _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(half)))
@@ -681,7 +841,7 @@ unsafe fn score_keys<const ELT: u8, const QB: usize>(q: *const f32, keys: *const
     // SAFETY (the whole body): q holds QB · d values, keys positions j0..j0 + n of d
     // elements, s QB rows of KEY_BLOCK ≥ n values.
     unsafe {
-        let row_bytes = d * if ELT == ELT_F32 { 4 } else { 2 };
+        let row_bytes = row_bytes::<ELT>(d);
         let mut t = 0;
         while t + 4 <= n {
             // the values of these keys, wanted next (add_values reads them by columns,
@@ -696,17 +856,18 @@ unsafe fn score_keys<const ELT: u8, const QB: usize>(q: *const f32, keys: *const
             let mut c = 0;
             while c < d {
                 for u in 0..4 {
-                    let k = load8::<ELT>(keys, (j0 + t + u) * d + c);
+                    let k = load8::<ELT>(keys.add((j0 + t + u) * row_bytes), c);
                     for (i, a) in a.iter_mut().enumerate() {
                         a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i * d + c)), k, a[u]);
                     }
                 }
                 c += 8;
             }
+            let scales = four_scales::<ELT>(keys, j0 + t, row_bytes, d, scale);
             for (i, a) in a.iter().enumerate() {
                 let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
                 let dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-                _mm_storeu_ps(s.add(i * KEY_BLOCK + t), _mm_mul_ps(dots, _mm_set1_ps(scale)));
+                _mm_storeu_ps(s.add(i * KEY_BLOCK + t), _mm_mul_ps(dots, scales));
             }
             t += 4;
         }
@@ -714,14 +875,15 @@ unsafe fn score_keys<const ELT: u8, const QB: usize>(q: *const f32, keys: *const
             let mut a = [_mm256_setzero_ps(); QB];
             let mut c = 0;
             while c < d {
-                let k = load8::<ELT>(keys, (j0 + t) * d + c);
+                let k = load8::<ELT>(keys.add((j0 + t) * row_bytes), c);
                 for (i, a) in a.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i * d + c)), k, *a);
                 }
                 c += 8;
             }
+            let key_scale = if ELT == ELT_Q8 { scale * q8_scale(keys.add((j0 + t) * row_bytes), d) } else { scale };
             for (i, &a) in a.iter().enumerate() {
-                *s.add(i * KEY_BLOCK + t) = hsum(a) * scale;
+                *s.add(i * KEY_BLOCK + t) = hsum(a) * key_scale;
             }
             t += 1;
         }
@@ -750,6 +912,21 @@ unsafe fn prefetch_four<const ELT: u8>(keys: *const u8, values: *const u8, j: us
     }
 }
 
+/// `scale` times the q8 scales of positions `j..j + 4` of `keys` (rows of `row_bytes`);
+/// for the other kinds just `scale`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn four_scales<const ELT: u8>(keys: *const u8, j: usize, row_bytes: usize, d: usize, scale: f32) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::*;
+    if ELT != ELT_Q8 {
+        return _mm_set1_ps(scale);
+    }
+    // SAFETY: positions j..j + 4 are the caller's keys.
+    let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|u| unsafe { q8_scale(keys.add((j + u) * row_bytes), d) });
+    _mm_mul_ps(_mm_set_ps(s3, s2, s1, s0), _mm_set1_ps(scale))
+}
+
 /// `acc_i += Σ_t p[i · KEY_BLOCK + t] · v_(j0 + t)` for the `QB` queries' rows of `acc`
 /// (`d` values each): 16 columns at a time held in `QB · 2` registers over the block's
 /// values, each value converted once for all `QB` queries.
@@ -772,11 +949,17 @@ unsafe fn add_values<const ELT: u8, const QB: usize>(p: *const f32, values: *con
                 a[1] = _mm256_loadu_ps(acc.add(i * d + c1));
             }
             for t in 0..n {
-                let row = (j0 + t) * d;
-                let v0 = load8::<ELT>(values, row + c0);
-                let v1 = load8::<ELT>(values, row + c1);
+                let row = values.add((j0 + t) * row_bytes::<ELT>(d));
+                let v0 = load8::<ELT>(row, c0);
+                let v1 = load8::<ELT>(row, c1);
+                // a q8 row's scale goes into its probabilities
+                let w = if ELT == ELT_Q8 { q8_scale(row, d) } else { 1.0 };
                 for (i, a) in a.iter_mut().enumerate() {
-                    let pv = _mm256_broadcast_ss(&*p.add(i * KEY_BLOCK + t));
+                    let pv = if ELT == ELT_Q8 {
+                        _mm256_set1_ps(*p.add(i * KEY_BLOCK + t) * w)
+                    } else {
+                        _mm256_broadcast_ss(&*p.add(i * KEY_BLOCK + t))
+                    };
                     a[0] = _mm256_fmadd_ps(pv, v0, a[0]);
                     a[1] = _mm256_fmadd_ps(pv, v1, a[1]);
                 }
@@ -792,16 +975,18 @@ unsafe fn add_values<const ELT: u8, const QB: usize>(p: *const f32, values: *con
     }
 }
 
-/// Sixteen cache values from element `i` of `base`, as f32.
+/// Sixteen cache values from element `i` of the position's row at `base`, as f32 (a q8
+/// row's integers, not yet scaled).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 #[inline]
 unsafe fn load16<const ELT: u8>(base: *const u8, i: usize) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    // SAFETY: the caller's block holds elements i..i + 16.
+    // SAFETY: the caller's row holds elements i..i + 16.
     unsafe {
         match ELT {
             ELT_F32 => _mm512_loadu_ps((base as *const f32).add(i)),
+            ELT_Q8 => _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(base.add(i) as *const __m128i))),
             ELT_BF16 => {
                 let half = _mm256_loadu_si256((base as *const u16).add(i) as *const __m256i);
                 _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
@@ -830,7 +1015,7 @@ unsafe fn score_keys_512<const ELT: u8, const QB: usize>(q: *const f32, keys: *c
     // SAFETY (the whole body): q holds QB · d values, keys positions j0..j0 + n of d
     // elements, s QB rows of KEY_BLOCK ≥ n values.
     unsafe {
-        let row_bytes = d * if ELT == ELT_F32 { 4 } else { 2 };
+        let row_bytes = row_bytes::<ELT>(d);
         let mut t = 0;
         while t + 4 <= n {
             if !values.is_null() {
@@ -840,18 +1025,19 @@ unsafe fn score_keys_512<const ELT: u8, const QB: usize>(q: *const f32, keys: *c
             let mut c = 0;
             while c < d {
                 for u in 0..4 {
-                    let k = load16::<ELT>(keys, (j0 + t + u) * d + c);
+                    let k = load16::<ELT>(keys.add((j0 + t + u) * row_bytes), c);
                     for (i, a) in a.iter_mut().enumerate() {
                         a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i * d + c)), k, a[u]);
                     }
                 }
                 c += 16;
             }
+            let scales = four_scales::<ELT>(keys, j0 + t, row_bytes, d, scale);
             for (i, a) in a.iter().enumerate() {
                 let [a0, a1, a2, a3] = [fold_halves(a[0]), fold_halves(a[1]), fold_halves(a[2]), fold_halves(a[3])];
                 let h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
                 let dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-                _mm_storeu_ps(s.add(i * KEY_BLOCK + t), _mm_mul_ps(dots, _mm_set1_ps(scale)));
+                _mm_storeu_ps(s.add(i * KEY_BLOCK + t), _mm_mul_ps(dots, scales));
             }
             t += 4;
         }
@@ -859,14 +1045,15 @@ unsafe fn score_keys_512<const ELT: u8, const QB: usize>(q: *const f32, keys: *c
             let mut a = [_mm512_setzero_ps(); QB];
             let mut c = 0;
             while c < d {
-                let k = load16::<ELT>(keys, (j0 + t) * d + c);
+                let k = load16::<ELT>(keys.add((j0 + t) * row_bytes), c);
                 for (i, a) in a.iter_mut().enumerate() {
                     *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i * d + c)), k, *a);
                 }
                 c += 16;
             }
+            let key_scale = if ELT == ELT_Q8 { scale * q8_scale(keys.add((j0 + t) * row_bytes), d) } else { scale };
             for (i, &a) in a.iter().enumerate() {
-                *s.add(i * KEY_BLOCK + t) = hsum(fold_halves(a)) * scale;
+                *s.add(i * KEY_BLOCK + t) = hsum(fold_halves(a)) * key_scale;
             }
             t += 1;
         }
@@ -892,10 +1079,12 @@ unsafe fn add_values_512<const ELT: u8, const QB: usize, const CV: usize>(p: *co
                 }
             }
             for t in 0..n {
-                let row = (j0 + t) * d + c0;
-                let vals: [__m512; CV] = std::array::from_fn(|v| load16::<ELT>(values, row + 16 * v));
+                let row = values.add((j0 + t) * row_bytes::<ELT>(d));
+                let vals: [__m512; CV] = std::array::from_fn(|v| load16::<ELT>(row, c0 + 16 * v));
+                // a q8 row's scale goes into its probabilities
+                let w = if ELT == ELT_Q8 { q8_scale(row, d) } else { 1.0 };
                 for (i, a) in a.iter_mut().enumerate() {
-                    let pv = _mm512_set1_ps(*p.add(i * KEY_BLOCK + t));
+                    let pv = _mm512_set1_ps(if ELT == ELT_Q8 { *p.add(i * KEY_BLOCK + t) * w } else { *p.add(i * KEY_BLOCK + t) });
                     for (a, &x) in a.iter_mut().zip(&vals) {
                         *a = _mm512_fmadd_ps(pv, x, *a);
                     }
@@ -958,12 +1147,23 @@ unsafe fn attend(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
 }
 
 /// Position `j` of a `[len, d]` block: the f32 values in place, or bf16 / f16 widened
-/// into `buf`.
+/// (q8 scaled) into `buf`.
 #[inline(always)]
 unsafe fn row<'a>(base: *const u8, j: usize, d: usize, cache: CacheKind, buf: &'a mut [f32]) -> &'a [f32] {
     if cache == CacheKind::F32 {
         // SAFETY: the caller's block holds `len · d` f32 values and j < len.
         return unsafe { std::slice::from_raw_parts((base as *const f32).add(j * d), d) };
+    }
+    if cache == CacheKind::Q8 {
+        // SAFETY: the caller's block holds `len` rows of d int8 values and a scale each.
+        let (values, scale) = unsafe {
+            let at = base.add(j * (d + 4));
+            (std::slice::from_raw_parts(at as *const i8, d), q8_scale(at, d))
+        };
+        for (o, &x) in buf.iter_mut().zip(values) {
+            *o = f32::from(x) * scale;
+        }
+        return buf;
     }
     // SAFETY: as above, 16-bit values.
     let src = unsafe { std::slice::from_raw_parts((base as *const u16).add(j * d), d) };
@@ -1189,22 +1389,28 @@ mod tests {
     #[test]
     fn matches_reference_attention() {
         let _guard = tch::no_grad_guard();
-        for (isa, (kind, tol)) in isas().flat_map(|isa| [(Kind::Float, 2e-6), (Kind::BFloat16, 2e-6), (Kind::Half, 2e-6)].map(|k| (isa, k))) {
+        let kinds = [(Kind::Float, 2e-6), (Kind::BFloat16, 2e-6), (Kind::Half, 2e-6), (Kind::Int8, 2e-6)];
+        for (isa, (kind, tol)) in isas().flat_map(|isa| kinds.map(|k| (isa, k))) {
             for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20), (14, 2, 24), (10, 5, 32), (2, 2, 128)] {
                 let (rows, capacity) = (5i64, 300i64);
-                let k_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
-                let v_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
+                let k_cache = cache_of(kind, Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)));
+                let v_cache = cache_of(kind, Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)));
                 let keys = [1i64, 300, 17, 129];
                 let row0 = 1;
                 let q = Tensor::randn([keys.len() as i64, heads, d], (Kind::Float, Device::Cpu)) * 3.0;
                 let out = decode_attention_with(isa, &q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
                 let group = heads / kv_heads;
+                // the reference reads what the cache holds (a q8 cache's values times scales,
+                // rotated: the queries turn with them, the outputs turn back)
+                let (k_f64, v_f64) = (f64_values(&k_cache), f64_values(&v_cache));
+                let rotation = if kind == Kind::Int8 { q8_rotation(d, Kind::Double, Device::Cpu) } else { None };
+                let turn = |x: Tensor| rotation.as_ref().map_or_else(|| x.shallow_clone(), |h| x.matmul(h));
                 for (b, &n) in keys.iter().enumerate() {
-                    let k = k_cache.get(row0 + b as i64).narrow(1, 0, n).to_kind(Kind::Double);
-                    let v = v_cache.get(row0 + b as i64).narrow(1, 0, n).to_kind(Kind::Double);
-                    let qb = q.get(b as i64).to_kind(Kind::Double).view([kv_heads, group, d]);
+                    let k = k_f64.get(row0 + b as i64).narrow(1, 0, n);
+                    let v = v_f64.get(row0 + b as i64).narrow(1, 0, n);
+                    let qb = turn(q.get(b as i64).to_kind(Kind::Double).view([kv_heads, group, d]));
                     let p = (qb.matmul(&k.transpose(-1, -2)) / (d as f64).sqrt()).softmax(-1, Kind::Double);
-                    let want = p.matmul(&v).view([heads * d]);
+                    let want = turn(p.matmul(&v)).view([heads * d]);
                     let got = out.get(b as i64).to_kind(Kind::Double);
                     let err = f64::try_from((got - &want).abs().max()).unwrap();
                     let scale = f64::try_from(want.abs().max()).unwrap().max(1.0);
@@ -1214,17 +1420,67 @@ mod tests {
         }
     }
 
+    /// A cache of `kind` holding `x` (f32): q8 rows for `Kind::Int8`.
+    fn cache_of(kind: Kind, x: Tensor) -> Tensor {
+        if kind == Kind::Int8 { quantize_q8(&x) } else { x.to_kind(kind) }
+    }
+
+    /// The values a cache holds, in f64.
+    fn f64_values(cache: &Tensor) -> Tensor {
+        if cache.kind() == Kind::Int8 { dequantize_q8(cache, Kind::Double) } else { cache.to_kind(Kind::Double) }
+    }
+
+    /// q8 rows: rotated when the row length is a power of two (the fast transform is the
+    /// matrix), within half a step (scale / 2) of the rotated values, the largest magnitude
+    /// of each row exact up to f32 rounding, zero rows zero; the Rust pass and the libtorch
+    /// ops (other devices) give the same rows up to one step where f32 rounding meets a tie.
+    #[test]
+    fn q8_rows_round_trip() {
+        let _guard = tch::no_grad_guard();
+        for d in [64i64, 16, 20] {
+            let x = Tensor::randn([3, 2, 7, d], (Kind::Float, Device::Cpu)) * 5.0;
+            let _ = x.get(1).get(0).get(3).zero_();
+            let q = quantize_q8(&x);
+            assert_eq!((q.kind(), q.size()), (Kind::Int8, vec![3, 2, 7, d + 4]));
+            let back = dequantize_q8(&q, Kind::Float);
+            let turned = match q8_rotation(d, Kind::Float, Device::Cpu) {
+                Some(h) => {
+                    let mut fast = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
+                    fast.chunks_exact_mut(d as usize).for_each(fwht);
+                    let by_matrix = x.matmul(&h);
+                    let diff = f64::try_from((Tensor::from_slice(&fast).view_as(&x) - &by_matrix).abs().max()).unwrap();
+                    assert!(diff < 1e-5, "d {d}: the fast transform is {diff} off the matrix");
+                    assert!(f64::try_from((h.matmul(&h) - Tensor::eye(d, (Kind::Float, Device::Cpu))).abs().max()).unwrap() < 1e-6);
+                    by_matrix
+                }
+                None => x.shallow_clone(),
+            };
+            let step = turned.abs().amax([-1i64].as_slice(), true) / 127.0;
+            let excess = f64::try_from(((&back - &turned).abs() - &step * 0.5001).max()).unwrap();
+            assert!(excess <= 1e-5, "d {d}: a value off by more than half a step: {excess}");
+            let row_max = |t: &Tensor| t.abs().amax([-1i64].as_slice(), false);
+            assert!(bool::try_from(row_max(&back).isclose(&row_max(&turned), 1e-5, 0.0, false).all()).unwrap());
+            assert_eq!(f64::try_from(back.get(1).get(0).get(3).abs().max()).unwrap(), 0.0);
+            let ops = quantize_q8_ops(&x);
+            let values = |q: &Tensor| q.narrow(-1, 0, d).to_kind(Kind::Int64);
+            assert!(i64::try_from((values(&ops) - values(&q)).abs().max()).unwrap() <= 1, "d {d}");
+            let scales = |q: &Tensor| q.narrow(-1, d, 4).contiguous().view_dtype(Kind::Float);
+            assert!(bool::try_from(scales(&ops).isclose(&scales(&q), 1e-5, 0.0, false).all()).unwrap(), "d {d}");
+        }
+    }
+
     /// Rows that share a prefix read whole blocks of it from one row: the outputs are the
     /// same bits as each row reading its own copy, and the other rows' copies of those
-    /// blocks are not read (they are overwritten with NaN, which would show).
+    /// blocks are not read (they are overwritten with NaN — for q8, with bytes that are
+    /// not what was written — which would show).
     #[test]
     fn rows_sharing_a_prefix_read_one_copy() {
         let _guard = tch::no_grad_guard();
-        for (isa, kind) in isas().flat_map(|isa| [(isa, Kind::Float), (isa, Kind::Half)]) {
+        for (isa, kind) in isas().flat_map(|isa| [(isa, Kind::Float), (isa, Kind::Half), (isa, Kind::Int8)]) {
             for (heads, kv_heads, d) in [(9i64, 3i64, 64i64), (4, 4, 20), (4, 2, 48)] {
                 let (rows, capacity, prefix) = (5i64, 300i64, 150i64);
-                let k_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
-                let v_cache = Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)).to_kind(kind);
+                let k_cache = cache_of(kind, Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)));
+                let v_cache = cache_of(kind, Tensor::randn([rows, kv_heads, capacity, d], (Kind::Float, Device::Cpu)));
                 for t in [&k_cache, &v_cache] {
                     let first = t.get(1).narrow(1, 0, prefix).copy();
                     for r in 2..rows {
@@ -1239,7 +1495,7 @@ mod tests {
                 let whole = (prefix as usize / KEY_BLOCK * KEY_BLOCK) as i64;
                 for t in [&k_cache, &v_cache] {
                     for r in 2..rows {
-                        let _ = t.get(r).narrow(1, 0, whole).fill_(f64::NAN);
+                        let _ = t.get(r).narrow(1, 0, whole).fill_(if kind == Kind::Int8 { 77.0 } else { f64::NAN });
                     }
                 }
                 let shared = vec![(1i64, prefix); keys.len()];
@@ -1248,7 +1504,11 @@ mod tests {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{isa:?} {kind:?} heads {heads}/{kv_heads} d {d}");
                 let unshared = decode_attention_with(isa, &q, &k_cache, &v_cache, row0, &keys, &[]).expect("the kernel applies");
-                assert!(bool::try_from(unshared.isnan().any()).unwrap(), "the NaN copies are what a row reads without sharing");
+                let unshared = Vec::<f32>::try_from(unshared.flatten(0, -1)).unwrap();
+                assert!(
+                    unshared.iter().any(|x| x.is_nan()) || bits(&unshared) != bits(&want),
+                    "the poisoned copies are what a row reads without sharing"
+                );
             }
         }
     }

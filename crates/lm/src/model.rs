@@ -60,6 +60,65 @@ impl Dtype {
     }
 }
 
+/// What a KV cache holds: one of the float dtypes, or `Q8` — per position and key/value
+/// head, `head_dim` int8 values and their f32 scale (the largest magnitude / 127), taken
+/// after a Hadamard rotation of the row (`kernels::quantize_q8`): about half an f16 cache's
+/// bytes. A decoding step reads the whole cache of each row, so its bytes are the part of
+/// a step that grows with the rows of a batch and their context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    F32,
+    Bf16,
+    F16,
+    Q8,
+}
+
+impl From<Dtype> for KvDtype {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::F32 => KvDtype::F32,
+            Dtype::Bf16 => KvDtype::Bf16,
+            Dtype::F16 => KvDtype::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "q8" | "int8" => Ok(KvDtype::Q8),
+            other => other
+                .parse::<Dtype>()
+                .map(KvDtype::from)
+                .map_err(|_| format!("unknown dtype {other:?} (expected f32, bf16, f16 or q8)")),
+        }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvDtype::F32 => "f32",
+            KvDtype::Bf16 => "bf16",
+            KvDtype::F16 => "f16",
+            KvDtype::Q8 => "q8",
+        })
+    }
+}
+
+impl KvDtype {
+    /// The element kind of the cache's tensors.
+    pub fn kind(self) -> Kind {
+        match self {
+            KvDtype::F32 => Kind::Float,
+            KvDtype::Bf16 => Kind::BFloat16,
+            KvDtype::F16 => Kind::Half,
+            KvDtype::Q8 => Kind::Int8,
+        }
+    }
+}
+
 /// `y = x W^T (+ b)`, plus a LoRA delta when adapters are attached. A fused projection
 /// (q/k/v, gate/up) records its parts (which projection, how many output rows) so LoRA
 /// and adapters address each part by its HF name.
@@ -332,11 +391,23 @@ impl Attention {
         let q = qk.narrow(2, 0, nh).transpose(1, 2);
         let k = qk.narrow(2, nh, nkv).transpose(1, 2);
         let v = qkv.narrow(2, nh + nkv, nkv).transpose(1, 2);
+        // a q8 cache holds keys and values turned by a Hadamard rotation
+        // (`kernels::quantize_q8`); read through libtorch, the queries turn with them and
+        // the outputs turn back (the decoding kernel does both itself)
+        let q8 = cache.as_ref().is_some_and(|(kc, _)| kc.kind() == Kind::Int8);
+        let rotation = || q8.then(|| kernels::q8_rotation(d, q.kind(), q.device())).flatten();
+        let turned = |q: &Tensor, h: &Option<Tensor>| h.as_ref().map_or_else(|| q.shallow_clone(), |h| q.matmul(h));
+        let turn_back = |y: Tensor, h: &Option<Tensor>| match h {
+            Some(h) => y.view([b, t, nh, d]).matmul(h).view([b, t, nh * d]),
+            None => y,
+        };
         // for a decoding step: the whole cache, its first row and each row's keys
         let mut in_place = None;
-        // an f16 cache saturates at f16's largest finite value (it would hold inf)
+        // an f16 cache saturates at f16's largest finite value (it would hold inf); a q8
+        // cache holds each head's row as int8 values and their scale
         let fit = |x: &Tensor, cache: &Tensor| match cache.kind() {
             Kind::Half if x.kind() != Kind::Half => x.clamp(-F16_MAX, F16_MAX).to_kind(Kind::Half),
+            Kind::Int8 => kernels::quantize_q8(x),
             kind => x.to_kind(kind),
         };
         let (k, v) = match (cache, &step.write) {
@@ -360,7 +431,11 @@ impl Attention {
             _ => (k, v),
         };
         // a cache may hold another dtype than the model computes in (`KvCache::kind`)
-        let as_q = |k: Tensor, v: Tensor| if k.kind() == q.kind() { (k, v) } else { (k.to_kind(q.kind()), v.to_kind(q.kind())) };
+        let as_q = |k: Tensor, v: Tensor| match k.kind() {
+            Kind::Int8 => (kernels::dequantize_q8(&k, q.kind()), kernels::dequantize_q8(&v, q.kind())),
+            kind if kind == q.kind() => (k, v),
+            _ => (k.to_kind(q.kind()), v.to_kind(q.kind())),
+        };
         if t == 1 {
             let fast = in_place.and_then(|(kc, vc, row0, keys, shared)| {
                 kernels::decode_attention(&qk.narrow(2, 0, nh).reshape([b, nh, d]), &kc, &vc, row0, &keys, shared)
@@ -369,7 +444,8 @@ impl Attention {
                 Some(y) => y.view([b, 1, nh * d]).to_kind(x.kind()),
                 None => {
                     let (k, v) = as_q(k, v);
-                    decode_attention(&q, &k, &v, step.mask.as_ref())
+                    let h = rotation();
+                    turn_back(decode_attention(&turned(&q, &h), &k, &v, step.mask.as_ref()), &h)
                 }
             };
             return self.o_proj.forward(&y, step.train);
@@ -380,12 +456,18 @@ impl Attention {
         }
         // as the projections: only products of more positions than a decoding step's
         if let Some(kind) = step.prefill_kind.filter(|&kind| kind != q.kind() && b * t > kernels::MATMUL_MAX_ROWS) {
-            let y = reduced_prefill_attention(&q, &k, &v, kind, REDUCED_ATTENTION_MAX_SCORES);
-            return self.o_proj.forward(&y.to_kind(x.kind()), step.train);
+            let (k, v) = match k.kind() {
+                Kind::Int8 => (kernels::dequantize_q8(&k, kind), kernels::dequantize_q8(&v, kind)),
+                _ => (k, v),
+            };
+            let h = rotation();
+            let y = reduced_prefill_attention(&turned(&q, &h), &k, &v, kind, REDUCED_ATTENTION_MAX_SCORES);
+            return self.o_proj.forward(&turn_back(y.to_kind(x.kind()), &h), step.train);
         }
         let (k, v) = as_q(k, v);
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, step.mask.as_ref(), 0.0, step.is_causal, None, true);
-        self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, nh * d]), step.train)
+        let h = rotation();
+        let y = Tensor::scaled_dot_product_attention(&turned(&q, &h), &k, &v, step.mask.as_ref(), 0.0, step.is_causal, None, true);
+        self.o_proj.forward(&turn_back(y.transpose(1, 2).reshape([b, t, nh * d]), &h), step.train)
     }
 }
 
@@ -617,7 +699,7 @@ pub struct CausalLm {
     device: Device,
     dtype: Dtype,
     /// What [`CausalLm::new_cache`]'s caches hold (`dtype` unless set otherwise).
-    kv_dtype: Dtype,
+    kv_dtype: KvDtype,
     /// The dtype prefills compute in, when not `dtype` ([`CausalLm::set_prefill_dtype`]).
     prefill_dtype: Option<Dtype>,
 }
@@ -668,7 +750,7 @@ impl CausalLm {
             rotary: Rotary::new(config, device),
             device,
             dtype,
-            kv_dtype: dtype,
+            kv_dtype: dtype.into(),
             prefill_dtype: None,
         })
     }
@@ -701,7 +783,7 @@ impl CausalLm {
     }
 
     /// The dtype of the KV caches [`CausalLm::new_cache`] makes.
-    pub fn kv_dtype(&self) -> Dtype {
+    pub fn kv_dtype(&self) -> KvDtype {
         self.kv_dtype
     }
 
@@ -709,9 +791,11 @@ impl CausalLm {
     /// cache halves the bytes a decoding step reads per row of context (the attention over
     /// the cache is the part of a step that grows with the rows of a batch); attention
     /// itself still computes in f32. f16 keeps 3 more bits than bf16 (values beyond f16's
-    /// range, ±65504, are saturated); see [`auto_kv_dtype`].
-    pub fn set_kv_dtype(&mut self, dtype: Dtype) {
-        self.kv_dtype = dtype;
+    /// range, ±65504, are saturated); see [`auto_kv_dtype`]. [`KvDtype::Q8`] halves the
+    /// bytes again, at 8 bits of each key and value (relative to the largest of its head's
+    /// row); prefills dequantize what they read of it.
+    pub fn set_kv_dtype(&mut self, dtype: impl Into<KvDtype>) {
+        self.kv_dtype = dtype.into();
     }
 
     /// The dtype prefills (and other forward passes of more than
@@ -880,7 +964,7 @@ impl CausalLm {
             prefixes: Vec::new(),
             n_layers: c.num_hidden_layers as usize,
             kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
+            row_len: c.head_dim + if self.kv_dtype == KvDtype::Q8 { 4 } else { 0 },
             kind: self.kv_dtype.kind(),
             device: self.device,
             capacity_rows: 0,
@@ -962,7 +1046,9 @@ pub struct KvCache {
     prefixes: Vec<Vec<SharedPrefix>>,
     n_layers: usize,
     kv_heads: i64,
-    head_dim: i64,
+    /// Elements per position and head: `head_dim`, or `head_dim + 4` bytes for a q8 cache
+    /// (the values, then their scale; `kernels::quantize_q8`).
+    row_len: i64,
     kind: Kind,
     device: Device,
     capacity_rows: usize,
@@ -1091,7 +1177,7 @@ impl KvCache {
 
     /// Bytes held by the cache buffers.
     pub fn capacity_bytes(&self) -> usize {
-        let elems = self.capacity_rows as i64 * self.capacity_len * self.kv_heads * self.head_dim;
+        let elems = self.capacity_rows as i64 * self.capacity_len * self.kv_heads * self.row_len;
         2 * self.n_layers * elems as usize * self.kind.elt_size_in_bytes()
     }
 
@@ -1109,7 +1195,7 @@ impl KvCache {
             let grown = (self.capacity_len * 3 / 2).max(len);
             (grown + 255) / 256 * 256
         };
-        let shape = [new_rows as i64, self.kv_heads, new_len, self.head_dim];
+        let shape = [new_rows as i64, self.kv_heads, new_len, self.row_len];
         let old = std::mem::take(&mut self.layers);
         self.layers = (0..self.n_layers)
             .map(|_| (Tensor::zeros(shape, (self.kind, self.device)), Tensor::zeros(shape, (self.kind, self.device))))
@@ -1326,7 +1412,7 @@ mod tests {
             prefixes: Vec::new(),
             n_layers: 2,
             kv_heads: 1,
-            head_dim: 8,
+            row_len: 8,
             kind: Kind::Float,
             device: Device::Cpu,
             capacity_rows: 0,

@@ -9,7 +9,7 @@ mod common;
 use common::{byte_tokenizer, fixture, smollm2_gguf, tiny_llama};
 use swegym_lm::{
     CausalLm, Completion, Dtype, Engine, EngineOptions, FinishReason, GenerationRequest, Generator, GgufFile,
-    GenerationStats, SamplingParams, Tokenizer,
+    GenerationStats, KvDtype, SamplingParams, Tokenizer,
 };
 use tch::{Device, Tensor};
 
@@ -91,11 +91,11 @@ fn tiny_bf16_batched_greedy_equals_alone() {
     assert_eq!(tokens(&run(&model, &tok, reqs.clone(), 4)), tokens(&alone(&model, &tok, &reqs)));
 }
 
-/// A 16-bit KV cache under an f32 model: rows still give the same tokens in a batch as
-/// alone (the kernel reads each row's own keys), and the logits of prefill and decoding
-/// stay within the 16-bit rounding of the keys and values of the f32 cache's.
+/// A 16-bit or q8 KV cache under an f32 model: rows still give the same tokens in a batch
+/// as alone (the kernel reads each row's own keys), and the logits of prefill and decoding
+/// stay within the rounding of the keys and values of the f32 cache's.
 #[test]
-fn tiny_16_bit_kv_caches_batch_like_alone_and_stay_near_the_f32_cache() {
+fn tiny_reduced_kv_caches_batch_like_alone_and_stay_near_the_f32_cache() {
     let tok = byte_tokenizer();
     let reference = tiny_llama(Dtype::F32);
     let prompt: Vec<u32> = tiny_prompts()[4].clone();
@@ -111,7 +111,7 @@ fn tiny_16_bit_kv_caches_batch_like_alone_and_stay_near_the_f32_cache() {
     };
     let want = logits_of(&reference);
     let scale = f64::try_from(want.abs().max()).unwrap();
-    for (kv, tol) in [(Dtype::F16, 2e-3), (Dtype::Bf16, 2e-2)] {
+    for (kv, tol) in [(KvDtype::F16, 2e-3), (KvDtype::Bf16, 2e-2), (KvDtype::Q8, 2e-2)] {
         let mut model = tiny_llama(Dtype::F32);
         model.set_kv_dtype(kv);
         let err = f64::try_from((logits_of(&model) - &want).abs().max()).unwrap();
@@ -533,6 +533,32 @@ fn smollm2_f16_kv_cache_greedy_equals_transformers() {
     let prompt: Vec<u32> = serde_json::from_value(chat["prompt_ids"].clone()).unwrap();
     let c = run(&model, &tok, vec![GenerationRequest::new(prompt, SamplingParams::greedy(64))], 1).remove(0);
     assert_eq!(c.tokens, reference, "transformers' greedy ids");
+}
+
+/// A q8 cache on the real model: transformers' greedy reply fed back token by token, the
+/// logits at every position stay near those over an f32 cache and pick the same token.
+#[test]
+fn smollm2_q8_kv_cache_stays_near_the_f32_cache() {
+    let Some((mut model, _tok)) = smollm2() else { return };
+    let chat = &fixture("smollm2_reference_logits.json")["chat_greedy"];
+    let reply: Vec<u32> = serde_json::from_value(chat["generated_ids"].clone()).unwrap();
+    let prompt: Vec<u32> = serde_json::from_value(chat["prompt_ids"].clone()).unwrap();
+    let mut logits_over = |kv: KvDtype| {
+        model.set_kv_dtype(kv);
+        let mut cache = model.new_cache();
+        let row = cache.push_row(256);
+        let mut out = vec![model.prefill_row(&mut cache, row, &prompt)];
+        for &t in &reply[..reply.len() - 1] {
+            out.push(model.decode_rows(&mut cache, &[t]).squeeze_dim(0));
+        }
+        Tensor::stack(&out, 0)
+    };
+    let (f32_cache, q8_cache) = (logits_over(KvDtype::F32), logits_over(KvDtype::Q8));
+    let err = f64::try_from((&q8_cache - &f32_cache).abs().max()).unwrap();
+    let same = i64::try_from(q8_cache.argmax(-1, false).eq_tensor(&f32_cache.argmax(-1, false)).sum(tch::Kind::Int64)).unwrap();
+    eprintln!("q8 cache: {same}/{} positions pick the f32 cache's token, max |Δlogit| {err:.3}", reply.len());
+    assert!(err < 1.0, "q8 cache logits off by {err}");
+    assert!(same as usize + 1 >= reply.len(), "{same}/{} positions agree", reply.len());
 }
 
 #[test]

@@ -248,7 +248,7 @@ pub struct PolicySection {
     /// The local model's KV cache dtype (None: `swegym_lm::auto_kv_dtype`). Left out of
     /// the config hash when unset, so runs started before the key existed resume.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_some")]
-    pub kv_dtype: Option<Dtype>,
+    pub kv_dtype: Option<swegym_lm::KvDtype>,
     /// The dtype the local model's prefills compute in (None: the weights'; see
     /// `swegym_lm::CausalLm::set_prefill_dtype`). Left out of the config hash when unset.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_some")]
@@ -611,7 +611,7 @@ impl Resolver {
         };
         let kv_dtype = match p.kv_dtype.as_deref() {
             None | Some("auto") => None,
-            Some(s) => Some(s.parse::<Dtype>().map_err(|e| self.err("[policy] kv_dtype", format!("{e} (or \"auto\")")))?),
+            Some(s) => Some(s.parse::<swegym_lm::KvDtype>().map_err(|e| self.err("[policy] kv_dtype", format!("{e} (or \"auto\")")))?),
         };
         let prefill_dtype = match p.prefill_dtype.as_deref() {
             None => None,
@@ -938,7 +938,7 @@ max_steps = 2
 
     #[test]
     fn kv_dtype_is_auto_unless_set() {
-        for (line, want) in [("kv_dtype = \"auto\"\n", None), ("kv_dtype = \"bf16\"\n", Some(Dtype::Bf16))] {
+        for (line, want) in [("kv_dtype = \"auto\"\n", None), ("kv_dtype = \"bf16\"\n", Some(swegym_lm::KvDtype::Bf16)), ("kv_dtype = \"q8\"\n", Some(swegym_lm::KvDtype::Q8))] {
             let (dir, cfg) = fixture(&GOOD.replace("[policy]\n", &format!("[policy]\n{line}")));
             let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
             assert_eq!(c.policy.kv_dtype, want, "{line}");

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use swegym_lm::chat::{ChatMessage, ChatTemplate};
-use swegym_lm::{chat_template_for, load_model, DeviceChoice, Dtype, Engine, EngineOptions, GenerateError, GenerationRequest};
+use swegym_lm::{chat_template_for, load_model, DeviceChoice, Dtype, Engine, EngineOptions, GenerateError, GenerationRequest, KvDtype};
 use swegym_schema::{Message, Role};
 
 use super::{Completion, Policy, PolicyError, PolicyRequest};
@@ -111,7 +111,7 @@ pub struct AdapterLoad<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelDtypes {
     pub weights: Dtype,
-    pub kv: Option<Dtype>,
+    pub kv: Option<KvDtype>,
     pub prefill: Option<Dtype>,
 }
 
@@ -161,7 +161,7 @@ impl LocalPolicy {
             if let Some((dir, merge)) = adapter_dir {
                 swegym_lm::lora::load_adapter(&mut model, &dir, merge).map_err(|e| PolicyError::Server(e.to_string()))?;
             }
-            model.set_kv_dtype(dtypes.kv.unwrap_or_else(|| swegym_lm::auto_kv_dtype(dtypes.weights, device)));
+            model.set_kv_dtype(dtypes.kv.unwrap_or_else(|| swegym_lm::auto_kv_dtype(dtypes.weights, device).into()));
             model.set_prefill_dtype(dtypes.prefill.unwrap_or(dtypes.weights));
             Ok((model, tokenizer))
         })?;
