@@ -472,7 +472,7 @@ pub(crate) fn quantize_q8(x: &Tensor) -> Tensor {
     let mut size = x.size();
     let d = *size.last().expect("rows have a last dimension");
     let rotate = q8_rotates(d);
-    if x.device() != Device::Cpu || d == 0 {
+    if x.device() != Device::Cpu || x.numel() == 0 {
         return quantize_q8_ops(x);
     }
     let x = x.to_kind(Kind::Float).contiguous();
@@ -1467,6 +1467,8 @@ mod tests {
             let scales = |q: &Tensor| q.narrow(-1, d, 4).contiguous().view_dtype(Kind::Float);
             assert!(bool::try_from(scales(&ops).isclose(&scales(&q), 1e-5, 0.0, false).all()).unwrap(), "d {d}");
         }
+        // no rows: no rows back, of the q8 width
+        assert_eq!(quantize_q8(&Tensor::zeros([0, 2, 64], (Kind::Float, Device::Cpu))).size(), vec![0, 2, 68]);
     }
 
     /// Rows that share a prefix read whole blocks of it from one row: the outputs are the
