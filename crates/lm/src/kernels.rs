@@ -359,6 +359,7 @@ fn decode_attention_with(isa: Isa, q: &Tensor, k_cache: &Tensor, v_cache: &Tenso
     };
     // a q8 row holds d values and its scale's 4 bytes (`quantize_q8`)
     let row_len = if cache == CacheKind::Q8 { d + 4 } else { d };
+    let row_bytes = cache.row_bytes(d as usize);
     let usable = q.device() == Device::Cpu
         && !q.requires_grad()
         && k_cache.device() == Device::Cpu
@@ -391,11 +392,6 @@ fn decode_attention_with(isa: Isa, q: &Tensor, k_cache: &Tensor, v_cache: &Tenso
     };
     let out = Tensor::empty([b, heads * d], (Kind::Float, Device::Cpu));
     let group = (heads / kv_heads) as usize;
-    let row_bytes = match cache {
-        CacheKind::F32 => 4 * d,
-        CacheKind::Q8 => d + 4,
-        CacheKind::Bf16 | CacheKind::F16 => 2 * d,
-    } as usize;
     let (qs, ks, vs, outs) = (
         Shared(q.data_ptr() as *mut f32),
         Shared(k_cache.data_ptr() as *mut u8),
@@ -634,6 +630,18 @@ enum CacheKind {
     Bf16,
     F16,
     Q8,
+}
+
+impl CacheKind {
+    /// Bytes of one position's row of `d` values ([`row_bytes`] for a kernel's `ELT`).
+    fn row_bytes(self, d: usize) -> usize {
+        match self {
+            CacheKind::F32 => row_bytes::<ELT_F32>(d),
+            CacheKind::Bf16 => row_bytes::<ELT_BF16>(d),
+            CacheKind::F16 => row_bytes::<ELT_F16>(d),
+            CacheKind::Q8 => row_bytes::<ELT_Q8>(d),
+        }
+    }
 }
 
 /// AVX2, FMA and F16C (which every AVX2 CPU has): [`attend_avx2`]'s instructions.
@@ -1157,7 +1165,7 @@ unsafe fn row<'a>(base: *const u8, j: usize, d: usize, cache: CacheKind, buf: &'
     if cache == CacheKind::Q8 {
         // SAFETY: the caller's block holds `len` rows of d int8 values and a scale each.
         let (values, scale) = unsafe {
-            let at = base.add(j * (d + 4));
+            let at = base.add(j * cache.row_bytes(d));
             (std::slice::from_raw_parts(at as *const i8, d), q8_scale(at, d))
         };
         for (o, &x) in buf.iter_mut().zip(values) {

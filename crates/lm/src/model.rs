@@ -431,11 +431,13 @@ impl Attention {
             _ => (k, v),
         };
         // a cache may hold another dtype than the model computes in (`KvCache::kind`)
-        let as_q = |k: Tensor, v: Tensor| match k.kind() {
-            Kind::Int8 => (kernels::dequantize_q8(&k, q.kind()), kernels::dequantize_q8(&v, q.kind())),
-            kind if kind == q.kind() => (k, v),
-            _ => (k.to_kind(q.kind()), v.to_kind(q.kind())),
+        // (q8 rows are dequantized: still turned, as `rotation` says)
+        let read_as = |kind: Kind, k: Tensor, v: Tensor| match k.kind() {
+            Kind::Int8 => (kernels::dequantize_q8(&k, kind), kernels::dequantize_q8(&v, kind)),
+            own if own == kind => (k, v),
+            _ => (k.to_kind(kind), v.to_kind(kind)),
         };
+        let as_q = |k: Tensor, v: Tensor| read_as(q.kind(), k, v);
         if t == 1 {
             let fast = in_place.and_then(|(kc, vc, row0, keys, shared)| {
                 kernels::decode_attention(&qk.narrow(2, 0, nh).reshape([b, nh, d]), &kc, &vc, row0, &keys, shared)
@@ -456,10 +458,7 @@ impl Attention {
         }
         // as the projections: only products of more positions than a decoding step's
         if let Some(kind) = step.prefill_kind.filter(|&kind| kind != q.kind() && b * t > kernels::MATMUL_MAX_ROWS) {
-            let (k, v) = match k.kind() {
-                Kind::Int8 => (kernels::dequantize_q8(&k, kind), kernels::dequantize_q8(&v, kind)),
-                _ => (k, v),
-            };
+            let (k, v) = read_as(kind, k, v);
             let h = rotation();
             let y = reduced_prefill_attention(&turned(&q, &h), &k, &v, kind, REDUCED_ATTENTION_MAX_SCORES);
             return self.o_proj.forward(&turn_back(y.to_kind(x.kind()), &h), step.train);
