@@ -228,7 +228,6 @@ pub(crate) fn warn_slow_bf16_prefill(dtypes: &ModelDtypes) {
 
 /// The tasks, the stage config and the sandbox provisioner that `args` describe (the policy
 /// is built apart: a benchmark builds one per concurrency).
-
 async fn prepare(ctx: &Context, args: &SampleArgs) -> anyhow::Result<(Vec<swegym_schema::Task>, SampleConfig, Arc<Provisioner>)> {
     let mut tasks = load_dataset(&args.dataset)?;
     if !args.instance_ids.is_empty() {

@@ -538,7 +538,7 @@ pub(crate) fn q8_rotation(d: i64, kind: Kind, device: Device) -> Option<Tensor> 
     }
     let n = d as usize;
     let scale = 1.0 / (d as f32).sqrt();
-    let values: Vec<f32> = (0..n * n).map(|i| if ((i / n) & (i % n)).count_ones() % 2 == 0 { scale } else { -scale }).collect();
+    let values: Vec<f32> = (0..n * n).map(|i| if ((i / n) & (i % n)).count_ones().is_multiple_of(2) { scale } else { -scale }).collect();
     Some(Tensor::from_slice(&values).view([d, d]).to_kind(kind).to_device(device))
 }
 
@@ -1157,7 +1157,7 @@ unsafe fn attend(work: &Shape, job: &Job, scores: &mut [f32], acc: &mut [f32]) {
 /// Position `j` of a `[len, d]` block: the f32 values in place, or bf16 / f16 widened
 /// (q8 scaled) into `buf`.
 #[inline(always)]
-unsafe fn row<'a>(base: *const u8, j: usize, d: usize, cache: CacheKind, buf: &'a mut [f32]) -> &'a [f32] {
+unsafe fn row(base: *const u8, j: usize, d: usize, cache: CacheKind, buf: &mut [f32]) -> &[f32] {
     if cache == CacheKind::F32 {
         // SAFETY: the caller's block holds `len · d` f32 values and j < len.
         return unsafe { std::slice::from_raw_parts((base as *const f32).add(j * d), d) };

@@ -244,7 +244,7 @@ fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     };
     let mut y = y.tr().contiguous();
     if let Some(b) = bias {
-        y = y + b;
+        y += b;
     }
     y.view(shape.as_slice())
 }
@@ -1396,7 +1396,7 @@ mod tests {
             assert!(err < 3e-2, "max_scores {max_scores}: max abs error {err}");
         }
         // a value only the last key holds reaches the last query alone
-        let mut v_last = Tensor::zeros([b, kv_heads, len, d], opts);
+        let v_last = Tensor::zeros([b, kv_heads, len, d], opts);
         let _ = v_last.narrow(2, len - 1, 1).fill_(1.0);
         let seen = reduced_prefill_attention(&q, &k, &v_last.to_kind(Kind::Half), Kind::BFloat16, heads * len).to_kind(Kind::Float);
         assert_eq!(seen.narrow(1, 0, t - 1).abs().max().double_value(&[]), 0.0);

@@ -147,10 +147,26 @@ impl Hunk {
         self.strings(0, self.lines.len())
     }
 
-    /// Line `i` (an added line) becomes `text`, in `lines` and in the diff text.
+    /// Line `i` (an added line) becomes `text`, in `lines` and in the diff text. Added
+    /// lines equal to it earlier in the hunk keep theirs: the diff text's `n`-th such line
+    /// is `lines`' `n`-th (consecutive equal lines share the newline between them, so
+    /// each search starts one byte after the last match).
     fn replace_line(&mut self, i: usize, text: String) {
-        let (from, to) = (format!("\n+{}\n", self.lines[i].1), format!("\n+{text}\n"));
-        self.text = self.text.replacen(&from, &to, 1);
+        let line = &self.lines[i].1;
+        let earlier = self.lines[..i].iter().filter(|(k, l)| *k == '+' && l == line).count();
+        let pattern = format!("\n+{line}\n");
+        let mut at = None;
+        let mut from = 0;
+        for _ in 0..=earlier {
+            at = self.text[from..].find(&pattern).map(|p| from + p);
+            match at {
+                Some(p) => from = p + 1,
+                None => break,
+            }
+        }
+        if let Some(at) = at {
+            self.text.replace_range(at..at + pattern.len(), &format!("\n+{text}\n"));
+        }
         self.lines[i].1 = text;
     }
 }
@@ -584,6 +600,19 @@ mod tests {
         assert_eq!(flips("    elif v is not bytes:"), ["    elif v is bytes:", "    if v is not bytes:"]);
         // TWO_HUNKS' added lines have nothing to flip.
         assert!(parse_hunks(TWO_HUNKS).iter().all(|h| near_misses(h).is_empty()));
+    }
+
+    #[test]
+    fn a_near_miss_rewrites_the_added_line_it_names() {
+        // two equal added lines (next to each other and apart): the second of them changes
+        let mut h = parse_hunks("@@ -1,2 +1,5 @@\n a\n+    n += 1\n+    n += 1\n-    pass\n+    x = 0\n+    n += 1\n")[0].clone();
+        h.replace_line(2, "    n -= 1".into());
+        assert_eq!(h.text, "@@ -1,2 +1,5 @@\n a\n+    n += 1\n+    n -= 1\n-    pass\n+    x = 0\n+    n += 1\n");
+        h.replace_line(5, "    n += 2".into());
+        assert_eq!(h.text, "@@ -1,2 +1,5 @@\n a\n+    n += 1\n+    n -= 1\n-    pass\n+    x = 0\n+    n += 2\n");
+        assert_eq!(h.full().1, "a\n    n += 1\n    n -= 1\n    x = 0\n    n += 2");
+        h.replace_line(1, "    n = 1".into());
+        assert!(h.text.starts_with("@@ -1,2 +1,5 @@\n a\n+    n = 1\n+    n -= 1\n"), "{}", h.text);
     }
 
     #[test]
