@@ -358,7 +358,7 @@ fn decode_attention_with(isa: Isa, q: &Tensor, k_cache: &Tensor, v_cache: &Tenso
         _ => return None,
     };
     // a q8 row holds d values and its scale's 4 bytes (`quantize_q8`)
-    let row_len = if cache == CacheKind::Q8 { d + 4 } else { d };
+    let row_len = if cache == CacheKind::Q8 { q8_row_len(d as usize) as i64 } else { d };
     let row_bytes = cache.row_bytes(d as usize);
     let usable = q.device() == Device::Cpu
         && !q.requires_grad()
@@ -473,7 +473,7 @@ pub(crate) fn quantize_q8(x: &Tensor) -> Tensor {
     }
     let x = x.to_kind(Kind::Float).contiguous();
     let n = x.numel();
-    *size.last_mut().expect("checked above") = d + 4;
+    *size.last_mut().expect("checked above") = q8_row_len(d as usize) as i64;
     let quantized = Tensor::empty(size.as_slice(), (Kind::Int8, Device::Cpu));
     let d = d as usize;
     // SAFETY: both tensors are contiguous on the CPU, x of n f32 values, `quantized` of
@@ -481,11 +481,11 @@ pub(crate) fn quantize_q8(x: &Tensor) -> Tensor {
     let (values, out) = unsafe {
         (
             std::slice::from_raw_parts(x.data_ptr() as *const f32, n),
-            std::slice::from_raw_parts_mut(quantized.data_ptr() as *mut i8, n / d * (d + 4)),
+            std::slice::from_raw_parts_mut(quantized.data_ptr() as *mut i8, n / d * q8_row_len(d)),
         )
     };
     let mut row = vec![0.0f32; d];
-    for (src, dst) in values.chunks_exact(d).zip(out.chunks_exact_mut(d + 4)) {
+    for (src, dst) in values.chunks_exact(d).zip(out.chunks_exact_mut(q8_row_len(d))) {
         row.copy_from_slice(src);
         if rotate {
             fwht(&mut row);
@@ -501,6 +501,14 @@ pub(crate) fn quantize_q8(x: &Tensor) -> Tensor {
         }
     }
     quantized
+}
+
+/// Bytes a q8 row holds after its `d` int8 values: its f32 scale ([`quantize_q8`]).
+pub(crate) const Q8_SCALE_BYTES: usize = 4;
+
+/// Elements (bytes) of one q8 row of `d` values: the values, then their scale.
+pub(crate) const fn q8_row_len(d: usize) -> usize {
+    d + Q8_SCALE_BYTES
 }
 
 /// Turns each row of `d` values of the contiguous f32 CPU tensor `x` by [`fwht`], in place.
@@ -564,8 +572,8 @@ fn fwht(x: &mut [f32]) {
 
 /// The values of q8 rows `[..., d + 4]` ([`quantize_q8`]) as `kind`: `[..., d]`.
 pub(crate) fn dequantize_q8(rows: &Tensor, kind: Kind) -> Tensor {
-    let d = rows.size().last().copied().expect("q8 rows have a last dimension") - 4;
-    let scale = rows.narrow(-1, d, 4).contiguous().view_dtype(Kind::Float);
+    let d = rows.size().last().copied().expect("q8 rows have a last dimension") - Q8_SCALE_BYTES as i64;
+    let scale = rows.narrow(-1, d, Q8_SCALE_BYTES as i64).contiguous().view_dtype(Kind::Float);
     (rows.narrow(-1, 0, d).to_kind(Kind::Float) * scale).to_kind(kind)
 }
 
@@ -682,7 +690,7 @@ const ELT_Q8: u8 = 3;
 const fn row_bytes<const ELT: u8>(d: usize) -> usize {
     match ELT {
         ELT_F32 => 4 * d,
-        ELT_Q8 => d + 4,
+        ELT_Q8 => q8_row_len(d),
         _ => 2 * d,
     }
 }

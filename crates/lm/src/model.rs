@@ -963,7 +963,7 @@ impl CausalLm {
             prefixes: Vec::new(),
             n_layers: c.num_hidden_layers as usize,
             kv_heads: c.num_key_value_heads,
-            row_len: c.head_dim + if self.kv_dtype == KvDtype::Q8 { 4 } else { 0 },
+            row_len: if self.kv_dtype == KvDtype::Q8 { kernels::q8_row_len(c.head_dim as usize) as i64 } else { c.head_dim },
             kind: self.kv_dtype.kind(),
             device: self.device,
             capacity_rows: 0,
