@@ -6,7 +6,7 @@ mod common;
 
 #[test]
 fn stats_of_swebench_lite_test() {
-    let path = common::shared_data().join("swebench-lite-test.json");
+    let path = common::repo_root().join("datasets/swebench-lite/test.json");
     let out = common::run_ok(common::swegym().args(["dataset", "stats", "--json"]).arg(&path));
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["instances"], 300);

@@ -7,7 +7,7 @@
 //!
 //! `bench generate`: prefill and decode tokens/s of our model runtime (swegym-lm) per dtype
 //! and batch size, with peak RSS, next to transformers measured in the same run by
-//! `crates/lm/scripts/bench_generate_hf.py` (the shared baseline's method), and the ratios.
+//! `scripts/baselines/bench_generate.py` (the peer baseline's own script), and the ratios.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,6 +105,19 @@ impl ReferenceModels {
         let (_, hf_model, python) = self.resolve(ctx);
         python.exists() && hf_model.join("model.safetensors").exists()
     }
+}
+
+/// A peer's benchmark script must exist before anything is measured: the default paths are
+/// relative to the clone's root, so a benchmark started elsewhere says so instead of failing
+/// halfway with "No such file".
+pub fn require_script(script: &std::path::Path) -> anyhow::Result<()> {
+    if script.is_file() {
+        return Ok(());
+    }
+    Err(Exit::bad_input(format!(
+        "the peer's benchmark script {} is not there: run swegym from the clone's root (the default is relative to it) or pass --script",
+        script.display()
+    )))
 }
 
 /// min / median / max of a sample.

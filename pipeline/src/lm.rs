@@ -251,10 +251,11 @@ fn logits(args: &LogitsArgs) -> anyhow::Result<()> {
 pub struct GenerateBenchArgs {
     #[command(flatten)]
     pub models: crate::bench::ReferenceModels,
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/lm/scripts/bench_generate_hf.py"))]
+    /// The transformers side (relative paths are from the current folder: the clone's root).
+    #[arg(long, default_value = "scripts/baselines/bench_generate.py")]
     pub script: PathBuf,
     /// Where the transformers numbers come from when it cannot run here.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/baselines/results"))]
+    #[arg(long, default_value = "scripts/baselines/results")]
     pub baseline_dir: PathBuf,
     /// Skip running transformers; compare with the files in --baseline-dir.
     #[arg(long)]
@@ -319,6 +320,9 @@ pub(crate) fn reset_peak_rss() {
 pub async fn bench_generate(ctx: &crate::context::Context, args: GenerateBenchArgs) -> anyhow::Result<()> {
     let (model, hf_model, python) = args.models.resolve(ctx);
     let transformers_here = !args.no_transformers && args.models.python_side_here(ctx);
+    if transformers_here {
+        crate::bench::require_script(&args.script)?;
+    }
     if !args.no_transformers && !transformers_here {
         eprintln!(
             "transformers cannot run here ({} or {} is missing): comparing with the numbers in {} instead",

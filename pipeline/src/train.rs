@@ -1,7 +1,7 @@
 //! `swegym train` (LoRA SFT on a Parquet/JSONL SFT dataset → a PEFT adapter folder, with a
 //! progress bar and a final summary) and `swegym bench train` (training tokens/s, peak RSS
 //! and the fraction of the matmul limit, next to PyTorch + PEFT measured in the same run
-//! by `shared/baselines/bench_lora.py`).
+//! by `scripts/baselines/bench_lora.py`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -183,7 +183,8 @@ pub(crate) async fn run_with_config(args: TrainArgs, cfg: TrainConfig) -> anyhow
 pub struct TrainBenchArgs {
     #[command(flatten)]
     pub models: crate::bench::ReferenceModels,
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/baselines/bench_lora.py"))]
+    /// The PEFT side (relative paths are from the current folder: the clone's root).
+    #[arg(long, default_value = "scripts/baselines/bench_lora.py")]
     pub script: PathBuf,
     /// Skip running PEFT (our side only).
     #[arg(long)]
@@ -310,6 +311,9 @@ fn step_flops(config: &swegym_lm::ModelConfig, seq: usize, n_lora: i64) -> f64 {
 pub async fn bench(ctx: &crate::context::Context, args: TrainBenchArgs) -> anyhow::Result<()> {
     let (model, hf_model, python) = args.models.resolve(ctx);
     let peft_here = !args.no_peft && args.models.python_side_here(ctx);
+    if peft_here {
+        crate::bench::require_script(&args.script)?;
+    }
     if !args.no_peft && !peft_here {
         eprintln!(
             "PEFT cannot run here ({} or {} is missing; make them with `SWEGYM_SETUP_REF=1 make setup` and crates/lm/scripts/make_smollm2_hf.py)",

@@ -1,4 +1,4 @@
-//! Helpers shared by the end-to-end tests: the binary, the repo and shared-data paths,
+//! Helpers shared by the end-to-end tests: the binary, the repo and cache paths,
 //! gating of slow and docker tests, and reading Parquet back with pyarrow.
 #![allow(dead_code)]
 
@@ -13,11 +13,6 @@ pub fn swegym() -> Command {
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("pipeline/ has a parent").to_path_buf()
-}
-
-/// `../shared/data` beside the clone (the real SWE-bench rows).
-pub fn shared_data() -> PathBuf {
-    repo_root().join("../shared/data")
 }
 
 pub fn cache_root() -> PathBuf {

@@ -4,7 +4,7 @@
 Writes under crates/lm/tests/fixtures/ (committed; the Rust tests compare against them):
   smollm2_reference_logits.json  SmolLM2-135M-Instruct loaded by transformers straight from the
                                  shipped GGUF: ids, last-position top-10 logits and stats, per-position
-                                 argmax, and the greedy chat continuation (as shared/baselines/
+                                 argmax, and the greedy chat continuation (as scripts/baselines/
                                  sanity_and_logits.py, which made the same numbers from the HF copy)
   smollm2_tokenizer_corpus.json  transformers' tokenizer (from the GGUF) on a code/prose/unicode/digits
                                  corpus: ids and decoded text

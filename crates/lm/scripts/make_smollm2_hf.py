@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes SmolLM2-135M-Instruct as a plain Hugging Face folder with transformers, from the
 shipped GGUF (transformers dequantizes Q4_1 -> float32), the way
-shared/baselines/convert_gguf.py does. The Rust test `smollm2_hf_folder` loads it from
+scripts/baselines/convert_gguf.py does. The Rust test `smollm2_hf_folder` loads it from
 safetensors and checks its logits against the GGUF's; `swegym bench generate` hands it to
 `bench_generate_hf.py` for the transformers side of the comparison.
 

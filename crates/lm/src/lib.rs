@@ -130,7 +130,7 @@ pub fn cpu_multiplies_bf16() -> bool {
 }
 
 /// The oneDNN ISA cap this crate needs on CPUs that report AMX but fault on it (see
-/// `shared/baselines/README.md`): without it the first bf16 matmul raises SIGILL.
+/// `scripts/baselines/README.md`): without it the first bf16 matmul raises SIGILL.
 pub const ONEDNN_ISA_CAP: (&str, &str) = ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16");
 
 /// Sets [`ONEDNN_ISA_CAP`] unless the environment already sets it. oneDNN reads it once,

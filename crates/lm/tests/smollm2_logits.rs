@@ -1,5 +1,5 @@
 //! SmolLM2-135M-Instruct from the shipped GGUF against transformers' logits
-//! (`tests/fixtures/smollm2_reference_logits.json`, made by shared/baselines/sanity_and_logits.py
+//! (`tests/fixtures/smollm2_reference_logits.json`, made by scripts/baselines/sanity_and_logits.py
 //! and `scripts/make_lm_reference.py`).
 
 mod common;

@@ -8,7 +8,7 @@
 #
 # Why the CMAKE_ARGS: some of these VMs' CPUs advertise AMX but the first AMX instruction
 # raises SIGILL, and a default (-march=native) ggml build enables its AMX backend and dies on
-# the first decode (see shared/baselines/llamacpp.md). So build with GGML_NATIVE=OFF, turn on
+# the first decode (see scripts/baselines/llamacpp.md). So build with GGML_NATIVE=OFF, turn on
 # each x86 feature that /proc/cpuinfo lists (machines differ: an EPYC here had no AVX-VNNI),
 # and AMX off always. CI (.ci/run) runs this script, so the openai-policy test runs there.
 set -euo pipefail
