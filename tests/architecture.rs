@@ -23,7 +23,7 @@ fn repo_files() -> Vec<std::path::PathBuf> {
 }
 
 /// "No file in the repository refers to a path beside the clone": a clone with nothing next
-/// to it must build, test and benchmark (issue 33: the tests once read `../shared`).
+/// to it must build, test and benchmark (issue 33: the tests once read a sibling folder).
 #[test]
 fn no_file_refers_to_a_folder_beside_the_clone() {
     // Spelled in pieces so that this file does not match itself.
@@ -40,4 +40,20 @@ fn no_file_refers_to_a_folder_beside_the_clone() {
         }
     }
     assert!(hits.is_empty(), "files refer to a folder beside the clone:\n{}", hits.join("\n"));
+}
+
+/// Every end-to-end test file in tests/ is a `[[test]]` target of pipeline/Cargo.toml: one
+/// left out compiles nowhere and runs never, silently.
+#[test]
+fn every_test_file_is_a_test_target() {
+    let root = common::repo_root();
+    let manifest = std::fs::read_to_string(root.join("pipeline/Cargo.toml")).unwrap();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".rs") && !manifest.contains(&format!("path = \"../tests/{name}\"")) {
+            missing.push(name);
+        }
+    }
+    assert!(missing.is_empty(), "tests/ files that pipeline/Cargo.toml does not list as [[test]]: {missing:?}");
 }

@@ -124,8 +124,10 @@ fn image_specs_are_refused_by_the_local_backend() {
     write_predictions(&tmp.path().join("preds.jsonl"), &[("swegym__standin-1", &repo.patch)]);
     write_specs(&tmp.path().join("environments.toml"));
     let out_dir = tmp.path().join("out");
-    run_ok(swegym().args(["evaluate", "--backend", "local"]).arg("--dataset").arg(&dataset).arg("--predictions")
-        .arg(tmp.path().join("preds.jsonl")).arg("--env-specs").arg(tmp.path().join("environments.toml")).arg("--out").arg(&out_dir));
+    // Its only job failed in the infrastructure: exit 4, the verdict still written.
+    let stderr = fails(swegym().args(["evaluate", "--backend", "local"]).arg("--dataset").arg(&dataset).arg("--predictions")
+        .arg(tmp.path().join("preds.jsonl")).arg("--env-specs").arg(tmp.path().join("environments.toml")).arg("--out").arg(&out_dir), 4);
+    assert!(stderr.contains("every one of 1 grading jobs failed in the infrastructure"), "{stderr}");
     let rows = read_parquet_with_pyarrow(&out_dir.join("verdicts.parquet"));
     let v = verdict(&rows, "swegym__standin-1");
     assert_eq!(v["status"], "env_error", "{v}");

@@ -59,6 +59,13 @@ fn chat(model: &Path, adapter: Option<&Path>, prompt: &str) -> String {
     String::from_utf8(run_ok(&mut cmd).stdout).unwrap()
 }
 
+/// A tiny random model of SmolLM2's family (2 layers, hidden 32) at `<dir>/tiny`.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let tiny = dir.join("tiny");
+    run_ok(swegym().args(["lm", "tiny", "--layers", "2", "--hidden", "32", "--tokenizer-from"]).arg(gguf()).arg("--out").arg(&tiny));
+    tiny
+}
+
 /// The summary `swegym train --json` prints last.
 fn summary(stdout: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(stdout);
@@ -145,8 +152,7 @@ fn a_killed_run_resumes_to_the_same_adapter() {
 #[test]
 fn bad_inputs_fail_naming_the_file_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let tiny = dir.path().join("tiny");
-    run_ok(swegym().args(["lm", "tiny", "--layers", "2", "--hidden", "32", "--tokenizer-from"]).arg(gguf()).arg("--out").arg(&tiny));
+    let tiny = tiny_model(dir.path());
     let train = |data: &Path, out: &Path| {
         let mut cmd = swegym();
         cmd.args(["train", "--device", "cpu", "--max-steps", "1", "--model"]).arg(&tiny).arg("--data").arg(data).arg("--out").arg(out);
@@ -222,4 +228,68 @@ fn adapters_interoperate_with_peft_both_ways() {
             .arg(&adapter),
     );
     assert_peft_interop(&python, &base, &adapter, dir.path());
+}
+
+/// Without a terminal (the test captures stderr) training says it started and then prints a
+/// plain progress line at the `--progress-every` interval, with no escape codes; a model whose
+/// weights hold NaN stops at load with exit 3, naming the tensor.
+#[test]
+fn progress_without_a_terminal_and_broken_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny_model(dir.path());
+    let data = dir.path().join("facts.jsonl");
+    write_sft(&data, FACTS);
+    let cfg = dir.path().join("train.toml");
+    std::fs::write(&cfg, "[train]\nepochs = 400\ngrad_accum = 1\nthreads = 1\n").unwrap();
+    let started = std::time::Instant::now();
+    let out = run_ok(
+        swegym()
+            .args(["--progress-every", "1", "train", "--device", "cpu", "--model"])
+            .arg(&tiny)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.path().join("adapter"))
+            .arg("--config")
+            .arg(&cfg),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[train] started"), "{stderr}");
+    let lines = stderr.lines().filter(|l| l.starts_with("[train] ") && l.contains("elapsed")).count();
+    let seconds = started.elapsed().as_secs();
+    // 1200 steps of the tiny model: ~7 s here, so several 1-s lines.
+    assert!(seconds >= 2, "training was too short ({seconds} s) to show the interval; raise `epochs`");
+    assert!(lines >= 1, "{seconds} s of training printed no progress line:\n{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "escape codes in a piped stderr:\n{stderr}");
+    eprintln!("{seconds} s, {lines} progress lines");
+
+    // NaN in a weight: exit 3 at load, naming the tensor.
+    let weights = tiny.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let start = header["model.norm.weight"]["data_offsets"][0].as_u64().unwrap() as usize + 8 + header_len;
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&weights, bytes).unwrap();
+    let e = fails(swegym().args(["chat", "--model"]).arg(&tiny).arg("hello"), 3);
+    assert!(e.contains("tensor model.norm.weight is not all finite numbers (1 NaN or infinite)"), "{e}");
+}
+
+/// A run whose loss stops being a finite number (here: a learning rate of 1e30) stops with
+/// exit 3 naming the step, and writes no adapter.
+#[test]
+fn a_diverging_run_stops_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny_model(dir.path());
+    let data = dir.path().join("facts.jsonl");
+    write_sft(&data, &FACTS[..1]);
+    let cfg = dir.path().join("train.toml");
+    std::fs::write(&cfg, "[train]\nepochs = 6\ngrad_accum = 1\nlearning_rate = 1e30\nmax_grad_norm = 1e30\nwarmup_steps = 1\n").unwrap();
+    let adapter = dir.path().join("adapter");
+    let e = fails(
+        swegym().args(["train", "--device", "cpu", "--model"]).arg(&tiny).arg("--data").arg(&data).arg("--out").arg(&adapter).arg("--config").arg(&cfg),
+        3,
+    );
+    assert!(e.contains("not a finite number") && e.contains("step "), "{e}");
+    assert!(!adapter.join("adapter_model.safetensors").exists(), "no adapter from a diverged run");
 }

@@ -145,7 +145,7 @@ pub fn median(values: &mut [f64]) -> f64 {
 }
 
 async fn harness(ctx: &Context, args: HarnessBenchArgs) -> anyhow::Result<()> {
-    let tasks = load_dataset(&args.dataset)?;
+    let tasks = load_dataset(&args.dataset, ctx.task_load)?;
     let task = match &args.instance_id {
         Some(id) => tasks.iter().find(|t| &t.instance_id == id).ok_or_else(|| Exit::bad_input(format!("{id} is not in the dataset")))?,
         None => &tasks[0],

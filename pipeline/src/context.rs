@@ -41,6 +41,8 @@ pub struct Context {
     pub pyenv_root: PathBuf,
     /// `$DOCKER_HOST`, if set.
     pub docker_host: Option<String>,
+    /// What a loaded dataset may hold (`--allow-no-fail-to-pass`).
+    pub task_load: swegym_schema::LoadOptions,
 }
 
 impl Context {
@@ -49,7 +51,12 @@ impl Context {
         let cache_root = std::env::var_os("SWEGYM_CACHE").map(PathBuf::from).unwrap_or_else(|| home.join(".cache/swegym"));
         let pyenv_root = std::env::var_os("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|| home.join(".pyenv"));
         std::fs::create_dir_all(&cache_root).with_context(|| format!("creating the cache dir {}", cache_root.display()))?;
-        Ok(Context { cache_root, pyenv_root, docker_host: std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()) })
+        Ok(Context {
+            cache_root,
+            pyenv_root,
+            docker_host: std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()),
+            task_load: swegym_schema::LoadOptions::default(),
+        })
     }
 
     pub fn source_options(&self) -> SourceOptions {
@@ -78,10 +85,11 @@ impl Context {
     pub async fn backend(&self, kind: BackendArg) -> anyhow::Result<Arc<dyn Backend>> {
         match kind {
             BackendArg::Local => {
-                if which("bwrap").is_none() {
+                let Some(bwrap) = which("bwrap") else {
                     return Err(Exit::infra("bubblewrap (`bwrap`) not found: run `make setup` (or `apt-get install bubblewrap`)"));
-                }
-                let backend = LocalBackend::new(self.cache_root.clone());
+                };
+                // By its full path: bwrap starts with an empty environment (no PATH to search).
+                let backend = LocalBackend::new(self.cache_root.clone()).with_bwrap(bwrap);
                 backend.sweep_orphans();
                 Ok(Arc::new(backend))
             }

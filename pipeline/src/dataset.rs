@@ -52,12 +52,12 @@ pub struct StatsArgs {
 pub async fn run(ctx: &Context, cmd: DatasetCommand) -> anyhow::Result<()> {
     match cmd {
         DatasetCommand::Validate(args) => validate(ctx, args).await,
-        DatasetCommand::Stats(args) => stats(args),
+        DatasetCommand::Stats(args) => stats(ctx, args),
     }
 }
 
-fn stats(args: StatsArgs) -> anyhow::Result<()> {
-    let splits = load_splits(&args.dataset)?;
+fn stats(ctx: &Context, args: StatsArgs) -> anyhow::Result<()> {
+    let splits = load_splits(&args.dataset, ctx.task_load)?;
     if args.json {
         // A file: its stats object, as before; a folder: one object per split name.
         let json = if let [LoadedSplit { name: None, tasks, .. }] = &splits[..] {
@@ -112,9 +112,9 @@ impl LoadedSplit {
 /// in `data/` (the Hugging Face layout), each resolved as `swegym run` resolves a split
 /// ([`split_files`]). A file holding no task row (`synth_manifest.jsonl`,
 /// `synth_report.json`, …) is not a split: it is named in a note and passed over.
-fn load_splits(path: &Path) -> anyhow::Result<Vec<LoadedSplit>> {
+fn load_splits(path: &Path, options: swegym_schema::LoadOptions) -> anyhow::Result<Vec<LoadedSplit>> {
     if !path.is_dir() {
-        return Ok(vec![LoadedSplit { name: None, files: vec![path.to_path_buf()], tasks: load_dataset(path)? }]);
+        return Ok(vec![LoadedSplit { name: None, files: vec![path.to_path_buf()], tasks: load_dataset(path, options)? }]);
     }
     let mut names = std::collections::BTreeSet::new();
     for sub in [path.to_path_buf(), path.join("data")] {
@@ -135,7 +135,7 @@ fn load_splits(path: &Path) -> anyhow::Result<Vec<LoadedSplit>> {
         let files = split_files(path, &name).map_err(Exit::bad_input)?;
         let (mut tasks, mut errors, mut unreadable) = (Vec::new(), Vec::new(), None);
         for f in &files {
-            match swegym_schema::load_tasks(f) {
+            match swegym_schema::load_tasks_with(f, options) {
                 Ok(load) => {
                     tasks.extend(load.tasks);
                     errors.extend(load.errors);
@@ -181,7 +181,7 @@ const LABELS: [&str; 3] = ["before", "gold", "empty"];
 
 async fn validate(ctx: &Context, args: ValidateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut splits = load_splits(&args.dataset)?;
+    let mut splits = load_splits(&args.dataset, ctx.task_load)?;
     if !args.instance_ids.is_empty() {
         for split in &mut splits {
             split.tasks.retain(|t| args.instance_ids.contains(&t.instance_id));
@@ -349,15 +349,15 @@ mod tests {
         std::fs::write(d.join("synth_manifest.jsonl"), "{\"instance_id\": \"x\", \"kind\": \"wrong_return\"}\n").unwrap();
         std::fs::write(d.join("synth_report.json"), "{\n  \"seed\": 0\n}\n").unwrap();
         std::fs::write(d.join("environments.toml"), "").unwrap();
-        let splits = load_splits(d).unwrap();
+        let splits = load_splits(d, Default::default()).unwrap();
         let names: Vec<&str> = splits.iter().map(LoadedSplit::label).collect();
         assert_eq!(names, ["test", "train"]);
         assert_eq!(splits[1].files, [d.join("train.jsonl")]);
         assert_eq!(splits[1].tasks.len(), 1);
-        let file = load_splits(&d.join("train.jsonl")).unwrap();
+        let file = load_splits(&d.join("train.jsonl"), Default::default()).unwrap();
         assert_eq!((file.len(), file[0].label()), (1, "dataset"));
         let empty = tempfile::tempdir().unwrap();
-        let e = load_splits(empty.path()).err().unwrap();
+        let e = load_splits(empty.path(), Default::default()).err().unwrap();
         assert!(e.to_string().contains("no split found"), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use swegym_evaluate::runner::{Harness, Job, JobKind};
 use swegym_evaluate::EvalOptions;
 use swegym_sandbox::Limits;
-use swegym_schema::{load_predictions, load_tasks, Task};
+use swegym_schema::{load_predictions, Task};
 
 use crate::context::{BackendArg, Context};
 use crate::output::{self, Summary};
@@ -64,8 +64,8 @@ pub struct EvaluateArgs {
 }
 
 /// Loads a dataset, printing bad rows and failing only if nothing loads.
-pub fn load_dataset(path: &std::path::Path) -> anyhow::Result<Vec<Task>> {
-    let load = load_tasks(path).map_err(|e| Exit::bad_input(e.to_string()))?;
+pub fn load_dataset(path: &std::path::Path, options: swegym_schema::LoadOptions) -> anyhow::Result<Vec<Task>> {
+    let load = swegym_schema::load_tasks_with(path, options).map_err(|e| Exit::bad_input(e.to_string()))?;
     for e in &load.errors {
         eprintln!("warning: skipping {e}");
     }
@@ -77,7 +77,7 @@ pub fn load_dataset(path: &std::path::Path) -> anyhow::Result<Vec<Task>> {
 
 pub async fn run(ctx: &Context, args: EvaluateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let tasks = load_dataset(&args.dataset)?;
+    let tasks = load_dataset(&args.dataset, ctx.task_load)?;
     let (predictions, bad) = load_predictions(&args.predictions).map_err(|e| Exit::bad_input(e.to_string()))?;
     for e in &bad {
         eprintln!("warning: skipping {e}");
@@ -137,5 +137,24 @@ pub async fn run(ctx: &Context, args: EvaluateArgs) -> anyhow::Result<()> {
     let summary = Summary::new(total_instances, &verdicts, missing, unknown, started.elapsed().as_secs_f64());
     output::write_json(&out_dir.join("summary.json"), &summary)?;
     summary.print(&out_dir);
+    if let Some(why) = all_failed_in_the_infrastructure(verdicts.iter()) {
+        return Err(Exit::infra(format!("{why}; no patch was graded (logs in {})", out_dir.display())));
+    }
     Ok(())
+}
+
+/// When every one of (at least one) verdicts is the infrastructure's failure (`env_error`),
+/// what to tell the user: a stage in which nothing was graded has failed, whatever it wrote.
+pub fn all_failed_in_the_infrastructure<'a>(verdicts: impl Iterator<Item = &'a swegym_schema::Verdict>) -> Option<String> {
+    let (mut n, mut first) = (0usize, None);
+    for v in verdicts {
+        if !v.status.is_infra_failure() {
+            return None;
+        }
+        n += 1;
+        if first.is_none() {
+            first = Some(format!("{}: {}", v.instance_id, v.error.as_deref().unwrap_or("no message")));
+        }
+    }
+    first.map(|first| format!("every one of {n} grading jobs failed in the infrastructure (env_error); the first: {first}"))
 }

@@ -30,6 +30,15 @@ struct Cli {
     /// More logging (-v info, -vv debug); SWEGYM_LOG=<filter> overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Load tasks whose FAIL_TO_PASS is empty (evaluate, sample, dataset, bench); they are
+    /// still never graded resolved. Without it such rows are skipped as bad rows. Not for
+    /// `run`: a training run never loads them.
+    #[arg(long, global = true)]
+    allow_no_fail_to_pass: bool,
+    /// When stderr is not a terminal (a log file, CI), print each long stage's progress as a
+    /// plain line this often.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    progress_every: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,9 +106,15 @@ fn main() {
     }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    let _ = output::PLAIN_PROGRESS_EVERY.set(std::time::Duration::from_secs(cli.progress_every));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
-        let ctx = Context::from_env()?;
+        let mut ctx = Context::from_env()?;
+        ctx.task_load.allow_no_fail_to_pass = cli.allow_no_fail_to_pass;
+        if cli.allow_no_fail_to_pass && matches!(cli.command, Command::Run(_)) {
+            let message = "--allow-no-fail-to-pass does not apply to `swegym run`: a training run never loads a task without a FAIL_TO_PASS test (it would reward a no-op)";
+            return Err(Exit { code: 2, message: message.into() }.into());
+        }
         match cli.command {
             Command::Evaluate(args) => evaluate::run(&ctx, args).await,
             Command::Dataset(cmd) => dataset::run(&ctx, cmd).await,
@@ -131,5 +146,7 @@ fn init_tracing(verbose: u8) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_env("SWEGYM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // Colour codes only for a terminal: a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
 }

@@ -1,5 +1,6 @@
 //! What an evaluation run leaves on disk: `verdicts.parquet`, `summary.json` and
-//! `logs/<instance>/<label>.log`, plus the summary printed to the terminal.
+//! `logs/<instance>/<label>.log`, plus the summary printed to the terminal; and progress on
+//! stderr (a bar on a terminal, a plain line every 30 s otherwise).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -114,7 +115,59 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
-/// A progress bar on stderr, hidden when stderr is not a terminal.
+/// How often a stage's progress is printed as a plain line when stderr is not a terminal
+/// (`--progress-every`, set once by `main`; 30 s when unset).
+pub static PLAIN_PROGRESS_EVERY: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// When stderr is not a terminal (a log file, CI, nohup) indicatif draws nothing: a line
+/// says the stage started, and a thread then prints `bar`'s state as one plain line (no
+/// escape codes) every [`PLAIN_PROGRESS_EVERY`] until the bar is finished or dropped, so a
+/// long stage is never silent there.
+pub fn plain_progress_when_piped(bar: &indicatif::ProgressBar, what: &str) {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        return;
+    }
+    let every = *PLAIN_PROGRESS_EVERY.get_or_init(|| std::time::Duration::from_secs(30));
+    eprintln!("[{what}] started");
+    let weak = bar.downgrade();
+    let what = what.to_string();
+    let spawned = std::thread::Builder::new().name("plain-progress".into()).spawn(move || {
+        let mut last = std::time::Instant::now();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let Some(bar) = weak.upgrade() else { return };
+            if bar.is_finished() {
+                return;
+            }
+            if last.elapsed() >= every {
+                last = std::time::Instant::now();
+                eprintln!("{}", plain_progress_line(&what, &bar));
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread for plain progress lines");
+    }
+}
+
+/// `[sampling] 12/40 (30%), 4m10s elapsed: <message>`.
+fn plain_progress_line(what: &str, bar: &indicatif::ProgressBar) -> String {
+    let elapsed = bar.elapsed().as_secs();
+    let mut line = format!("[{what}] {}", bar.position());
+    if let Some(len) = bar.length().filter(|&n| n > 0) {
+        line.push_str(&format!("/{len} ({:.0}%)", 100.0 * bar.position() as f64 / len as f64));
+    }
+    line.push_str(&format!(", {}m{:02}s elapsed", elapsed / 60, elapsed % 60));
+    let message = bar.message();
+    if !message.is_empty() {
+        line.push_str(&format!(": {message}"));
+    }
+    line
+}
+
+/// A progress bar on stderr; when stderr is not a terminal, plain lines instead
+/// ([`plain_progress_when_piped`]).
 pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
@@ -123,6 +176,7 @@ pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
             .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
+    plain_progress_when_piped(&bar, what);
     bar
 }
 

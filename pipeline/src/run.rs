@@ -74,7 +74,7 @@ pub struct RunArgs {
     pub run_dir: Option<PathBuf>,
 }
 
-/// A progress bar with ETA on stderr (hidden when stderr is not a terminal).
+/// A progress bar with ETA on stderr (plain lines when stderr is not a terminal).
 pub(crate) fn stage_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
@@ -84,6 +84,7 @@ pub(crate) fn stage_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar.enable_steady_tick(Duration::from_millis(250));
+    crate::output::plain_progress_when_piped(&bar, what);
     bar
 }
 

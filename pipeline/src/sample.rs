@@ -229,7 +229,7 @@ pub(crate) fn warn_slow_bf16_prefill(dtypes: &ModelDtypes) {
 /// The tasks, the stage config and the sandbox provisioner that `args` describe (the policy
 /// is built apart: a benchmark builds one per concurrency).
 async fn prepare(ctx: &Context, args: &SampleArgs) -> anyhow::Result<(Vec<swegym_schema::Task>, SampleConfig, Arc<Provisioner>)> {
-    let mut tasks = load_dataset(&args.dataset)?;
+    let mut tasks = load_dataset(&args.dataset, ctx.task_load)?;
     if !args.instance_ids.is_empty() {
         tasks.retain(|t| args.instance_ids.contains(&t.instance_id));
         if tasks.is_empty() {
@@ -373,6 +373,10 @@ pub(crate) async fn evaluate_rollouts(
         let bar2 = bar.clone();
         let results = harness.run(jobs_list, move |_| bar2.inc(1)).await;
         bar.finish_and_clear();
+        if let Some(why) = crate::evaluate::all_failed_in_the_infrastructure(results.iter().map(|r| &r.outcome.verdict)) {
+            // Left ungraded (no status), so the same command grades them again once fixed.
+            return Err(Exit::infra(format!("{why}; fix it and rerun the same command (the rollouts are kept, ungraded)")));
+        }
         for result in results {
             let r = &mut rollouts[job_rows[result.job_idx]];
             r.resolved = Some(result.outcome.verdict.resolved);

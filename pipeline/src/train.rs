@@ -131,6 +131,7 @@ pub(crate) async fn run_with_config(args: TrainArgs, cfg: TrainConfig) -> anyhow
                     .progress_chars("=> "),
             );
             bar.set_message("loading the model");
+            crate::output::plain_progress_when_piped(&bar, "train");
             bar
         });
         let mut on_step = |s: &StepLog| match &bar {

@@ -30,13 +30,22 @@ pub fn slow(test: &str) -> bool {
     false
 }
 
-/// True when a docker daemon answers; prints why not otherwise.
+/// True when a docker daemon answers. Otherwise: with slow tests on (CI) the test fails —
+/// it never passes for work it did not do —, else it is skipped with a note.
 pub fn docker(test: &str) -> bool {
     let ok = Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipping {test}: no docker daemon reachable (`docker info` failed)");
+        missing(test, "no docker daemon reachable (`docker info` failed)");
     }
     ok
+}
+
+/// A prerequisite of `test` is missing: a failure when slow tests are on, a note otherwise.
+pub fn missing(test: &str, what: &str) {
+    if std::env::var("SWEGYM_SLOW_TESTS").is_ok_and(|v| v == "1") {
+        panic!("{test}: {what}, and SWEGYM_SLOW_TESTS=1 asks for every test to run");
+    }
+    eprintln!("skipping {test}: {what}");
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
@@ -78,7 +87,7 @@ pub fn peft_reference(test: &str) -> Option<(PathBuf, PathBuf)> {
     if python.exists() && base.join("model.safetensors").exists() {
         return Some((python, base));
     }
-    eprintln!("skipping {test}: {} or {} is missing (`SWEGYM_SETUP_REF=1 make setup` makes both)", python.display(), base.display());
+    missing(test, &format!("{} or {} is missing (`SWEGYM_SETUP_REF=1 make setup` makes both)", python.display(), base.display()));
     None
 }
 

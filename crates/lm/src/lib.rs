@@ -56,6 +56,8 @@ pub enum ModelError {
     Adapter { path: PathBuf, message: String },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("{path}: tensor {name} is not all finite numbers ({count} NaN or infinite): the file is corrupt or was saved from a diverged run")]
+    NonFinite { path: PathBuf, name: String, count: i64 },
 }
 
 /// Loads a model and its tokenizer from a GGUF file or an HF folder (`config.json`,

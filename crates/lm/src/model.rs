@@ -758,6 +758,7 @@ impl CausalLm {
     pub fn from_gguf(file: &GgufFile, dtype: Dtype, device: Device) -> Result<Self, ModelError> {
         let config = ModelConfig::from_gguf(file)?;
         let weights = Weights::from_gguf(file, &config)?;
+        weights.check_finite()?;
         Self::load(&config, weights, dtype, device)
     }
 
@@ -766,6 +767,7 @@ impl CausalLm {
         let config = ModelConfig::from_hf_file(&config_path(dir))?;
         let files = Weights::safetensors_files(dir)?;
         let weights = Weights::from_safetensors(dir, &files)?;
+        weights.check_finite()?;
         Self::load(&config, weights, dtype, device)
     }
 

@@ -126,6 +126,24 @@ impl Weights {
         Ok(files)
     }
 
+    /// Fails on the first tensor (by name) holding NaN or an infinity: a corrupt file would
+    /// otherwise load and give NaN logits, and every reply would be garbage.
+    pub fn check_finite(&self) -> Result<(), ModelError> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let t = &self.tensors[name];
+            if !t.is_floating_point() {
+                continue;
+            }
+            let bad = t.f_isfinite()?.f_logical_not()?.f_sum(tch::Kind::Int64)?.int64_value(&[]);
+            if bad > 0 {
+                return Err(ModelError::NonFinite { path: self.source.clone(), name: name.clone(), count: bad });
+            }
+        }
+        Ok(())
+    }
+
     /// All tensors of a GGUF file, dequantized to f32 on the CPU, under HF names.
     pub fn from_gguf(file: &GgufFile, config: &ModelConfig) -> Result<Self, ModelError> {
         let mut tensors = HashMap::new();

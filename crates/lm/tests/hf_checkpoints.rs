@@ -96,3 +96,25 @@ fn truncated_safetensors_names_the_file() {
     let msg = load_error(|d| std::fs::remove_file(d.join("model.safetensors")).unwrap());
     assert!(msg.contains("model.safetensors.index.json"), "{msg}");
 }
+
+/// Overwrites values `index..index + n` of tensor `name` in a safetensors file with NaN.
+fn poison_safetensors(path: &Path, name: &str, index: usize, n: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header[name]["dtype"], "F32", "{name}");
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    for i in index..index + n {
+        let at = 8 + header_len + start + 4 * i;
+        bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Corrupt weights (NaN in a tensor) fail at load, naming the model and the tensor, instead
+/// of loading and giving NaN logits.
+#[test]
+fn non_finite_weights_fail_by_name() {
+    let msg = load_error(|d| poison_safetensors(&d.join("model.safetensors"), "model.layers.1.mlp.up_proj.weight", 7, 3));
+    assert!(msg.contains(": tensor model.layers.1.mlp.up_proj.weight is not all finite numbers (3 NaN or infinite)"), "{msg}");
+}

@@ -8,6 +8,7 @@
 //! <cache_root>/envs/local/<key>/ready.json  written last: the environment is complete
 //! <cache_root>/envs/local/<key>/build.log   every build step's command and output
 //! <cache_root>/sandboxes/local/sbx-XXXX/    one live sandbox: testbed/ and tmp/
+//! <cache_root>/sandboxes/etc/etc-<pid>-XXXX/ the /etc every sandbox of one process sees
 //! ```
 //!
 //! Resource limits come from a cgroup per sandbox (see [`cgroup`]); the sandbox itself
@@ -15,6 +16,7 @@
 
 mod bwrap;
 mod cgroup;
+mod etc;
 mod files;
 
 use std::collections::HashMap;
@@ -54,6 +56,9 @@ pub struct LocalBackend {
     build_step_timeout: Duration,
     cgroup_roots: OnceLock<CgroupRoots>,
     build_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The world-readable copy of the host's `/etc` ([`etc`]), made on first use and
+    /// removed with the backend.
+    public_etc: tokio::sync::OnceCell<tempfile::TempDir>,
 }
 
 /// What `ready.json` records about a built environment.
@@ -67,7 +72,8 @@ struct ReadyMarker {
 
 impl LocalBackend {
     /// A backend keeping its environments and sandboxes under `cache_root`
-    /// (the pipeline passes `~/.cache/swegym`). Runs `bwrap` from `PATH`.
+    /// (the pipeline passes `~/.cache/swegym`). Runs `bwrap` from the C library's default
+    /// path (/bin:/usr/bin) unless [`LocalBackend::with_bwrap`] names it.
     pub fn new(cache_root: PathBuf) -> LocalBackend {
         LocalBackend {
             cache_root,
@@ -77,10 +83,11 @@ impl LocalBackend {
             build_step_timeout: Duration::from_secs(1800),
             cgroup_roots: OnceLock::new(),
             build_locks: std::sync::Mutex::new(HashMap::new()),
+            public_etc: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// Runs this bubblewrap binary instead of `bwrap` from `PATH`.
+    /// Runs this bubblewrap binary (the pipeline passes the one on its `PATH`).
     pub fn with_bwrap(mut self, bwrap: PathBuf) -> LocalBackend {
         self.bwrap = bwrap;
         self
@@ -123,6 +130,7 @@ impl LocalBackend {
     /// Removes sandbox dirs and cgroups left by swegym processes that are no longer alive
     /// (a run killed with SIGKILL cannot clean up after itself); returns how many.
     pub fn sweep_orphans(&self) -> usize {
+        self.sweep_etc_copies();
         let Ok(entries) = std::fs::read_dir(self.sandboxes_dir()) else {
             return 0;
         };
@@ -151,6 +159,53 @@ impl LocalBackend {
         }
         if swept > 0 {
             tracing::warn!(sandboxes = swept, "removed sandboxes left by killed swegym runs");
+        }
+        swept
+    }
+
+    /// `<cache_root>/sandboxes/etc`: the `/etc` copies of live processes, one each.
+    fn etc_copies_dir(&self) -> PathBuf {
+        self.cache_root.join("sandboxes").join("etc")
+    }
+
+    /// The host folder bound at `/etc` in this backend's sandboxes: the world-readable part
+    /// of the host's `/etc`, copied once per backend (see [`etc`]).
+    async fn public_etc(&self) -> Result<PathBuf, SandboxError> {
+        let parent = self.etc_copies_dir();
+        let dir = self
+            .public_etc
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&parent).map_err(|e| SandboxError::io(format!("creating {}", parent.display()), e))?;
+                    let dir = tempfile::Builder::new()
+                        .prefix(&format!("etc-{}-", std::process::id()))
+                        .tempdir_in(&parent)
+                        .map_err(|e| SandboxError::io(format!("creating a folder in {}", parent.display()), e))?;
+                    let counts = etc::copy_public(Path::new("/etc"), &dir.path().join("etc"))
+                        .map_err(|e| SandboxError::io(format!("copying /etc into {}", dir.path().display()), e))?;
+                    tracing::debug!(copied = counts.copied, left_out = counts.left_out, "sandbox /etc made");
+                    Ok::<_, SandboxError>(dir)
+                })
+                .await
+                .map_err(|e| SandboxError::Other(format!("copying /etc: {e}")))?
+            })
+            .await?;
+        Ok(dir.path().join("etc"))
+    }
+
+    /// Removes the `/etc` copies of processes that are no longer alive; returns how many.
+    fn sweep_etc_copies(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.etc_copies_dir()) else {
+            return 0;
+        };
+        let mut swept = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = name.strip_prefix("etc-").and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+            let dead = owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if dead && std::fs::remove_dir_all(entry.path()).is_ok() {
+                swept += 1;
+            }
         }
         swept
     }
@@ -209,6 +264,7 @@ impl LocalBackend {
         let mut ro_extra = self.ro_binds.clone();
         ro_extra.extend(python_binds_of_venv(venv_dir));
         let mounts = Mounts {
+            etc: self.public_etc().await?,
             testbed,
             tmp,
             venv: venv_dir.clone(),
@@ -301,6 +357,7 @@ impl LocalBackend {
         let mut ro_extra = self.ro_binds.clone();
         ro_extra.extend(python_binds_of_interpreter(&env.python));
         let mounts = Mounts {
+            etc: self.public_etc().await?,
             testbed: testbed.clone(),
             tmp,
             venv: venv.clone(),

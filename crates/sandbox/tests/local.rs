@@ -205,6 +205,62 @@ async fn only_testbed_and_tmp_are_writable() {
     sb.destroy().await.unwrap();
 }
 
+/// swegym's environment (API keys) never reaches a sandbox: not the command's environment,
+/// not bwrap's own (pid 1 inside, `/proc/1/environ` readable there), not any process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swegyms_environment_stays_outside() {
+    let canary = unique("canary_secret");
+    // Set for the whole test process and never removed, so every sandbox started from now
+    // on is started by a process that holds the secret.
+    std::env::set_var("SWEGYM_TEST_CANARY_API_KEY", &canary);
+    let f = fixture();
+    let mut sb = f.sandbox(&Limits::default()).await;
+    let out = sb
+        .exec(&req("env; for f in /proc/[0-9]*/environ; do echo \"== $f\"; tr '\\0' '\\n' < $f; done; echo; echo done"))
+        .await
+        .unwrap();
+    assert!(out.output.contains("== /proc/1/environ") && out.output.ends_with("done\n"), "{}", out.output);
+    assert!(out.output.contains("PATH=/opt/venv/bin"), "the command's own variables are there: {}", out.output);
+    assert!(!out.output.contains(&canary) && !out.output.contains("SWEGYM_TEST_CANARY"), "{}", out.output);
+    sb.destroy().await.unwrap();
+}
+
+/// Host files readable only by their owner stay unreadable even when swegym runs as root
+/// (the sandbox's user is the host's, mapped): `/etc` inside is its world-readable part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_secrets_stay_outside() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture();
+    let mut sb = f.sandbox(&Limits::default()).await;
+    // What programs need is there.
+    let out = sb.exec(&req("id -un; test -s /etc/passwd && test -r /etc/ld.so.cache && echo ok")).await.unwrap();
+    assert_eq!(out.exit_code, Some(0), "{}", out.output);
+    // Whatever in the host's /etc others may not read is absent inside.
+    let hidden: Vec<String> = ["/etc/shadow", "/etc/gshadow", "/etc/ssl/private", "/etc/sudoers"]
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o004 == 0))
+        .map(str::to_string)
+        .collect();
+    for path in &hidden {
+        let out = sb.exec(&req(&format!("cat {path} || ls {path}"))).await.unwrap();
+        assert_ne!(out.exit_code, Some(0), "{path} was readable: {}", out.output);
+    }
+    if nix_is_root() {
+        assert!(hidden.iter().any(|p| p == "/etc/shadow"), "a root host has an owner-only /etc/shadow: {hidden:?}");
+    }
+    // Nothing of the host's home, cache or keys is mounted.
+    for path in ["/root/.ssh", "/root/.cache", "/home", f.backend.sandboxes_dir().to_str().unwrap()] {
+        let out = sb.exec(&req(&format!("ls {path}"))).await.unwrap();
+        assert_ne!(out.exit_code, Some(0), "{path} is visible: {}", out.output);
+    }
+    sb.destroy().await.unwrap();
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_in_and_out() {
     let f = fixture();

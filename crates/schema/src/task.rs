@@ -3,6 +3,10 @@
 //! SWE-Gym stores `FAIL_TO_PASS` / `PASS_TO_PASS` as lists, SWE-bench as JSON-encoded
 //! strings; both are accepted. A malformed row is reported as a [`RowError`] with its
 //! row number and (when it can be read) instance id, and the other rows still load.
+//!
+//! A row with no `FAIL_TO_PASS` test is a bad row unless [`LoadOptions`] allow it: no test
+//! can tell a fix from a no-op there, so any patch that keeps `PASS_TO_PASS` green would
+//! pass its grading — a reward any policy trained on it learns to collect.
 
 use std::path::{Path, PathBuf};
 
@@ -25,9 +29,9 @@ pub struct Task {
     pub problem_statement: String,
     #[serde(default)]
     pub hints_text: String,
-    #[serde(rename = "FAIL_TO_PASS", deserialize_with = "de_test_list")]
+    #[serde(rename = "FAIL_TO_PASS", deserialize_with = "de_fail_to_pass")]
     pub fail_to_pass: Vec<String>,
-    #[serde(rename = "PASS_TO_PASS", deserialize_with = "de_test_list")]
+    #[serde(rename = "PASS_TO_PASS", deserialize_with = "de_pass_to_pass")]
     pub pass_to_pass: Vec<String>,
     /// The repo version key selecting the environment spec (SWE-bench writes "3.0").
     #[serde(deserialize_with = "de_version")]
@@ -94,8 +98,24 @@ pub struct TaskLoad {
     pub errors: Vec<RowError>,
 }
 
-/// Loads tasks from `.jsonl`, `.json` (an array, or JSONL in disguise) or `.parquet`.
+/// What [`load_tasks_with`] accepts beyond a well-formed row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Load rows whose `FAIL_TO_PASS` is empty (they are still never graded resolved).
+    pub allow_no_fail_to_pass: bool,
+}
+
+/// The message of a row with no `FAIL_TO_PASS` test.
+pub const NO_FAIL_TO_PASS: &str = "FAIL_TO_PASS is empty: no test tells a fix from a no-op (any patch keeping PASS_TO_PASS green would pass); list the tests the fix makes pass, or load it anyway with --allow-no-fail-to-pass";
+
+/// Loads tasks from `.jsonl`, `.json` (an array, or JSONL in disguise) or `.parquet`;
+/// rows without a `FAIL_TO_PASS` test are bad rows ([`LoadOptions::default`]).
 pub fn load_tasks(path: &Path) -> Result<TaskLoad, SchemaError> {
+    load_tasks_with(path, LoadOptions::default())
+}
+
+/// [`load_tasks`] with options.
+pub fn load_tasks_with(path: &Path, options: LoadOptions) -> Result<TaskLoad, SchemaError> {
     let rows = read_rows(path)?;
     let mut load = TaskLoad::default();
     let mut seen = std::collections::HashSet::new();
@@ -109,6 +129,9 @@ pub fn load_tasks(path: &Path) -> Result<TaskLoad, SchemaError> {
         };
         let instance_id = value.get("instance_id").and_then(|v| v.as_str()).map(str::to_string);
         match serde_json::from_value::<Task>(value) {
+            Ok(task) if task.fail_to_pass.is_empty() && !options.allow_no_fail_to_pass => {
+                load.errors.push(RowError { path: path.to_path_buf(), row, instance_id, message: NO_FAIL_TO_PASS.into() });
+            }
             Ok(task) => {
                 if !seen.insert(task.instance_id.clone()) {
                     load.errors.push(RowError {
@@ -175,23 +198,52 @@ fn read_parquet_rows(path: &Path) -> Result<Vec<Row>, SchemaError> {
     Ok(rows)
 }
 
-/// Accepts a list of strings, a JSON-encoded string of such a list, or null (= empty).
-fn de_test_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        List(Vec<String>),
-        Encoded(String),
-        Null(()),
-    }
-    match Raw::deserialize(de)? {
-        Raw::List(v) => Ok(v),
-        Raw::Null(()) => Ok(Vec::new()),
-        Raw::Encoded(s) if s.trim().is_empty() => Ok(Vec::new()),
-        Raw::Encoded(s) => serde_json::from_str(&s).map_err(|e| {
-            serde::de::Error::custom(format!("test list is a string but not a JSON list of strings: {e}"))
-        }),
-    }
+fn de_fail_to_pass<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    de_test_list(de, "FAIL_TO_PASS")
+}
+
+fn de_pass_to_pass<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    de_test_list(de, "PASS_TO_PASS")
+}
+
+/// Accepts a list of strings, a JSON-encoded string of such a list, or null (= empty); any
+/// other value is an error naming `field` and what it holds.
+fn de_test_list<'de, D: Deserializer<'de>>(de: D, field: &str) -> Result<Vec<String>, D::Error> {
+    use serde::de::Error;
+    let expected = "a list of test ids, or a JSON string holding one";
+    let value = serde_json::Value::deserialize(de)?;
+    let list = match value {
+        serde_json::Value::Null => return Ok(Vec::new()),
+        serde_json::Value::String(s) if s.trim().is_empty() => return Ok(Vec::new()),
+        serde_json::Value::String(s) => serde_json::from_str::<serde_json::Value>(&s)
+            .map_err(|e| D::Error::custom(format!("{field} is a string but not JSON ({e}); it must be {expected}")))?,
+        other => other,
+    };
+    let serde_json::Value::Array(items) = list else {
+        return Err(D::Error::custom(format!("{field} is {}; it must be {expected}", describe(&list))));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            serde_json::Value::String(s) => Ok(s),
+            other => Err(D::Error::custom(format!("{field} holds {}; every test id must be a string", describe(&other)))),
+        })
+        .collect()
+}
+
+/// A JSON value as a few words for a message (`the number 42`).
+fn describe(value: &serde_json::Value) -> String {
+    let shown = value.to_string();
+    let shown = if shown.chars().count() > 40 { format!("{}…", shown.chars().take(40).collect::<String>()) } else { shown };
+    let kind = match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "the boolean",
+        serde_json::Value::Number(_) => "the number",
+        serde_json::Value::String(_) => "the string",
+        serde_json::Value::Array(_) => "the list",
+        serde_json::Value::Object(_) => "the object",
+    };
+    format!("{kind} {shown}")
 }
 
 /// Accepts `"3.0"` or `3.0` (some exports write the version as a number).
@@ -250,6 +302,39 @@ mod tests {
         assert_eq!(load.errors[1].row, 3);
         assert_eq!(load.errors[1].instance_id.as_deref(), Some("o__r-bad"));
         assert!(load.errors[1].to_string().contains("o__r-bad"));
+    }
+
+    #[test]
+    fn a_task_without_fail_to_pass_is_a_bad_row_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.jsonl");
+        let good = row(r#"["a"]"#);
+        let empty = row("[]").replace("o__r-1", "o__r-empty");
+        let null = row("null").replace("o__r-1", "o__r-null");
+        std::fs::write(&p, format!("{good}\n{empty}\n{null}\n")).unwrap();
+        let load = load_tasks(&p).unwrap();
+        assert_eq!(load.tasks.len(), 1);
+        let messages: Vec<String> = load.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].contains("row 2 (o__r-empty): FAIL_TO_PASS is empty"), "{}", messages[0]);
+        assert!(messages[0].contains("--allow-no-fail-to-pass"), "{}", messages[0]);
+        let allowed = load_tasks_with(&p, LoadOptions { allow_no_fail_to_pass: true }).unwrap();
+        assert_eq!((allowed.tasks.len(), allowed.errors.len()), (3, 0));
+    }
+
+    #[test]
+    fn a_test_list_of_the_wrong_kind_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.jsonl");
+        let number = row("42");
+        let ints = row("[1, 2]").replace("o__r-1", "o__r-2");
+        let p2p = row(r#"["a"]"#).replace(r#""PASS_TO_PASS":[]"#, r#""PASS_TO_PASS":{"x":1}"#).replace("o__r-1", "o__r-3");
+        std::fs::write(&p, format!("{number}\n{ints}\n{p2p}\n")).unwrap();
+        let messages: Vec<String> = load_tasks(&p).unwrap().errors.iter().map(|e| e.to_string()).collect();
+        assert!(messages[0].contains("FAIL_TO_PASS is the number 42; it must be a list of test ids"), "{}", messages[0]);
+        assert!(messages[1].contains("FAIL_TO_PASS holds the number 1; every test id must be a string"), "{}", messages[1]);
+        assert!(messages[2].contains(r#"PASS_TO_PASS is the object {"x":1}"#), "{}", messages[2]);
+        assert!(messages.iter().all(|m| !m.contains("untagged")), "{messages:?}");
     }
 
     #[test]

@@ -342,7 +342,14 @@ impl Run {
             self.log.push_str(&format!("  not passed: {failed}\n"));
         }
         let Some(problem) = problem else {
-            let status = if all_pass { EvalStatus::Resolved } else { EvalStatus::Unresolved };
+            // With no FAIL_TO_PASS test nothing shows the patch fixed anything: a no-op that
+            // keeps PASS_TO_PASS green must not be a reward (such tasks load only when the
+            // user asks for it).
+            let shows_a_fix = !spec.fail_to_pass.is_empty();
+            if !shows_a_fix {
+                self.log.push_str(">>>>> No FAIL_TO_PASS test: nothing shows a fix, so this is never resolved\n");
+            }
+            let status = if all_pass && shows_a_fix { EvalStatus::Resolved } else { EvalStatus::Unresolved };
             tracing::info!(status = status.as_str(), f2p_passed = self.verdict.fail_to_pass_passed, p2p_passed = self.verdict.pass_to_pass_passed, "graded");
             return self.finish(status, None, started);
         };

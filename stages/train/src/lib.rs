@@ -79,4 +79,6 @@ pub enum TrainError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("step {step}: the loss is {loss}, not a finite number: training diverged (lower the learning rate) or the weights are broken; no adapter was written")]
+    NonFiniteLoss { step: usize, loss: f64 },
 }

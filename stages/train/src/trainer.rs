@@ -104,6 +104,9 @@ pub fn train(req: TrainRequest<'_>, on_step: &mut dyn FnMut(&StepLog)) -> Result
         let lr = cosine_lr(cfg.learning_rate, state.step, cfg.warmup_steps, plan.steps);
         let out = trainer.step(&micro, lr, dropout_seed(cfg.seed, state.step));
         let (loss, grad_norm, tokens, step_loss_tokens) = (out.loss, out.grad_norm, out.tokens, out.loss_tokens);
+        if !loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss { step: state.step + 1, loss });
+        }
         state.step += 1;
         state.losses.push(loss);
         state.tokens += tokens;

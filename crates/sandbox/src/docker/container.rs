@@ -77,6 +77,9 @@ pub(crate) fn own_labels(role: &str) -> HashMap<String, String> {
     ])
 }
 
+/// Docker's default capabilities that no sandbox keeps.
+const DROPPED_CAPABILITIES: [&str; 7] = ["AUDIT_WRITE", "MKNOD", "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETPCAP", "SYS_CHROOT"];
+
 /// This machine's host name (labels containers so a sweep on another host leaves them alone).
 pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
@@ -100,6 +103,11 @@ pub(crate) async fn start_container(docker: &Docker, plan: &ContainerPlan<'_>) -
         pids_limit: plan.limits.map(|l| l.max_pids as i64),
         cpu_shares: plan.cpu_shares,
         security_opt: Some(vec!["no-new-privileges".into()]),
+        // Of Docker's default capabilities, root in the container keeps only those that file
+        // work and process control need (files copied in keep the host's owners, so root must
+        // still write what another uid owns): no raw sockets, device nodes, chroot, binding
+        // low ports, audit writes or file capabilities.
+        cap_drop: Some(DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
         mounts: if mounts.is_empty() { None } else { Some(mounts) },
         ..Default::default()
     };

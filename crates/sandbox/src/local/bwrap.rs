@@ -2,12 +2,17 @@
 //! a timeout that kills the whole tree, an output cap, and the cgroup move.
 //!
 //! Layout inside: a read-only tmpfs root holding read-only binds of the host's `/usr`,
-//! `/etc`, `/lib*`, `/bin`, `/sbin` (symlinks where the host has merged `/usr`), the
+//! `/lib*`, `/bin`, `/sbin` (symlinks where the host has merged `/usr`), of the host's `/etc`
+//! as every host user may read it (a filtered copy, see `etc.rs`: no `/etc/shadow`), the
 //! Python installation the venv points at, `/opt/venv` (read-only, writable only while an
 //! environment is built), `/testbed` and `/tmp` (host dirs of this sandbox, writable),
 //! fresh `/proc` and `/dev`. All namespaces are new (user, mount, pid, net, ipc, uts,
 //! cgroup), with every capability dropped and no further user namespaces allowed, so even
 //! root inside cannot remount anything writable. Network: only an unconfigured loopback.
+//!
+//! bwrap starts with an empty environment (it is pid 1 inside, and `/proc/1/environ` is
+//! readable there: swegym's own environment, API keys included, must never be it); the
+//! command gets only the variables set with `--setenv`.
 //!
 //! Each command is `bwrap … -- bash -c <command>`; bubblewrap runs as pid 1 of the new pid
 //! namespace, so when the command's shell ends, everything it left behind dies with it.
@@ -37,6 +42,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// The host dirs a sandbox binds.
 #[derive(Debug, Clone)]
 pub(crate) struct Mounts {
+    /// Bound read-only at `/etc`: the world-readable copy of the host's.
+    pub etc: PathBuf,
     /// Bound writable at [`TESTBED`].
     pub testbed: PathBuf,
     /// Bound writable at `/tmp`.
@@ -120,6 +127,7 @@ pub(crate) fn bwrap_args(mounts: &Mounts, env: &[(String, String)], cwd: &str, c
         let dest = format!("/{name}");
         match target {
             Some(t) => push(&[&"--symlink", t, &dest]),
+            None if name == "etc" => push(&[&"--ro-bind", &mounts.etc, &dest]),
             None => push(&[&"--ro-bind", &dest, &dest]),
         }
     }
@@ -179,7 +187,12 @@ pub(crate) async fn run(ctx: &RunContext<'_>, req: &ExecRequest) -> Result<ExecO
     let writer2 = writer.try_clone().map_err(|e| SandboxError::io("creating the output pipe", e))?;
 
     let mut cmd = tokio::process::Command::new(ctx.bwrap);
-    cmd.args(&args)
+    // Nothing of swegym's environment reaches bwrap (pid 1 in the sandbox, its environ
+    // readable there); the command's variables are the --setenv ones. With no PATH, a bare
+    // `bwrap` is looked for in the C library's default path (/bin:/usr/bin); the binary
+    // hands in the full path it found on its own PATH.
+    cmd.env_clear()
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(writer2))

@@ -1,0 +1,204 @@
+//! End to end, the attacks a policy (or a careless dataset) can make on grading: a
+//! `model_patch` that reads swegym's environment and host secrets from inside the test run,
+//! a task with no FAIL_TO_PASS test that would reward a no-op, and a stage whose every job
+//! failed in the infrastructure (which must not exit 0).
+
+mod common;
+
+use common::{fails, read_parquet_with_pyarrow, repo_root, run_ok, swegym};
+
+/// marshmallow-1359 as a JSON object (the real SWE-bench Lite dev row).
+fn marshmallow_task() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo_root().join("datasets/swebench-lite-marshmallow/tasks.jsonl")).unwrap();
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
+}
+
+fn with_id(task: &serde_json::Value, suffix: &str) -> serde_json::Value {
+    let mut t = task.clone();
+    t["instance_id"] = format!("{}-{suffix}", task["instance_id"].as_str().unwrap()).into();
+    t
+}
+
+fn jsonl(rows: &[serde_json::Value]) -> String {
+    rows.iter().map(|r| format!("{r}\n")).collect()
+}
+
+/// A patch that adds one module nothing imports: code, so not an empty patch (a comment-only
+/// one already is), yet nothing any test can see.
+const NO_OP_PATCH: &str = "diff --git a/src/marshmallow/_note.py b/src/marshmallow/_note.py\nnew file mode 100644\n--- /dev/null\n+++ b/src/marshmallow/_note.py\n@@ -0,0 +1 @@\n+NOTE = \"nothing to see here\"\n";
+
+/// A patch to marshmallow's `__init__.py` (3.0.0), imported before any test runs, that
+/// gathers every process's environment and host secret files it can open and puts them in
+/// the test log (as the message of an import error, so pytest shows it whatever it captures).
+fn leaking_patch() -> String {
+    let leak = [
+        "import glob as _glob, os as _os",
+        "_seen = {'self': dict(_os.environ)}",
+        "for _f in _glob.glob('/proc/*/environ') + ['/etc/shadow', '/etc/gshadow', '/root/.ssh/id_rsa']:",
+        "    try:",
+        "        _seen[_f] = open(_f, 'rb').read().decode(errors='replace')",
+        "    except OSError as _e:",
+        "        _seen[_f] = repr(_e)",
+        "raise RuntimeError('LEAK ' + repr(_seen))",
+    ];
+    let mut patch = format!(
+        "diff --git a/src/marshmallow/__init__.py b/src/marshmallow/__init__.py\n--- a/src/marshmallow/__init__.py\n+++ b/src/marshmallow/__init__.py\n@@ -1,3 +1,{} @@\n",
+        leak.len() + 3
+    );
+    for line in leak {
+        patch.push_str(&format!("+{line}\n"));
+    }
+    patch.push_str(" from marshmallow.schema import Schema, SchemaOpts\n \n from . import fields\n");
+    patch
+}
+
+#[test]
+fn graded_attacks_are_contained_local() {
+    if !common::slow("graded_attacks_are_contained_local") {
+        return;
+    }
+    graded_attacks_are_contained("local");
+}
+
+#[test]
+fn graded_attacks_are_contained_docker() {
+    if !common::slow("graded_attacks_are_contained_docker") || !common::docker("graded_attacks_are_contained_docker") {
+        return;
+    }
+    graded_attacks_are_contained("docker");
+}
+
+/// One `evaluate` run over three graded attacks (real marshmallow environment): a no-op
+/// patch on a task whose FAIL_TO_PASS is empty is never resolved; a patch printing every
+/// environment the sandbox can read shows no trace of the API key in swegym's environment,
+/// and no host secret; a task with no environment is an env_error while the run finishes
+/// and reports it.
+fn graded_attacks_are_contained(backend: &str) {
+    let before = common::leftovers(backend);
+    let tmp = tempfile::tempdir().unwrap();
+    let task = marshmallow_task();
+    let mut no_f2p = with_id(&task, "nof2p");
+    no_f2p["FAIL_TO_PASS"] = "[]".into();
+    let leak = with_id(&task, "leak");
+    let mut no_env = with_id(&task, "noenv");
+    no_env["version"] = "9.9".into();
+    let dataset = tmp.path().join("tasks.jsonl");
+    std::fs::write(&dataset, jsonl(&[no_f2p.clone(), leak.clone(), no_env.clone()])).unwrap();
+    let prediction = |t: &serde_json::Value, patch: &str| {
+        serde_json::json!({"instance_id": t["instance_id"], "model_name_or_path": "attacker", "model_patch": patch})
+    };
+    let preds = tmp.path().join("preds.jsonl");
+    std::fs::write(&preds, jsonl(&[prediction(&no_f2p, NO_OP_PATCH), prediction(&leak, &leaking_patch()), prediction(&no_env, NO_OP_PATCH)])).unwrap();
+
+    // Without the flag the task with no FAIL_TO_PASS is a bad row, named.
+    let out = run_ok(swegym().args(["dataset", "stats", "--json"]).arg(&dataset));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("row 1 (marshmallow-code__marshmallow-1359-nof2p): FAIL_TO_PASS is empty"), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["instances"], 2);
+
+    let canary = format!("sk-canary-{}-{}", std::process::id(), tmp.path().file_name().unwrap().to_string_lossy());
+    let out_dir = tmp.path().join("out");
+    let env_specs = repo_root().join("datasets/swebench-lite-marshmallow/environments.toml");
+    let out = run_ok(
+        swegym()
+            .args(["--allow-no-fail-to-pass", "evaluate", "--backend", backend, "-j", "2"])
+            .arg("--dataset")
+            .arg(&dataset)
+            .arg("--predictions")
+            .arg(&preds)
+            .arg("--env-specs")
+            .arg(&env_specs)
+            .arg("--out")
+            .arg(&out_dir)
+            .env("OPENAI_API_KEY", &canary)
+            .env("SWEGYM_TEST_CANARY", &canary),
+    );
+    let rows = read_parquet_with_pyarrow(&out_dir.join("verdicts.parquet"));
+    let status = |suffix: &str| {
+        let row = rows.as_array().unwrap().iter().find(|r| r["instance_id"].as_str().unwrap().ends_with(suffix)).unwrap();
+        (row["status"].as_str().unwrap().to_string(), row["resolved"].as_bool().unwrap())
+    };
+    assert_eq!(status("-nof2p"), ("unresolved".to_string(), false), "a no-op must not be rewarded");
+    assert_eq!(status("-leak"), ("unresolved".to_string(), false));
+    assert_eq!(status("-noenv"), ("env_error".to_string(), false));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["error_instances"].as_u64(), summary["resolved_instances"].as_u64()), (Some(1), Some(0)), "{summary}");
+
+    let log = |suffix: &str| std::fs::read_to_string(out_dir.join(format!("logs/marshmallow-code__marshmallow-1359-{suffix}/attacker.log"))).unwrap();
+    assert!(log("nof2p").contains("No FAIL_TO_PASS test"), "{}", log("nof2p"));
+    let leak_log = log("leak");
+    assert!(leak_log.contains("LEAK {") && leak_log.contains("/proc/1/environ"), "the attack ran and printed:\n{leak_log}");
+    if backend == "local" {
+        assert!(leak_log.contains("'/etc/shadow': \"FileNotFoundError"), "/etc/shadow is not there:\n{leak_log}");
+    }
+    // (A container's /etc/shadow is its image's own.) No password hash of the host's shows.
+    let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+    for hash in host_shadow.lines().filter_map(|l| l.split(':').nth(1)).filter(|h| h.len() > 3) {
+        assert!(!leak_log.contains(hash), "a host password hash is in the log");
+    }
+    // The key is nowhere in anything the run wrote.
+    for entry in walk(&out_dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(&canary), "{} holds the canary secret", entry.display());
+    }
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&canary) && !String::from_utf8_lossy(&out.stderr).contains(&canary));
+    common::assert_nothing_left(backend, &before);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// When every grading job failed in the infrastructure, `evaluate` says so and exits 4
+/// (scripts must not read it as success); the verdicts are still written.
+#[test]
+fn evaluate_exits_4_when_every_job_failed_in_the_infrastructure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let task = marshmallow_task();
+    let rows: Vec<serde_json::Value> = ["a", "b"]
+        .iter()
+        .map(|s| {
+            let mut t = with_id(&task, s);
+            t["version"] = "9.9".into(); // no environment anywhere has it
+            t
+        })
+        .collect();
+    let dataset = tmp.path().join("tasks.jsonl");
+    std::fs::write(&dataset, jsonl(&rows)).unwrap();
+    let preds: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|t| serde_json::json!({"instance_id": t["instance_id"], "model_name_or_path": "m", "model_patch": t["patch"]}))
+        .collect();
+    std::fs::write(tmp.path().join("preds.jsonl"), jsonl(&preds)).unwrap();
+    let out_dir = tmp.path().join("out");
+    let stderr = fails(
+        swegym()
+            .args(["evaluate", "--backend", "local", "--dataset"])
+            .arg(&dataset)
+            .arg("--predictions")
+            .arg(tmp.path().join("preds.jsonl"))
+            .arg("--out")
+            .arg(&out_dir),
+        4,
+    );
+    assert!(stderr.contains("every one of 2 grading jobs failed in the infrastructure (env_error)"), "{stderr}");
+    assert!(out_dir.join("verdicts.parquet").exists() && out_dir.join("summary.json").exists());
+}
+
+/// `run` refuses the flag that lets tasks without FAIL_TO_PASS load (usage error, exit 2).
+#[test]
+fn run_refuses_tasks_without_fail_to_pass() {
+    let stderr = fails(swegym().args(["--allow-no-fail-to-pass", "run", "configs/demo.toml"]), 2);
+    assert!(stderr.contains("does not apply to `swegym run`"), "{stderr}");
+}
