@@ -57,3 +57,159 @@ fn every_test_file_is_a_test_target() {
     }
     assert!(missing.is_empty(), "tests/ files that pipeline/Cargo.toml does not list as [[test]]: {missing:?}");
 }
+
+/// `cargo metadata` of the workspace: (package name, manifest path relative to the root,
+/// names of its workspace and `tch` dependencies of every kind).
+fn workspace_packages() -> Vec<(String, String, Vec<String>)> {
+    let root = common::repo_root();
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(&root)
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prefix = format!("{}/", root.canonicalize().unwrap().display());
+    meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let path = p["manifest_path"].as_str().unwrap().trim_start_matches(&prefix).to_string();
+            let deps = p["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["name"].as_str().unwrap().to_string())
+                .filter(|n| n.starts_with("swegym") || n == "tch")
+                .collect();
+            (p["name"].as_str().unwrap().to_string(), path, deps)
+        })
+        .collect()
+}
+
+/// "No stage depends on another stage" and "`crates/schema` depends on nothing of ours".
+#[test]
+fn stages_depend_on_no_other_stage() {
+    let packages = workspace_packages();
+    let stages: Vec<&String> = packages.iter().filter(|(_, path, _)| path.starts_with("stages/")).map(|(name, _, _)| name).collect();
+    assert!(stages.len() >= 8, "stages found: {stages:?}");
+    for (name, path, deps) in &packages {
+        if path.starts_with("stages/") {
+            let on_stages: Vec<&String> = deps.iter().filter(|d| stages.contains(d)).collect();
+            assert!(on_stages.is_empty(), "{name} ({path}) depends on the stages {on_stages:?}");
+        }
+        if name == "swegym-schema" {
+            assert!(deps.is_empty(), "swegym-schema depends on {deps:?}");
+        }
+    }
+}
+
+/// Which crates link libtorch, as ARCHITECTURE.md says: `tch` directly in lm, train,
+/// verifier and the binary; sample through lm; none of the others, even indirectly.
+#[test]
+fn only_the_model_crates_link_libtorch() {
+    let packages = workspace_packages();
+    let direct: Vec<&str> = packages.iter().filter(|(_, _, deps)| deps.iter().any(|d| d == "tch")).map(|(n, _, _)| n.as_str()).collect();
+    let mut direct_sorted = direct.clone();
+    direct_sorted.sort_unstable();
+    assert_eq!(direct_sorted, ["swegym", "swegym-lm", "swegym-train", "swegym-verifier"]);
+    // The closure: a crate links libtorch when it or a workspace dependency does.
+    let mut linking: std::collections::BTreeSet<&str> = direct.iter().copied().collect();
+    loop {
+        let before = linking.len();
+        for (name, _, deps) in &packages {
+            if deps.iter().any(|d| linking.contains(d.as_str())) {
+                linking.insert(name.as_str());
+            }
+        }
+        if linking.len() == before {
+            break;
+        }
+    }
+    let expected: std::collections::BTreeSet<&str> = ["swegym", "swegym-lm", "swegym-sample", "swegym-train", "swegym-verifier"].into_iter().collect();
+    assert_eq!(linking, expected, "the crates that link libtorch (directly or not)");
+}
+
+/// The `pipeline` modules' imports (`crate::<module>`): no circles, and no module imports
+/// the entry file (`main.rs` holds only parsing and dispatch).
+#[test]
+fn pipeline_modules_import_in_one_direction() {
+    let src = common::repo_root().join("pipeline/src");
+    let main = std::fs::read_to_string(src.join("main.rs")).unwrap();
+    let modules: Vec<String> =
+        main.lines().filter_map(|l| l.trim().strip_prefix("mod ").and_then(|m| m.strip_suffix(';'))).map(str::to_string).collect();
+    assert!(modules.len() > 10, "{modules:?}");
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    let mut from_main = Vec::new();
+    for module in &modules {
+        let mut files = Vec::new();
+        let file = src.join(format!("{module}.rs"));
+        if file.exists() {
+            files.push(file);
+        }
+        collect_rs(&src.join(module), &mut files);
+        let uses = edges.entry(module.clone()).or_default();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, _) in text.match_indices("crate::") {
+                let rest = &text[i + "crate::".len()..];
+                let names: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
+                    group.split('}').next().unwrap().split(',').map(|n| n.trim().split("::").next().unwrap().trim()).collect()
+                } else {
+                    vec![rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap()]
+                };
+                for name in names.into_iter().filter(|n| !n.is_empty()) {
+                    if modules.iter().any(|m| m == name) {
+                        if name != module {
+                            uses.insert(name.to_string());
+                        }
+                    } else {
+                        from_main.push(format!("{}: crate::{name}", f.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(from_main.is_empty(), "modules importing from the entry file: {from_main:?}");
+    // Depth-first search for a cycle.
+    fn visit<'a>(
+        m: &'a str,
+        edges: &'a std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| *p == m) {
+            return Some(path[at..].iter().map(|s| s.to_string()).chain([m.to_string()]).collect());
+        }
+        if done.contains(m) {
+            return None;
+        }
+        path.push(m);
+        for next in edges.get(m).into_iter().flatten() {
+            if let Some(cycle) = visit(next, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(m);
+        None
+    }
+    let mut done = Default::default();
+    for m in edges.keys() {
+        if let Some(cycle) = visit(m, &edges, &mut Vec::new(), &mut done) {
+            panic!("an import circle in pipeline/src: {}", cycle.join(" → "));
+        }
+    }
+}
+
+fn collect_rs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_rs(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}

@@ -10,7 +10,7 @@ use swegym_sandbox::local::LocalBackend;
 use swegym_sandbox::source::SourceOptions;
 use swegym_sandbox::{Backend, EnvSpecs, SandboxKind};
 
-use crate::Exit;
+use crate::exit::Exit;
 
 /// Environment specs shipped with swegym, compiled in: (name, TOML).
 const BUILTIN_ENV_SPECS: &[(&str, &str)] =

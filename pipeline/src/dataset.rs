@@ -16,7 +16,7 @@ use crate::context::Context;
 use crate::evaluate::{load_dataset, HarnessArgs};
 use crate::output;
 use crate::run::config::split_files;
-use crate::Exit;
+use crate::exit::Exit;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DatasetCommand {

@@ -13,7 +13,7 @@ use swegym_schema::{load_predictions, Task};
 
 use crate::context::{BackendArg, Context};
 use crate::output::{self, Summary};
-use crate::Exit;
+use crate::exit::Exit;
 
 /// Options shared by everything that runs the harness.
 #[derive(clap::Args, Debug, Clone)]

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use crate::report::find_run;
-use crate::run::dir::RunDir;
-use crate::Exit;
+use crate::run_dir::RunDir;
+use crate::exit::Exit;
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
@@ -26,7 +26,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     swegym_export::SftFormat::from_path(&args.out).map_err(|e| Exit::bad_input(e.to_string()))?;
     let root = find_run(&args.run)?;
     let dir = RunDir::new(root.clone());
-    let exported: Vec<u32> = (0..10_000u32).take_while(|i| dir.iter_dir(*i).exists()).filter(|i| RunDir::manifest_path(&dir.iter_dir(*i), "export").exists()).collect();
+    let exported: Vec<u32> = (0..10_000u32).take_while(|i| dir.iter_dir(*i).exists()).filter(|i| RunDir::manifest_path(&dir.iter_dir(*i), crate::run_dir::manifest::Stage::Export).exists()).collect();
     let chosen = if args.iterations.is_empty() { exported.clone() } else { args.iterations.clone() };
     if let Some(missing) = chosen.iter().find(|i| !exported.contains(i)) {
         return Err(Exit::bad_input(format!(

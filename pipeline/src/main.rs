@@ -1,20 +1,20 @@
 //! The `swegym` command line: parses arguments, resolves the context, dispatches to one
 //! subcommand module, and maps failures to documented exit codes.
 //!
-//! Exit codes: 0 success; 1 the run finished but a check failed (an invalid instance in
-//! `dataset validate`); 2 bad usage (clap); 3 bad input (dataset, predictions, config);
-//! 4 infrastructure (docker unreachable, sandbox tool missing).
+//! Exit codes: see `exit.rs` (and `--help`).
 
 mod bench;
 mod context;
 mod dataset;
 mod evaluate;
+mod exit;
 mod export;
 mod lm;
 mod mine;
 mod output;
 mod report;
 mod run;
+mod run_dir;
 mod sample;
 mod synth;
 mod train;
@@ -23,9 +23,24 @@ mod verifier;
 use clap::{Parser, Subcommand};
 
 use crate::context::Context;
+use crate::exit::Exit;
 
 #[derive(Parser, Debug)]
-#[command(name = "swegym", version, about = "Online rejection-sampling fine-tuning of software-engineering agents")]
+#[command(
+    name = "swegym",
+    version,
+    about = "Online rejection-sampling fine-tuning of software-engineering agents",
+    after_help = "Examples:
+  swegym run configs/demo.toml                      # the demo RFT run (resumable) -> runs/demo/report.md
+  swegym evaluate --dataset datasets/swebench-lite-marshmallow/tasks.jsonl --predictions preds.jsonl
+  swegym sample --dataset datasets/synth-pypi/test.jsonl --policy oracle -k 2 --evaluate --out rollouts.parquet
+  swegym dataset stats datasets/swebench-lite
+
+Exit codes:
+  0 success   1 a check failed (an invalid instance)   2 bad usage
+  3 bad input (dataset, predictions, config, model weights, a loss that is not finite)
+  4 infrastructure (no docker daemon or bwrap; every grading job of a stage an env_error)"
+)]
 struct Cli {
     /// More logging (-v info, -vv debug); SWEGYM_LOG=<filter> overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -77,26 +92,6 @@ enum Command {
     Verifier(verifier::VerifierCommand),
 }
 
-/// A failure with its exit code (see the module doc).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Exit {
-    pub code: i32,
-    pub message: String,
-}
-
-impl Exit {
-    pub fn check_failed(message: impl Into<String>) -> anyhow::Error {
-        Exit { code: 1, message: message.into() }.into()
-    }
-    pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
-        Exit { code: 3, message: message.into() }.into()
-    }
-    pub fn infra(message: impl Into<String>) -> anyhow::Error {
-        Exit { code: 4, message: message.into() }.into()
-    }
-}
-
 fn main() {
     // bf16 matmuls in libtorch crash on CPUs that report AMX but fault on it (DESIGN.md);
     // set before any thread starts.
@@ -113,7 +108,7 @@ fn main() {
         ctx.task_load.allow_no_fail_to_pass = cli.allow_no_fail_to_pass;
         if cli.allow_no_fail_to_pass && matches!(cli.command, Command::Run(_)) {
             let message = "--allow-no-fail-to-pass does not apply to `swegym run`: a training run never loads a task without a FAIL_TO_PASS test (it would reward a no-op)";
-            return Err(Exit { code: 2, message: message.into() }.into());
+            return Err(Exit::usage(message));
         }
         match cli.command {
             Command::Evaluate(args) => evaluate::run(&ctx, args).await,

@@ -27,7 +27,7 @@ use swegym_synth::{DropReason, SelectRules};
 use crate::context::Context;
 use crate::evaluate::HarnessArgs;
 use crate::output;
-use crate::Exit;
+use crate::exit::Exit;
 
 #[derive(clap::Args, Debug)]
 pub struct MineArgs {

@@ -180,6 +180,20 @@ pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// A progress bar with ETA on stderr (plain lines when stderr is not a terminal).
+pub fn stage_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(250));
+    plain_progress_when_piped(&bar, what);
+    bar
+}
+
 /// `<base>/<name>-<unix seconds>` when the user gave no output directory.
 pub fn default_out_dir(name: &str) -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

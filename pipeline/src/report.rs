@@ -11,8 +11,8 @@ use swegym_report::RunReport;
 use swegym_schema::{IterationMetrics, SplitMetrics};
 use swegym_verifier::ScalingReport;
 
-use crate::run::dir::{read_json, RunDir, RunInfo};
-use crate::Exit;
+use crate::run_dir::{read_json, RunDir, RunInfo};
+use crate::exit::Exit;
 
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
@@ -69,8 +69,8 @@ pub fn scaling_curves(report: &ScalingReport, verifier: &str) -> ScalingCurves {
 }
 
 /// The run's verifier results, if `swegym verifier eval --run` wrote them.
-fn load_verifier(root: &Path) -> anyhow::Result<Option<crate::verifier::EvalFile>> {
-    let path = crate::verifier::run_eval_path(root);
+fn load_verifier(root: &Path) -> anyhow::Result<Option<swegym_verifier::EvalFile>> {
+    let path = crate::run_dir::verifier_eval_path(root);
     if !path.exists() {
         return Ok(None);
     }
@@ -88,7 +88,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = &verifier {
         let curves = scaling_curves(&v.report, "the verifier");
-        let dir = crate::verifier::run_eval_path(&root).parent().expect("has a parent").to_path_buf();
+        let dir = crate::run_dir::verifier_eval_path(&root).parent().expect("has a parent").to_path_buf();
         let files = swegym_report::scaling::write_scaling(&dir, &curves).context("writing the verifier report")?;
         print!("{}", curves.table().to_text());
         println!("{}", curves.notes.join("\n"));

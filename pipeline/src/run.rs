@@ -36,16 +36,15 @@
 //! flight.
 
 pub mod config;
-pub mod dir;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde_json::{json, Value};
+use serde_json::json;
 use swegym_evaluate::EvalOptions;
-use swegym_filter::{Candidate, Decision};
+use swegym_filter::{Candidate, DecisionRow};
 use swegym_lm::chat::{ChatMessage, ChatTemplate};
 use swegym_sample::policy::local::{AdapterLoad, LocalPolicy, ModelDtypes};
 use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
@@ -53,14 +52,17 @@ use swegym_sample::policy::oracle::OraclePolicy;
 use swegym_sample::{Policy, Rollout};
 use swegym_sandbox::{Limits, Provisioner};
 use swegym_schema::rollout::read_rollouts;
-use swegym_schema::{AtK, FilterCounts, IterationMetrics, Message, SplitMetrics, Submitter, Task, TrainMetrics};
+use swegym_schema::{AtK, FilterCounts, IterationMetrics, Message, SplitMetrics, Submitter, Task};
 use swegym_verifier::{Judge, ScalingOptions, ScoreOptions, ScoreRow, Scored};
 use tracing::Instrument;
 
 use self::config::{PathEnv, PolicyKind, RunConfig, SplitKind, SplitSection, WarmStart};
-use self::dir::{read_json, unix_now, write_json_atomic, Manifest, RunDir, RunInfo};
+use crate::run_dir::{read_json, unix_now, write_json_atomic, RunDir, RunInfo};
+use crate::run_dir::manifest::{
+    EvalDetails, EvalScoreDetails, EvalScoring, ExportDetails, FilterDetails, Manifest, Reused, SampleDetails, ScoreDetails, Stage, StageDetails, TrainDetails,
+};
 use crate::context::Context;
-use crate::Exit;
+use crate::exit::Exit;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -72,20 +74,6 @@ pub struct RunArgs {
     /// The run directory itself, instead of runs/<name>/.
     #[arg(long, conflicts_with = "name")]
     pub run_dir: Option<PathBuf>,
-}
-
-/// A progress bar with ETA on stderr (plain lines when stderr is not a terminal).
-pub(crate) fn stage_bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_string());
-    bar.enable_steady_tick(Duration::from_millis(250));
-    crate::output::plain_progress_when_piped(&bar, what);
-    bar
 }
 
 /// Which policy a stage samples with.
@@ -129,7 +117,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<()> {
     let info = RunInfo {
         name: cfg.run.name.clone(),
         config_hash: hash.clone(),
-        git_revision: dir::git_revision(config_dir),
+        git_revision: crate::run_dir::git_revision(config_dir),
         seed: cfg.run.seed,
         swegym_version: env!("CARGO_PKG_VERSION").to_string(),
         created_at: unix_now(),
@@ -227,21 +215,23 @@ fn label_of(dir: &RunDir, adapter: Option<&Path>) -> String {
 
 impl Runner {
     /// Runs `body` unless the stage's manifest says it is done; writes the manifest after.
-    async fn stage<Fut>(&self, dir: &Path, stage: &str, body: Fut) -> anyhow::Result<Manifest>
+    async fn stage<D, Fut>(&self, dir: &Path, stage: Stage, body: Fut) -> anyhow::Result<Manifest<D>>
     where
-        Fut: std::future::Future<Output = anyhow::Result<(Vec<PathBuf>, Value)>>,
+        D: StageDetails,
+        Fut: std::future::Future<Output = anyhow::Result<(Vec<PathBuf>, D)>>,
     {
         let place = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = stage.name();
         if let Some(m) = RunDir::manifest(dir, stage)? {
-            println!("{place:<9} {stage:<10} done earlier");
+            println!("{place:<9} {name:<10} done earlier");
             return Ok(m);
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let started = Instant::now();
-        let span = tracing::info_span!("stage", stage, place = %place);
-        let (outputs, details) = body.instrument(span).await.with_context(|| format!("{place} {stage}"))?;
+        let span = tracing::info_span!("stage", stage = name, place = %place);
+        let (outputs, details) = body.instrument(span).await.with_context(|| format!("{place} {name}"))?;
         let manifest = Manifest {
-            stage: stage.to_string(),
+            stage,
             config_hash: self.hash.clone(),
             wall_s: started.elapsed().as_secs_f64(),
             finished_at: unix_now(),
@@ -249,8 +239,7 @@ impl Runner {
             details,
         };
         self.dir.write_manifest(dir, &manifest)?;
-        let line = manifest.details.get("line").and_then(Value::as_str).unwrap_or("");
-        println!("{place:<9} {stage:<10} {line}  ({:.0} s)", manifest.wall_s);
+        println!("{place:<9} {name:<10} {}  ({:.0} s)", manifest.details.line(), manifest.wall_s);
         Ok(manifest)
     }
 
@@ -260,11 +249,13 @@ impl Runner {
             return Ok(());
         }
         let out = dir.join("eval.parquet");
-        let m = self
-            .stage(&dir, "eval", self.sample_stage(SplitKind::Test, PolicyChoice::Model { adapter: None }, 0, &out, "zero-shot eval"))
-            .await?;
+        let sampled = async {
+            let (outputs, details) = self.sample_stage(SplitKind::Test, PolicyChoice::Model { adapter: None }, 0, &out, "zero-shot eval").await?;
+            Ok((outputs, EvalDetails::Sampled(details)))
+        };
+        let m = self.stage(&dir, Stage::Eval, sampled).await?;
         if self.scores_held_out() {
-            self.stage(&dir, "eval_score", self.eval_score_stage(&dir, &m)).await?;
+            self.stage(&dir, Stage::EvalScore, self.eval_score_stage(&dir, &m)).await?;
         }
         let rollouts = read_rollouts(&out)?;
         let mut metrics = SplitMetrics::from_rollouts("test", &label_of(&self.dir, None), &rollouts, m.wall_s);
@@ -325,8 +316,9 @@ impl Runner {
             return Ok(None);
         }
         let prev = self.dir.iter_dir(i - 1);
-        let m = RunDir::manifest(&prev, "train")?.ok_or_else(|| anyhow::anyhow!("{}: iteration {} has no train manifest", prev.display(), i - 1))?;
-        Ok(m.details.get("adapter").and_then(Value::as_str).map(|rel| self.dir.root.join(rel)))
+        let m: Manifest<TrainDetails> =
+            RunDir::manifest(&prev, Stage::Train)?.ok_or_else(|| anyhow::anyhow!("{}: iteration {} has no train manifest", prev.display(), i - 1))?;
+        Ok(m.details.adapter_path(&self.dir.root))
     }
 
     async fn iteration(&self, i: u32) -> anyhow::Result<()> {
@@ -342,22 +334,22 @@ impl Runner {
         let mut warm_manifest = None;
         if let Some(k) = warm_oracle {
             let body = self.sample_stage_k(SplitKind::Train, PolicyChoice::Oracle, i, k, &warm_path, "warm start (oracle)");
-            warm_manifest = Some(self.stage(&dir, "warm_start", body).await?);
+            warm_manifest = Some(self.stage(&dir, Stage::WarmStart, body).await?);
         }
         let rollouts_path = dir.join("rollouts.parquet");
         let sample = self
-            .stage(&dir, "sample", self.sample_stage(SplitKind::Train, PolicyChoice::Model { adapter: adapter_i.clone() }, i, &rollouts_path, "sample (train)"))
+            .stage(&dir, Stage::Sample, self.sample_stage(SplitKind::Train, PolicyChoice::Model { adapter: adapter_i.clone() }, i, &rollouts_path, "sample (train)"))
             .await?;
         let score = match &self.cfg.verifier {
-            Some(v) if v.select_keep => Some(self.stage(&dir, "score", self.score_stage(&dir)).await?),
+            Some(v) if v.select_keep => Some(self.stage(&dir, Stage::Score, self.score_stage(&dir)).await?),
             _ => None,
         };
-        let filter = self.stage(&dir, "filter", self.filter_stage(&dir)).await?;
-        let export = self.stage(&dir, "export", self.export_stage(&dir, i)).await?;
-        let train = self.stage(&dir, "train", self.train_stage(i, adapter_i.clone())).await?;
-        let adapter_next = train.details.get("adapter").and_then(Value::as_str).map(|rel| self.dir.root.join(rel));
-        let eval = self.stage(&dir, "eval", self.eval_stage(i, &train, adapter_next.clone())).await?;
-        let eval_score = if self.scores_held_out() { Some(self.stage(&dir, "eval_score", self.eval_score_stage(&dir, &eval)).await?) } else { None };
+        let filter = self.stage(&dir, Stage::Filter, self.filter_stage(&dir)).await?;
+        let export = self.stage(&dir, Stage::Export, self.export_stage(&dir, i)).await?;
+        let train = self.stage(&dir, Stage::Train, self.train_stage(i, adapter_i.clone())).await?;
+        let adapter_next = train.details.adapter_path(&self.dir.root);
+        let eval = self.stage(&dir, Stage::Eval, self.eval_stage(i, &train, adapter_next.clone())).await?;
+        let eval_score = if self.scores_held_out() { Some(self.stage(&dir, Stage::EvalScore, self.eval_score_stage(&dir, &eval)).await?) } else { None };
 
         // Metrics: computed from the stage outputs (the single source of truth).
         let rollouts = read_rollouts(&rollouts_path)?;
@@ -365,27 +357,35 @@ impl Runner {
             Some(m) => Some(SplitMetrics::from_rollouts("train", "oracle", &read_rollouts(&warm_path)?, m.wall_s)),
             None => None,
         };
-        let filter_counts: FilterCounts = serde_json::from_value(filter.details["counts"].clone()).context("filter manifest")?;
-        let kept = export.details["records"].as_u64().unwrap_or(0);
+        let kept = export.details.records;
         let mut kept_cumulative = kept;
         for j in 0..i {
-            let m = RunDir::manifest(&self.dir.iter_dir(j), "export")?;
-            kept_cumulative += m.and_then(|m| m.details["records"].as_u64()).unwrap_or(0);
+            let m: Option<Manifest<ExportDetails>> = RunDir::manifest(&self.dir.iter_dir(j), Stage::Export)?;
+            kept_cumulative += m.map_or(0, |m| m.details.records);
         }
         let test_rollouts = read_rollouts(&dir.join("eval.parquet"))?;
-        let mut stage_seconds = std::collections::BTreeMap::new();
-        for m in [Some(&sample), warm_manifest.as_ref(), score.as_ref(), Some(&filter), Some(&export), Some(&train), Some(&eval), eval_score.as_ref()].into_iter().flatten() {
-            stage_seconds.insert(m.stage.clone(), m.wall_s);
-        }
+        let stage_seconds = [
+            Some(timing_of(&sample)),
+            warm_manifest.as_ref().map(timing_of),
+            score.as_ref().map(timing_of),
+            Some(timing_of(&filter)),
+            Some(timing_of(&export)),
+            Some(timing_of(&train)),
+            Some(timing_of(&eval)),
+            eval_score.as_ref().map(timing_of),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let metrics = IterationMetrics {
             iteration: i,
             train: SplitMetrics::from_rollouts("train", &label_i, &rollouts, sample.wall_s),
             warm_start,
-            warm_start_records: export.details["warm_start_records"].as_u64().unwrap_or(0),
-            filter: filter_counts,
+            warm_start_records: export.details.warm_start_records,
+            filter: filter.details.counts.clone(),
             kept,
             kept_cumulative,
-            training: train_metrics(&train.details),
+            training: train.details.metrics(),
             test: SplitMetrics { at_k: self.at_k(&test_rollouts, &dir)?, ..SplitMetrics::from_rollouts("test", &label_of(&self.dir, adapter_next.as_deref()), &test_rollouts, eval.wall_s) },
             stage_seconds,
         };
@@ -406,7 +406,7 @@ impl Runner {
     }
 
     /// Samples `split` with `choice` (k from `[sampling]`) and grades every rollout.
-    async fn sample_stage(&self, split: SplitKind, choice: PolicyChoice, iteration: u32, out: &Path, what: &str) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+    async fn sample_stage(&self, split: SplitKind, choice: PolicyChoice, iteration: u32, out: &Path, what: &str) -> anyhow::Result<(Vec<PathBuf>, SampleDetails)> {
         let k = match split {
             SplitKind::Train => self.cfg.sampling.rollouts_per_task,
             SplitKind::Test => self.cfg.sampling.eval_rollouts_per_task,
@@ -414,7 +414,15 @@ impl Runner {
         self.sample_stage_k(split, choice, iteration, k, out, what).await
     }
 
-    async fn sample_stage_k(&self, split: SplitKind, choice: PolicyChoice, iteration: u32, k: u32, out: &Path, what: &str) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+    async fn sample_stage_k(
+        &self,
+        split: SplitKind,
+        choice: PolicyChoice,
+        iteration: u32,
+        k: u32,
+        out: &Path,
+        what: &str,
+    ) -> anyhow::Result<(Vec<PathBuf>, SampleDetails)> {
         let tasks = match split {
             SplitKind::Train => &self.train_tasks,
             SplitKind::Test => &self.test_tasks,
@@ -432,7 +440,7 @@ impl Runner {
             (SplitKind::Test, Some(t)) if k > 1 => vec![(1, config.sampling.temperature), (k, t)],
             _ => vec![(k, config.sampling.temperature)],
         };
-        let bar = stage_bar((tasks.len() * k as usize) as u64, what);
+        let bar = crate::output::stage_bar((tasks.len() * k as usize) as u64, what);
         let (mut ran, mut resumed, mut rollouts) = (0, None, Vec::new());
         for (phase_k, temperature) in phases {
             config.k = phase_k;
@@ -473,7 +481,7 @@ impl Runner {
             100.0 * m.empty_patch_rate,
             m.mean_turns
         );
-        Ok((vec![out.to_path_buf()], json!({"line": line, "policy_id": policy_id, "rollouts": m.rollouts, "ran": ran, "resumed": resumed})))
+        Ok((vec![out.to_path_buf()], SampleDetails { line, policy_id, rollouts: m.rollouts as usize, ran, resumed }))
     }
 
     async fn build_policy(&self, choice: &PolicyChoice) -> anyhow::Result<Arc<dyn Policy>> {
@@ -577,7 +585,7 @@ impl Runner {
         Ok(all)
     }
 
-    async fn filter_stage(&self, dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+    async fn filter_stage(&self, dir: &Path) -> anyhow::Result<(Vec<PathBuf>, FilterDetails)> {
         let all = self.filter_input(dir)?;
         let n_tokens: Vec<usize> = all.iter().map(|r| self.count_tokens(&r.messages)).collect();
         // With select_keep, the score stage's p(YES) per rollout (policy, task, sample).
@@ -594,23 +602,7 @@ impl Runner {
         let candidates: Vec<Candidate<'_>> =
             all.iter().zip(&n_tokens).enumerate().map(|(j, (rollout, &n))| Candidate { rollout, n_tokens: n, score: score_of(j) }).collect();
         let outcome = swegym_filter::filter(&candidates, &self.cfg.filter);
-        let decisions: Vec<Value> = all
-            .iter()
-            .zip(&outcome.decisions)
-            .zip(&n_tokens)
-            .enumerate()
-            .map(|(j, ((r, d), n))| {
-                let (decision, reason) = match d {
-                    Decision::Keep => ("keep", None),
-                    Decision::Drop(reason) => ("drop", Some(reason.as_str())),
-                };
-                let mut row = json!({"instance_id": r.instance_id, "sample_idx": r.sample_idx, "policy_id": r.policy_id, "n_tokens": n, "decision": decision, "reason": reason});
-                if scores.is_some() {
-                    row["p_yes"] = json!(score_of(j));
-                }
-                row
-            })
-            .collect();
+        let decisions = outcome.rows(&candidates);
         for (reason, n) in outcome.dropped() {
             if n > 0 {
                 tracing::info!(reason = reason.as_str(), n, "filter drops");
@@ -618,10 +610,10 @@ impl Runner {
         }
         let counts = outcome.counts();
         let out = dir.join("filter.json");
-        write_json_atomic(&out, &json!({"rules": self.cfg.filter, "counts": counts, "decisions": decisions}))?;
+        write_json_atomic(&out, &FilterFile { rules: &self.cfg.filter, counts: &counts, decisions: &decisions })?;
         let drops: Vec<String> = counts.dropped.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
         let line = format!("kept {}/{} (dropped: {})", counts.kept, counts.input, if drops.is_empty() { "none".into() } else { drops.join(", ") });
-        Ok((vec![out], json!({"line": line, "counts": counts})))
+        Ok((vec![out], FilterDetails { line, counts }))
     }
 
     /// The verifier's base model and adapter, loaded as the policy is (dtype, device, threads).
@@ -637,7 +629,7 @@ impl Runner {
     }
 
     /// Scores `rollouts` with the verifier into `out` (atomically); the manifest's numbers.
-    async fn score_into(&self, rollouts: &[Rollout], out: &Path, what: &str) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+    async fn score_into(&self, rollouts: &[Rollout], out: &Path, what: &str) -> anyhow::Result<(Vec<PathBuf>, ScoreDetails)> {
         let judge = self.judge.as_ref().expect("checked at start with a [verifier] section");
         let rows = crate::verifier::score_rollouts(judge, &self.verifier_model(), rollouts, ScoreOptions::default(), what).await?;
         swegym_verifier::write_scores(out, &rows).map_err(|e| Exit::infra(e.to_string()))?;
@@ -655,47 +647,50 @@ impl Runner {
             mean(quality.mean_p_yes_unresolved),
             mean(quality.auc)
         );
-        Ok((vec![out.to_path_buf()], json!({"line": line, "scored": rows.len(), "prompt_tokens": tokens, "truncated": truncated, "classifier": quality})))
+        Ok((vec![out.to_path_buf()], ScoreDetails { line, scored: rows.len(), prompt_tokens: tokens, truncated, classifier: quality }))
     }
 
     /// `score`: p(YES) of every rollout the filter will see (the policy's and the warm start's).
-    async fn score_stage(&self, dir: &Path) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+    async fn score_stage(&self, dir: &Path) -> anyhow::Result<(Vec<PathBuf>, ScoreDetails)> {
         let all = self.filter_input(dir)?;
         self.score_into(&all, &dir.join("verifier_scores.parquet"), "score (train)").await
     }
 
     /// `eval_score`: p(YES) of every held-out rollout in `dir/eval.parquet` (a reused
     /// evaluation reuses its scores), and the verifier's pick per task.
-    async fn eval_score_stage(&self, dir: &Path, eval: &Manifest) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+    async fn eval_score_stage(&self, dir: &Path, eval: &Manifest<EvalDetails>) -> anyhow::Result<(Vec<PathBuf>, EvalScoreDetails)> {
         let out = dir.join("eval_scores.parquet");
         let rollouts = read_rollouts(&dir.join("eval.parquet"))?;
-        let reused = eval.details.get("reused_from").and_then(Value::as_str).map(|rel| self.dir.root.join(rel).with_file_name("eval_scores.parquet"));
-        let (outputs, mut details) = match reused.filter(|p| p.exists()) {
+        let reused = eval.details.reused_from().map(|rel| self.dir.root.join(rel).with_file_name("eval_scores.parquet"));
+        let (outputs, scoring) = match reused.filter(|p| p.exists()) {
             Some(previous) => {
-                let tmp = dir.join(".eval_scores.parquet.tmp");
-                std::fs::copy(&previous, &tmp).with_context(|| format!("copying {}", previous.display()))?;
-                std::fs::rename(&tmp, &out)?;
-                let line = format!("reused {} (policy unchanged)", self.dir.rel(&previous));
-                (vec![out.clone()], json!({"line": line, "reused_from": self.dir.rel(&previous)}))
+                let (outputs, reused) = self.reuse(&previous, &out)?;
+                (outputs, EvalScoring::Reused(reused))
             }
-            None => self.score_into(&rollouts, &out, "score (held-out)").await?,
+            None => {
+                let (outputs, scored) = self.score_into(&rollouts, &out, "score (held-out)").await?;
+                (outputs, EvalScoring::Scored(scored))
+            }
         };
         let scores = read_scores_file(&out)?;
-        details["picks"] = json!(verifier_picks(&scores));
-        Ok((outputs, details))
+        Ok((outputs, EvalScoreDetails { scoring, picks: verifier_picks(&scores) }))
     }
 
-    async fn export_stage(&self, dir: &Path, i: u32) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+    /// Copies an earlier stage's output to `out` (atomically): the policy did not change.
+    fn reuse(&self, previous: &Path, out: &Path) -> anyhow::Result<(Vec<PathBuf>, Reused)> {
+        let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let tmp = out.with_file_name(format!(".{name}.tmp"));
+        std::fs::copy(previous, &tmp).with_context(|| format!("copying {}", previous.display()))?;
+        std::fs::rename(&tmp, out)?;
+        let reused_from = self.dir.rel(previous);
+        Ok((vec![out.to_path_buf()], Reused { line: format!("reused {reused_from} (policy unchanged)"), reused_from }))
+    }
+
+    async fn export_stage(&self, dir: &Path, i: u32) -> anyhow::Result<(Vec<PathBuf>, ExportDetails)> {
         let all = self.filter_input(dir)?;
-        let filter: Value = read_json(&dir.join("filter.json"))?;
-        let decisions = filter["decisions"].as_array().cloned().unwrap_or_default();
+        let decisions = read_json::<FilterFileRows>(&dir.join("filter.json"))?.decisions;
         anyhow::ensure!(decisions.len() == all.len(), "{}: {} decisions for {} rollouts (rerun after deleting filter.*)", dir.display(), decisions.len(), all.len());
-        let kept: Vec<usize> = decisions
-            .iter()
-            .enumerate()
-            .filter(|(j, d)| d["decision"] == "keep" && d["instance_id"] == all[*j].instance_id.as_str())
-            .map(|(j, _)| j)
-            .collect();
+        let kept: Vec<usize> = decisions.iter().zip(&all).enumerate().filter(|(_, (d, r))| d.keeps(r)).map(|(j, _)| j).collect();
         let mut records = swegym_export::records_from_rollouts(&all, &kept);
         let mut warm_records = 0;
         if let (Some(WarmStart::Sft { path }), 0) = (&self.cfg.warm_start, i) {
@@ -706,16 +701,17 @@ impl Runner {
         let out = dir.join("sft.parquet");
         let summary = swegym_export::write_records(&out, &records)?;
         let line = format!("{} SFT records ({} from rollouts, {} from the warm-start file) on {} tasks", summary.records, kept.len(), warm_records, summary.instances);
-        Ok((vec![out], json!({"line": line, "records": summary.records, "warm_start_records": warm_records, "summary": summary})))
+        Ok((vec![out], ExportDetails { line, records: summary.records as u64, warm_start_records: warm_records as u64, summary }))
     }
 
-    async fn train_stage(&self, i: u32, previous: Option<PathBuf>) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+    async fn train_stage(&self, i: u32, previous: Option<PathBuf>) -> anyhow::Result<(Vec<PathBuf>, TrainDetails)> {
         let dir = self.dir.iter_dir(i);
-        let kept_now = RunDir::manifest(&dir, "export")?.and_then(|m| m.details["records"].as_u64()).unwrap_or(0);
+        let export: Option<Manifest<ExportDetails>> = RunDir::manifest(&dir, Stage::Export)?;
+        let kept_now = export.map_or(0, |m| m.details.records);
         let carry = |reason: String| {
             let adapter = previous.as_deref().map(|p| self.dir.rel(p));
             let line = format!("skipped: {reason}; policy_{} = policy_{i}", i + 1);
-            Ok((vec![], json!({"line": line, "trained": false, "skipped_reason": reason, "adapter": adapter})))
+            Ok((vec![], TrainDetails { line, trained: false, skipped_reason: Some(reason), adapter, examples: None, summary: None }))
         };
         if kept_now == 0 {
             return carry(format!("iteration {i} kept no trajectories"));
@@ -724,13 +720,13 @@ impl Runner {
         let records = swegym_export::concat_datasets(&files, true)?;
         let out = dir.join("adapter");
         let partial = dir.join("adapter.partial");
-        let summary: Value = if out.join("train_summary.json").exists() {
+        let summary: swegym_train::TrainNumbers = if out.join("train_summary.json").exists() {
             read_json(&out.join("train_summary.json"))?
         } else {
             let device = self.cfg.policy.device_choice().resolve().map_err(|e| Exit::bad_input(e.to_string()))?;
             let (model, config, partial2) = (self.cfg.policy.model.clone(), self.cfg.train.clone(), partial.clone());
             let data_name = format!("{} (sft.parquet of iterations 0..={i})", self.dir.rel(&dir));
-            let bar = stage_bar(0, "train (LoRA)");
+            let bar = crate::output::stage_bar(0, "train (LoRA)");
             let bar2 = bar.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let mut on_step = |s: &swegym_train::StepLog| {
@@ -754,7 +750,7 @@ impl Runner {
                         std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
                     }
                     std::fs::rename(&partial, &out).with_context(|| format!("renaming {} into place", partial.display()))?;
-                    serde_json::to_value(&summary)?
+                    swegym_train::TrainNumbers::from(&summary)
                 }
                 Err(swegym_train::TrainError::Data { problem, .. }) if problem.starts_with("nothing to train on") => {
                     return carry(problem);
@@ -764,28 +760,28 @@ impl Runner {
         };
         let line = format!(
             "{} steps on {} examples (cumulative), loss {:.4} → {:.4}, {} tokens",
-            summary["steps"],
-            summary["examples_used"],
-            summary["loss_first"].as_f64().unwrap_or(f64::NAN),
-            summary["loss_last"].as_f64().unwrap_or(f64::NAN),
-            summary["tokens"]
+            summary.steps,
+            summary.examples_used,
+            summary.loss_first.unwrap_or(f64::NAN),
+            summary.loss_last.unwrap_or(f64::NAN),
+            summary.tokens
         );
-        Ok((vec![out.clone()], json!({"line": line, "trained": true, "adapter": self.dir.rel(&out), "examples": records_len(&summary), "summary": summary})))
+        let details =
+            TrainDetails { line, trained: true, skipped_reason: None, adapter: Some(self.dir.rel(&out)), examples: Some(summary.examples_total), summary: Some(summary) };
+        Ok((vec![out.clone()], details))
     }
 
-    async fn eval_stage(&self, i: u32, train: &Manifest, adapter: Option<PathBuf>) -> anyhow::Result<(Vec<PathBuf>, Value)> {
+    async fn eval_stage(&self, i: u32, train: &Manifest<TrainDetails>, adapter: Option<PathBuf>) -> anyhow::Result<(Vec<PathBuf>, EvalDetails)> {
         let dir = self.dir.iter_dir(i);
         let out = dir.join("eval.parquet");
-        if train.details["trained"] == false {
+        if !train.details.trained {
             // policy_{i+1} = policy_i: its held-out evaluation is the one already made.
             let previous = if i == 0 { self.dir.zero_shot_dir() } else { self.dir.iter_dir(i - 1) }.join("eval.parquet");
-            let tmp = dir.join(".eval.parquet.tmp");
-            std::fs::copy(&previous, &tmp).with_context(|| format!("copying {}", previous.display()))?;
-            std::fs::rename(&tmp, &out)?;
-            let line = format!("reused {} (policy unchanged)", self.dir.rel(&previous));
-            return Ok((vec![out], json!({"line": line, "reused_from": self.dir.rel(&previous)})));
+            let (outputs, reused) = self.reuse(&previous, &out)?;
+            return Ok((outputs, EvalDetails::Reused(reused)));
         }
-        self.sample_stage(SplitKind::Test, PolicyChoice::Model { adapter }, i + 1, &out, "eval (test)").await
+        let (outputs, sampled) = self.sample_stage(SplitKind::Test, PolicyChoice::Model { adapter }, i + 1, &out, "eval (test)").await?;
+        Ok((outputs, EvalDetails::Sampled(sampled)))
     }
 }
 
@@ -820,24 +816,21 @@ fn at_k_line(a: &AtK) -> String {
     format!("{} over {} tasks (submitted: {by}, {:.1}% resolved)", parts.join(" · "), a.instances, 100.0 * a.submitted_resolve_rate)
 }
 
-fn records_len(summary: &Value) -> u64 {
-    summary["examples_total"].as_u64().unwrap_or(0)
+/// `(stage name, wall seconds)` of a manifest, for an iteration's `stage_seconds`.
+fn timing_of<D>(m: &Manifest<D>) -> (String, f64) {
+    (m.stage.name().to_string(), m.wall_s)
 }
 
-/// The training part of an iteration's metrics, from its train manifest.
-fn train_metrics(details: &Value) -> TrainMetrics {
-    let s = &details["summary"];
-    TrainMetrics {
-        trained: details["trained"].as_bool().unwrap_or(false),
-        skipped_reason: details["skipped_reason"].as_str().map(str::to_string),
-        examples: s["examples_total"].as_u64().unwrap_or(0),
-        examples_used: s["examples_used"].as_u64().unwrap_or(0),
-        examples_dropped: serde_json::from_value(s["examples_dropped"].clone()).unwrap_or_default(),
-        steps: s["steps"].as_u64().unwrap_or(0),
-        tokens: s["tokens"].as_u64().unwrap_or(0),
-        loss_first: s["loss_first"].as_f64(),
-        loss_last: s["loss_last"].as_f64(),
-        tokens_per_s: s["tokens_per_s"].as_f64().unwrap_or(0.0),
-        adapter: details["adapter"].as_str().map(str::to_string),
-    }
+/// A run's `filter.json` as written: the rules, the counts and one row per rollout.
+#[derive(serde::Serialize)]
+struct FilterFile<'a> {
+    rules: &'a swegym_filter::FilterConfig,
+    counts: &'a FilterCounts,
+    decisions: &'a [DecisionRow],
+}
+
+/// The rows of a run's `filter.json`, as the export stage reads them.
+#[derive(serde::Deserialize)]
+struct FilterFileRows {
+    decisions: Vec<DecisionRow>,
 }

@@ -33,7 +33,7 @@ use swegym_synth::{diff, DropReason, Mutation, MutationKind, PythonFile, SelectR
 use crate::context::Context;
 use crate::evaluate::HarnessArgs;
 use crate::output;
-use crate::Exit;
+use crate::exit::Exit;
 
 /// Which tests a kept task's PASS_TO_PASS lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -21,10 +21,10 @@ use swegym_lm::Tokenizer;
 use swegym_schema::rollout::read_rollouts;
 use swegym_schema::Rollout;
 use swegym_train::{RawTrainConfig, TrainConfig};
-use swegym_verifier::{Candidate, DataConfig, Decision, Judge, Origin, ScalingOptions, ScalingReport, ScoreOptions, ScoreRow, Scored};
+use swegym_verifier::{Candidate, DataConfig, Decision, Judge, Origin, ScalingOptions, ScoreOptions, ScoreRow, Scored};
 
-use crate::run::dir::{write_json_atomic, RunDir};
-use crate::Exit;
+use crate::run_dir::{write_json_atomic, RunDir};
+use crate::exit::Exit;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum VerifierCommand {
@@ -302,7 +302,7 @@ pub(crate) async fn score_rollouts(
     let (model_args, answer, n, what) = (model.clone(), judge.answer, prompts.len(), what.to_string());
     let scores = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<swegym_verifier::Score>> {
         let (model, _) = model_args.load()?;
-        let bar = crate::run::stage_bar(n as u64, &what);
+        let bar = crate::output::stage_bar(n as u64, &what);
         let scores = swegym_verifier::score_prompts(&model, answer, &prompts, &options, &mut |done| bar.set_position(done as u64));
         bar.finish_and_clear();
         Ok(scores)
@@ -390,20 +390,6 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// The path `swegym report` reads a run's verifier results from.
-pub fn run_eval_path(run_root: &Path) -> PathBuf {
-    run_root.join("verifier").join("eval.json")
-}
-
-/// What `eval` writes: the report plus where its scores came from.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct EvalFile {
-    pub scores: Vec<PathBuf>,
-    /// Tasks whose first rollout was sampled at a temperature above 0 (the paper keeps a greedy rollout 0).
-    pub first_rollout_not_greedy: usize,
-    pub report: ScalingReport,
-}
-
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let mut instances: BTreeMap<String, Vec<Scored>> = BTreeMap::new();
     let mut first_temperature: BTreeMap<String, (u32, f64)> = BTreeMap::new();
@@ -437,7 +423,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let options = ScalingOptions { ks: args.ks.clone(), subsets: args.subsets, bootstrap: args.bootstrap, seed: args.seed };
     let report = swegym_verifier::scaling(&instances, &options);
-    let file = EvalFile {
+    let file = swegym_verifier::EvalFile {
         scores: args.scores.clone(),
         first_rollout_not_greedy: first_temperature.values().filter(|(_, t)| *t > 0.0).count(),
         report,
@@ -445,7 +431,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let mut outs = args.out.clone().into_iter().collect::<Vec<_>>();
     if let Some(run) = &args.run {
         let root = crate::report::find_run(run)?;
-        let path = run_eval_path(&root);
+        let path = crate::run_dir::verifier_eval_path(&root);
         std::fs::create_dir_all(path.parent().expect("has a parent")).with_context(|| format!("creating {}", path.display()))?;
         outs.push(path);
     }

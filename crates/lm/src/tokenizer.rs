@@ -28,7 +28,13 @@ pub enum TokenizerError {
 pub enum PreTokenizer {
     /// The GPT-2 regex (`gpt2`, `default`).
     Gpt2,
-    /// Every digit on its own, then the GPT-2 regex (`smollm`, `starcoder`, `refact`).
+    /// Every digit on its own, then the GPT-2 regex (`smollm`, `starcoder`, `refact`): the
+    /// upstream SmolLM2/StarCoder `tokenizer.json` pre-tokenizer (Digits(individual_digits)
+    /// then ByteLevel) and llama.cpp's split for these names (`\p{N}`, then GPT-2's regex).
+    /// A run of whitespace before a digit stays one pre-token (`"x  1"` -> `x`, `ĠĠ`, `1`).
+    /// transformers' GGUF loader does not know `smollm` and uses plain GPT-2 ByteLevel,
+    /// which gives `x`, `Ġ`, `Ġ`, `1` there: its HF copy is not the reference (issue 28;
+    /// tests/tokenizer.rs and scripts/smollm2_tokenizer_reference.py).
     Gpt2DigitsSplit,
     /// Qwen2's regex: single digits, letters with one leading non-letter (`qwen2`).
     Qwen2,

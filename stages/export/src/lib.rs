@@ -69,7 +69,7 @@ pub fn records_from_rollouts(rollouts: &[Rollout], kept: &[usize]) -> Vec<SftRec
 }
 
 /// What a written dataset holds (also the stage's manifest).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ExportSummary {
     pub records: usize,
     pub instances: usize,

@@ -257,6 +257,61 @@ impl FilterOutcome {
     }
 }
 
+/// keep or drop, as a run's `filter.json` writes it (the reason is a field of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    Keep,
+    Drop,
+}
+
+/// The decision on one rollout as a record: which rollout (by key), its length, keep or
+/// drop with the reason, and the verifier's p(YES) when the filter ordered by it. A run
+/// writes these rows to `filter.json` and its export stage keeps the rollouts they keep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRow {
+    pub instance_id: String,
+    pub sample_idx: u32,
+    pub policy_id: String,
+    pub n_tokens: usize,
+    pub decision: DecisionKind,
+    pub reason: Option<DropReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_yes: Option<f64>,
+}
+
+impl DecisionRow {
+    /// The row of `candidate`'s `decision`.
+    pub fn new(candidate: &Candidate<'_>, decision: Decision) -> DecisionRow {
+        let (kind, reason) = match decision {
+            Decision::Keep => (DecisionKind::Keep, None),
+            Decision::Drop(reason) => (DecisionKind::Drop, Some(reason)),
+        };
+        let r = candidate.rollout;
+        DecisionRow {
+            instance_id: r.instance_id.clone(),
+            sample_idx: r.sample_idx,
+            policy_id: r.policy_id.clone(),
+            n_tokens: candidate.n_tokens,
+            decision: kind,
+            reason,
+            p_yes: candidate.score,
+        }
+    }
+
+    /// Whether this row keeps `rollout` (the same task; a row of another rollout keeps nothing).
+    pub fn keeps(&self, rollout: &Rollout) -> bool {
+        self.decision == DecisionKind::Keep && self.instance_id == rollout.instance_id
+    }
+}
+
+impl FilterOutcome {
+    /// One [`DecisionRow`] per candidate, aligned with `candidates`.
+    pub fn rows(&self, candidates: &[Candidate<'_>]) -> Vec<DecisionRow> {
+        candidates.iter().zip(&self.decisions).map(|(c, d)| DecisionRow::new(c, *d)).collect()
+    }
+}
+
 /// Decides keep or drop(reason) for every candidate.
 pub fn filter(candidates: &[Candidate<'_>], config: &FilterConfig) -> FilterOutcome {
     let mut decisions = vec![Decision::Keep; candidates.len()];

@@ -14,7 +14,7 @@ mod trainer;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use config::{Overlong, RawTrainConfig, TrainConfig};
 pub use data::{tokenize_records, Example, TokenizeReport};
@@ -37,6 +37,38 @@ pub struct StepLog {
     pub loss_tokens: u64,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+}
+
+/// The numbers of a [`TrainSummary`] that outlive the run (a run's train manifest and
+/// metrics): read back from `train_summary.json` or a manifest, other fields ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainNumbers {
+    pub examples_total: u64,
+    pub examples_used: u64,
+    pub examples_dropped: BTreeMap<String, u64>,
+    pub steps: u64,
+    pub tokens: u64,
+    /// None when no step ran (serde_json writes a NaN as null).
+    pub loss_first: Option<f64>,
+    pub loss_last: Option<f64>,
+    pub tokens_per_s: f64,
+}
+
+impl From<&TrainSummary> for TrainNumbers {
+    fn from(s: &TrainSummary) -> TrainNumbers {
+        let finite = |x: f64| x.is_finite().then_some(x);
+        TrainNumbers {
+            examples_total: s.examples_total as u64,
+            examples_used: s.examples_used as u64,
+            examples_dropped: s.examples_dropped.iter().map(|(k, v)| (k.clone(), *v as u64)).collect(),
+            steps: s.steps as u64,
+            tokens: s.tokens,
+            loss_first: finite(s.loss_first),
+            loss_last: finite(s.loss_last),
+            tokens_per_s: s.tokens_per_s,
+        }
+    }
 }
 
 /// What a training run did (also written to `<out>/train_summary.json`).

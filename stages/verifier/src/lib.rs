@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 pub use data::{build as build_data, Candidate, DataConfig, DataError, DataOutcome, DataSummary, Decision, DropReason, Origin};
 pub use judge::{AnswerTokens, Judge};
-pub use metrics::{scaling, KPoint, Rate, ScalingOptions, ScalingReport, Scored};
+pub use metrics::{scaling, EvalFile, KPoint, Rate, ScalingOptions, ScalingReport, Scored};
 pub use score::{score_prompts, Score, ScoreOptions};
 pub use scores::{read_scores, write_scores, ScoreRow};
 

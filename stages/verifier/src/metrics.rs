@@ -82,6 +82,15 @@ pub struct Classifier {
     pub mean_p_yes_unresolved: Option<f64>,
 }
 
+/// What `swegym verifier eval` writes: the report plus where its scores came from.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EvalFile {
+    pub scores: Vec<std::path::PathBuf>,
+    /// Tasks whose first rollout was sampled at a temperature above 0 (the paper keeps a greedy rollout 0).
+    pub first_rollout_not_greedy: usize,
+    pub report: ScalingReport,
+}
+
 /// Everything `swegym verifier eval` reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScalingReport {

@@ -9,6 +9,10 @@
 //! and batch size, with peak RSS, next to transformers measured in the same run by
 //! `scripts/baselines/bench_generate.py` (the peer baseline's own script), and the ratios.
 
+mod generate;
+mod sample;
+mod train;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,18 +21,18 @@ use swegym_evaluate::runner::{Job, JobKind};
 
 use crate::context::{BackendArg, Context};
 use crate::evaluate::{load_dataset, HarnessArgs};
-use crate::Exit;
+use crate::exit::Exit;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     /// Harness overhead per evaluation (time beyond the test command), per backend.
     Harness(HarnessBenchArgs),
     /// Generation tokens/s (prefill, decode) vs transformers, per dtype and batch size.
-    Generate(crate::lm::GenerateBenchArgs),
+    Generate(generate::GenerateBenchArgs),
     /// LoRA training tokens/s, peak RSS and matmul-limit fraction vs PyTorch + PEFT.
-    Train(crate::train::TrainBenchArgs),
+    Train(train::TrainBenchArgs),
     /// Agent rollouts/hour at several concurrencies (-j) on the same tasks and seeds.
-    Sample(crate::sample::SampleBenchArgs),
+    Sample(sample::SampleBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,9 +72,9 @@ struct HarnessBench {
 pub async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Harness(args) => harness(ctx, args).await,
-        BenchCommand::Generate(args) => crate::lm::bench_generate(ctx, args).await,
-        BenchCommand::Train(args) => crate::train::bench(ctx, args).await,
-        BenchCommand::Sample(args) => crate::sample::bench(ctx, args).await,
+        BenchCommand::Generate(args) => generate::bench_generate(ctx, args).await,
+        BenchCommand::Train(args) => train::bench(ctx, args).await,
+        BenchCommand::Sample(args) => sample::bench(ctx, args).await,
     }
 }
 

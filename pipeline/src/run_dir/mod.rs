@@ -23,7 +23,10 @@ use anyhow::Context as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::Exit;
+pub mod manifest;
+
+use self::manifest::{Manifest, Stage};
+use crate::exit::Exit;
 
 /// What `run.json` records about a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,23 +43,15 @@ pub struct RunInfo {
     pub created_at: u64,
 }
 
-/// A stage's manifest: done-marker, timing and stage-specific numbers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    pub stage: String,
-    pub config_hash: String,
-    pub wall_s: f64,
-    pub finished_at: u64,
-    /// Output files, relative to the run directory.
-    pub outputs: Vec<String>,
-    /// Stage-specific counts and results.
-    pub details: serde_json::Value,
-}
-
 /// The run directory and its paths.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub root: PathBuf,
+}
+
+/// Where `swegym verifier eval --run` writes its report in a run folder.
+pub fn verifier_eval_path(run_root: &Path) -> PathBuf {
+    run_root.join("verifier").join("eval.json")
 }
 
 pub fn unix_now() -> u64 {
@@ -104,21 +99,21 @@ impl RunDir {
         path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
     }
 
-    pub fn manifest_path(dir: &Path, stage: &str) -> PathBuf {
-        dir.join(format!("{stage}.manifest.json"))
+    pub fn manifest_path(dir: &Path, stage: Stage) -> PathBuf {
+        dir.join(format!("{}.manifest.json", stage.name()))
     }
 
-    /// The stage's manifest, if the stage finished.
-    pub fn manifest(dir: &Path, stage: &str) -> anyhow::Result<Option<Manifest>> {
+    /// The stage's manifest, if the stage finished (with `D`, its details' type).
+    pub fn manifest<D: DeserializeOwned>(dir: &Path, stage: Stage) -> anyhow::Result<Option<Manifest<D>>> {
         let p = RunDir::manifest_path(dir, stage);
         if !p.exists() {
             return Ok(None);
         }
-        read_json(&p).map(Some)
+        read_json(&p).map(Some).with_context(|| format!("{} is not a {} manifest: delete it to run the stage again", p.display(), stage.name()))
     }
 
-    pub fn write_manifest(&self, dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
-        write_json_atomic(&RunDir::manifest_path(dir, &manifest.stage), manifest)
+    pub fn write_manifest<D: Serialize>(&self, dir: &Path, manifest: &Manifest<D>) -> anyhow::Result<()> {
+        write_json_atomic(&RunDir::manifest_path(dir, manifest.stage), manifest)
     }
 
     /// Creates the run directory and writes the config, its hash, the git revision and the

@@ -1,0 +1,252 @@
+//! `swegym bench generate`: prefill and decode tokens/s of our runtime per dtype and batch,
+//! with peak RSS, beside transformers run in the same session by the peer's own script
+//! (`scripts/baselines/bench_generate.py`), or its committed results when it cannot run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use swegym_lm::{CausalLm, GenerationRequest, Generator, SamplingParams, Tokenizer};
+
+use super::{require_script, ReferenceModels, Stat};
+use crate::exit::Exit;
+use crate::lm::DtypeArg;
+
+/// `swegym bench generate`: see the `bench` module doc.
+#[derive(clap::Args, Debug)]
+pub struct GenerateBenchArgs {
+    #[command(flatten)]
+    pub models: ReferenceModels,
+    /// The transformers side (relative paths are from the current folder: the clone's root).
+    #[arg(long, default_value = "scripts/baselines/bench_generate.py")]
+    pub script: PathBuf,
+    /// Where the transformers numbers come from when it cannot run here.
+    #[arg(long, default_value = "scripts/baselines/results")]
+    pub baseline_dir: PathBuf,
+    /// Skip running transformers; compare with the files in --baseline-dir.
+    #[arg(long)]
+    pub no_transformers: bool,
+    #[arg(long, value_enum, num_args = 1.., default_values = ["f32", "bf16"])]
+    pub dtypes: Vec<DtypeArg>,
+    /// dtype of our KV cache (default: each run's weights dtype).
+    #[arg(long, value_enum)]
+    pub kv_dtype: Option<DtypeArg>,
+    #[arg(long, num_args = 1.., default_values = ["1", "8"])]
+    pub batches: Vec<usize>,
+    #[arg(long, default_value_t = 512)]
+    pub prompt_len: usize,
+    #[arg(long, default_value_t = 256)]
+    pub new_tokens: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: i32,
+    /// Timed runs per configuration (after one warm-up); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SideResult {
+    prefill_tok_s: Stat,
+    decode_tok_s: Stat,
+    decode_ms_per_step: f64,
+    peak_rss_load_mib: f64,
+    peak_rss_generate_mib: f64,
+    /// "measured" (this run) or the baseline file read.
+    source: String,
+}
+
+#[derive(Debug, Serialize)]
+struct GenerateBench {
+    bench: &'static str,
+    dtype: String,
+    kv_dtype: String,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    threads: i32,
+    swegym: SideResult,
+    transformers: Option<SideResult>,
+    decode_ratio: Option<f64>,
+    prefill_ratio: Option<f64>,
+}
+
+pub(crate) fn proc_status_mib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS.
+pub(crate) fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+pub async fn bench_generate(ctx: &crate::context::Context, args: GenerateBenchArgs) -> anyhow::Result<()> {
+    let (model, hf_model, python) = args.models.resolve(ctx);
+    let transformers_here = !args.no_transformers && args.models.python_side_here(ctx);
+    if transformers_here {
+        require_script(&args.script)?;
+    }
+    if !args.no_transformers && !transformers_here {
+        eprintln!(
+            "transformers cannot run here ({} or {} is missing): comparing with the numbers in {} instead",
+            python.display(),
+            hf_model.join("model.safetensors").display(),
+            args.baseline_dir.display()
+        );
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut rows = Vec::new();
+        for &dtype in &args.dtypes {
+            tch::set_num_threads(args.threads);
+            let (mut lm, tokenizer) = swegym_lm::load_model(&model, dtype.dtype(), tch::Device::Cpu)
+                .map_err(|e| Exit::bad_input(e.to_string()))?;
+            if let Some(kv) = args.kv_dtype {
+                lm.set_kv_dtype(kv.dtype());
+            }
+            let peak_load = proc_status_mib("VmHWM");
+            for &batch in &args.batches {
+                let theirs = if transformers_here {
+                    Some(run_transformers(&args, &python, &hf_model, dtype, batch)?)
+                } else {
+                    baseline_file(&args.baseline_dir, dtype, batch)
+                };
+                reset_peak_rss();
+                let ours = run_ours(&lm, &tokenizer, &args, batch, peak_load);
+                let ratio = |a: &Stat, b: Option<&Stat>| b.map(|b| a.median / b.median);
+                let row = GenerateBench {
+                    bench: "generate",
+                    dtype: dtype.dtype().to_string(),
+                    kv_dtype: lm.kv_dtype().to_string(),
+                    batch,
+                    prompt_len: args.prompt_len,
+                    new_tokens: args.new_tokens,
+                    threads: args.threads,
+                    decode_ratio: ratio(&ours.decode_tok_s, theirs.as_ref().map(|t| &t.decode_tok_s)),
+                    prefill_ratio: ratio(&ours.prefill_tok_s, theirs.as_ref().map(|t| &t.prefill_tok_s)),
+                    swegym: ours,
+                    transformers: theirs,
+                };
+                println!("{}", serde_json::to_string(&row)?);
+                rows.push(row);
+            }
+        }
+        eprintln!("\n| dtype | batch | prefill tok/s ours / transformers (×) | decode tok/s ours / transformers (×) | peak RSS MiB gen ours / transformers | transformers from |");
+        eprintln!("|---|---|---|---|---|---|");
+        for r in &rows {
+            let t = r.transformers.as_ref();
+            let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
+            eprintln!(
+                "| {} | {} | {:.0} / {} ({}) | {:.1} / {} ({}) | {:.0} / {} | {} |",
+                if r.kv_dtype == r.dtype { r.dtype.clone() } else { format!("{} (KV cache {})", r.dtype, r.kv_dtype) },
+                r.batch,
+                r.swegym.prefill_tok_s.median,
+                f(t.map(|t| t.prefill_tok_s.median)),
+                r.prefill_ratio.map_or("-".into(), |v| format!("{v:.2}×")),
+                r.swegym.decode_tok_s.median,
+                f(t.map(|t| t.decode_tok_s.median)),
+                r.decode_ratio.map_or("-".into(), |v| format!("{v:.2}×")),
+                r.swegym.peak_rss_generate_mib,
+                f(t.map(|t| t.peak_rss_generate_mib)),
+                t.map_or("-", |t| t.source.as_str()),
+            );
+        }
+        Ok(())
+    })
+    .await
+    .context("bench thread")?
+}
+
+fn run_ours(lm: &CausalLm, tokenizer: &Tokenizer, args: &GenerateBenchArgs, batch: usize, peak_load: f64) -> SideResult {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1234);
+    let vocab = lm.config().vocab_size as u32;
+    let prompts: Vec<Vec<u32>> =
+        (0..batch).map(|_| (0..args.prompt_len).map(|_| rng.random_range(100..vocab)).collect()).collect();
+    let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(args.new_tokens) };
+    let one = || {
+        let mut generator = Generator::new(lm, tokenizer.clone());
+        let t0 = Instant::now();
+        for (i, p) in prompts.iter().enumerate() {
+            let done = generator.add(i as u64, GenerationRequest::new(p.clone(), params.clone()));
+            assert!(matches!(done, Ok(None)), "prefill of a benchmark row");
+        }
+        let t1 = Instant::now();
+        let mut finished = 0;
+        while finished < batch {
+            finished += generator.step().expect("decode step").len();
+        }
+        let t2 = Instant::now();
+        let (prefill, decode) = ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64());
+        ((batch * args.prompt_len) as f64 / prefill, (batch * (args.new_tokens - 1)) as f64 / decode)
+    };
+    one(); // warm-up
+    let runs: Vec<(f64, f64)> = (0..args.runs.max(1)).map(|_| one()).collect();
+    let decode = Stat::of(runs.iter().map(|r| r.1).collect());
+    SideResult {
+        prefill_tok_s: Stat::of(runs.iter().map(|r| r.0).collect()),
+        decode_ms_per_step: 1000.0 * batch as f64 / decode.median,
+        decode_tok_s: decode,
+        peak_rss_load_mib: peak_load,
+        peak_rss_generate_mib: proc_status_mib("VmHWM"),
+        source: "measured".into(),
+    }
+}
+
+fn side_from_json(v: &serde_json::Value, source: String) -> Option<SideResult> {
+    let stat = |k: &str| -> Option<Stat> {
+        Some(Stat { min: v[k]["min"].as_f64()?, median: v[k]["median"].as_f64()?, max: v[k]["max"].as_f64()? })
+    };
+    Some(SideResult {
+        prefill_tok_s: stat("prefill_tok_s")?,
+        decode_tok_s: stat("decode_tok_s")?,
+        decode_ms_per_step: v["decode_ms_per_step"]["median"].as_f64()?,
+        peak_rss_load_mib: v["peak_rss_load_mib"].as_f64()?,
+        peak_rss_generate_mib: v["peak_rss_generate_mib"].as_f64()?,
+        source,
+    })
+}
+
+fn hf_dtype(dtype: DtypeArg) -> &'static str {
+    match dtype {
+        DtypeArg::F32 => "float32",
+        DtypeArg::Bf16 => "bfloat16",
+        DtypeArg::F16 => "float16",
+    }
+}
+
+fn baseline_file(dir: &std::path::Path, dtype: DtypeArg, batch: usize) -> Option<SideResult> {
+    let path = dir.join(format!("generate_{}_b{batch}.json", hf_dtype(dtype)));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+    side_from_json(&v, format!("baseline file {}", path.display()))
+}
+
+fn run_transformers(
+    args: &GenerateBenchArgs,
+    python: &std::path::Path,
+    hf_model: &std::path::Path,
+    dtype: DtypeArg,
+    batch: usize,
+) -> anyhow::Result<SideResult> {
+    let out = tempfile::tempdir()?;
+    let status = std::process::Command::new(python)
+        .arg(&args.script)
+        .arg(hf_dtype(dtype))
+        .arg(batch.to_string())
+        .env("MODEL_DIR", hf_model)
+        .env("OUT_DIR", out.path())
+        .env("PROMPT_LEN", args.prompt_len.to_string())
+        .env("NEW_TOKENS", args.new_tokens.to_string())
+        .env("RUNS", args.runs.max(1).to_string())
+        .status()
+        .with_context(|| format!("running {}", args.script.display()))?;
+    if !status.success() {
+        return Err(Exit::infra(format!("{} {} {batch} failed ({status})", args.script.display(), hf_dtype(dtype))));
+    }
+    let path = out.path().join(format!("generate_{}_b{batch}.json", hf_dtype(dtype)));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    side_from_json(&v, "measured".into()).ok_or_else(|| Exit::infra(format!("{}: unexpected JSON", path.display())))
+}

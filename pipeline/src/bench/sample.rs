@@ -1,0 +1,194 @@
+//! `swegym bench sample`: rollouts/hour of the same tasks, samples and seeds at several
+//! concurrencies, each a fresh run of the sample stage.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use swegym_sample::{ExitReason, Rollout, SampleConfig};
+use swegym_sandbox::Provisioner;
+
+use crate::context::Context;
+use crate::exit::Exit;
+use crate::output;
+use crate::sample::{build_policy, prepare, SampleArgs};
+
+/// `swegym bench sample`: rollouts/hour of the same tasks, samples and seeds at several
+/// concurrencies (`-j`), each a fresh run; with the local policy the concurrent episodes
+/// share one batched engine, which is what this measures.
+#[derive(clap::Args, Debug)]
+pub struct SampleBenchArgs {
+    /// The sampling flags (`--out` is a folder: each run writes `<out>/j<N>.parquet`).
+    #[command(flatten)]
+    pub sample: SampleArgs,
+    /// Concurrencies to compare; ratios are to the first.
+    #[arg(long = "compare-jobs", num_args = 1.., default_values = ["1", "4"])]
+    pub compare_jobs: Vec<usize>,
+    /// Runs per concurrency, interleaved (-j 1, -j 4, -j 1, …); the summary gives medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeats: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct SampleBenchRow {
+    bench: &'static str,
+    policy_id: String,
+    jobs: usize,
+    /// 1-based run of this concurrency (`--repeats`).
+    run: usize,
+    rollouts: usize,
+    wall_seconds: f64,
+    /// When the last rollout started; the rest of the wall time ran fewer than `jobs`
+    /// rollouts (the drain: a short run's rate at -j N > 1 pays it, a long stage hardly).
+    last_start_seconds: f64,
+    rollouts_per_hour: f64,
+    /// Rollouts/hour over the first concurrency's (its first run; the summary line uses
+    /// medians).
+    ratio: f64,
+    /// Generated tokens per hour: the engine's throughput. Same seeds, but batched numerics
+    /// let sampled replies differ, so two runs may generate different amounts of text and
+    /// rollouts/hour alone can flatter or wrong a concurrency.
+    completion_tokens_per_hour: f64,
+    /// Completion tokens/hour over the first concurrency's.
+    token_ratio: f64,
+    /// Work done, to check the runs are comparable.
+    turns: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    exit_reasons: BTreeMap<String, usize>,
+    /// The local policy's engine: decode steps and their mean batch, prefill and idle time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine: Option<swegym_lm::GenerationStats>,
+}
+
+/// One timed `swegym sample` run of `--compare-jobs`' `jobs` for `swegym bench sample`;
+/// `first` holds the first run's (rollouts/hour, tokens/hour), the base of the ratios.
+#[allow(clippy::too_many_arguments)]
+async fn bench_run(
+    tasks: &[swegym_schema::Task],
+    base_config: &SampleConfig,
+    provisioner: &Arc<Provisioner>,
+    args: &SampleBenchArgs,
+    dir: &Path,
+    jobs: usize,
+    run: usize,
+    first: &mut Option<(f64, f64)>,
+) -> anyhow::Result<SampleBenchRow> {
+    let out = dir.join(format!("j{jobs}.parquet"));
+    for stale in [out.clone(), swegym_sample::partial_path(&out)] {
+        if stale.exists() {
+            std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+        }
+    }
+    let sample_args = SampleArgs { jobs, ..args.sample.clone() };
+    let policy = build_policy(&sample_args)?;
+    let config = SampleConfig { jobs, ..base_config.clone() };
+    let bar = output::progress(tasks.len() * config.k as usize, &format!("sampling -j {jobs}"));
+    let bar2 = bar.clone();
+    let outcome = swegym_sample::sample(tasks, Arc::clone(&policy), provisioner.clone(), &config, &out, move |_: &Rollout| bar2.inc(1))
+        .await
+        .map_err(|e| Exit::infra(e.to_string()))?;
+    bar.finish_and_clear();
+    let engine = policy.engine_stats();
+    drop(policy);
+    let hours = outcome.wall_seconds.max(1e-9) / 3600.0;
+    let rollouts = &outcome.rollouts;
+    let completion_tokens: u64 = rollouts.iter().map(|r| r.completion_tokens).sum();
+    let (rate, token_rate) = (outcome.ran as f64 / hours, completion_tokens as f64 / hours);
+    let (first_rate, first_tokens) = *first.get_or_insert((rate, token_rate));
+    let mut exit_reasons = BTreeMap::new();
+    for reason in ExitReason::ALL {
+        let n = rollouts.iter().filter(|r| r.exit_reason == reason).count();
+        if n > 0 {
+            exit_reasons.insert(reason.as_str().to_string(), n);
+        }
+    }
+    let row = SampleBenchRow {
+        bench: "sample",
+        policy_id: rollouts.first().map(|r| r.policy_id.clone()).unwrap_or_default(),
+        jobs,
+        run,
+        rollouts: outcome.ran,
+        wall_seconds: outcome.wall_seconds,
+        last_start_seconds: outcome.last_start_seconds,
+        rollouts_per_hour: rate,
+        ratio: rate / first_rate,
+        completion_tokens_per_hour: token_rate,
+        token_ratio: token_rate / first_tokens,
+        turns: rollouts.iter().map(|r| u64::from(r.turns)).sum(),
+        prompt_tokens: rollouts.iter().map(|r| r.prompt_tokens).sum(),
+        completion_tokens,
+        exit_reasons,
+        engine,
+    };
+    eprintln!(
+        "-j {jobs} (run {run}): {} rollouts in {:.1} s (the last started at {:.1} s) = {:.0} rollouts/hour ({:.2}x -j {}); {} turns, {} completion tokens = {:.0}/hour ({:.2}x)",
+        row.rollouts,
+        row.wall_seconds,
+        row.last_start_seconds,
+        row.rollouts_per_hour,
+        row.ratio,
+        args.compare_jobs[0],
+        row.turns,
+        row.completion_tokens,
+        row.completion_tokens_per_hour,
+        row.token_ratio
+    );
+    if let Some(e) = &row.engine {
+        eprintln!(
+            "    engine: {} decode steps, mean batch {:.2} rows, {:.1} s decoding ({:.1} ms/step, {:.1} tokens/s); {:.1} s prefilling {} tokens ({} reused; {:.0}% of the wall time, the batch waiting); {:.1} s idle",
+            e.decode_steps,
+            e.mean_batch(),
+            e.decode_seconds,
+            e.decode_seconds * 1e3 / e.decode_steps.max(1) as f64,
+            e.decoded_tokens as f64 / e.decode_seconds.max(1e-9),
+            e.prefill_seconds,
+            e.prefill_tokens,
+            e.cached_prompt_tokens,
+            100.0 * e.prefill_seconds / row.wall_seconds.max(1e-9),
+            e.idle_seconds
+        );
+    }
+    Ok(row)
+}
+
+pub async fn bench(ctx: &Context, args: SampleBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.compare_jobs.is_empty(), "--compare-jobs needs at least one value");
+    let dir = args.sample.out.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (tasks, base_config, provisioner) = prepare(ctx, &args.sample).await?;
+    // Environments are built (or found) before any clock starts.
+    for task in &tasks {
+        let w = swegym_evaluate::runner::workspace_ref(task);
+        provisioner.prepare(&w).await.map_err(|e| Exit::infra(e.to_string()))?;
+    }
+    let mut first: Option<(f64, f64)> = None;
+    let mut runs: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
+    for run in 1..=args.repeats as usize {
+        for &jobs in &args.compare_jobs {
+            let row = bench_run(&tasks, &base_config, &provisioner, &args, &dir, jobs.max(1), run, &mut first).await?;
+            runs.entry(row.jobs).or_default().push((row.rollouts_per_hour, row.completion_tokens_per_hour));
+            println!("{}", serde_json::to_string(&row)?);
+        }
+    }
+    if args.repeats > 1 {
+        let median = |mut v: Vec<f64>| super::median(&mut v);
+        let medians: Vec<(usize, f64, f64)> = runs
+            .into_iter()
+            .map(|(jobs, r)| (jobs, median(r.iter().map(|x| x.0).collect()), median(r.iter().map(|x| x.1).collect())))
+            .collect();
+        let base = medians.iter().find(|m| m.0 == args.compare_jobs[0].max(1)).copied().unwrap_or(medians[0]);
+        for (jobs, rate, tokens) in &medians {
+            eprintln!(
+                "median of {} runs, -j {jobs}: {rate:.0} rollouts/hour ({:.2}x -j {}), {tokens:.0} completion tokens/hour ({:.2}x)",
+                args.repeats,
+                rate / base.1,
+                base.0,
+                tokens / base.2
+            );
+        }
+    }
+    Ok(())
+}
