@@ -202,3 +202,98 @@ fn run_refuses_tasks_without_fail_to_pass() {
     let stderr = fails(swegym().args(["--allow-no-fail-to-pass", "run", "configs/demo.toml"]), 2);
     assert!(stderr.contains("does not apply to `swegym run`"), "{stderr}");
 }
+
+#[test]
+fn agent_commands_are_contained_local() {
+    if !common::slow("agent_commands_are_contained_local") {
+        return;
+    }
+    agent_commands_are_contained("local");
+}
+
+#[test]
+fn agent_commands_are_contained_docker() {
+    if !common::slow("agent_commands_are_contained_docker") || !common::docker("agent_commands_are_contained_docker") {
+        return;
+    }
+    agent_commands_are_contained("docker");
+}
+
+fn bash(command: &str) -> String {
+    format!("<function=execute_bash>\n<parameter=command>{command}</parameter>\n</function>")
+}
+
+/// An agent (a replayed script, through `swegym sample`) that reads every environment it
+/// can, host secrets, writes outside the workspace, reaches the network, leaves a process
+/// behind and allocates past the memory limit: each attempt fails inside the sandbox, and
+/// the API key in swegym's environment appears in no rollout, summary or output.
+fn agent_commands_are_contained(backend: &str) {
+    let before = common::leftovers(backend);
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = tmp.path().join("tasks.jsonl");
+    std::fs::write(&dataset, jsonl(&[marshmallow_task()])).unwrap();
+    // A sleep length no other process has (the two backends' tests run side by side).
+    let marker = format!("{}{}", 900_000 + std::process::id() % 99_999, if backend == "local" { 1 } else { 2 });
+    let replies = vec![
+        // The whole of pid 1's environment and the shell's, and a search of every process's
+        // (a count of 0 means: found nowhere), so no truncation can hide a leak.
+        bash("echo '== /proc/1/environ'; tr '\\0' '\\n' < /proc/1/environ; echo '== env'; env; echo canary-count-$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c -e SWEGYM_TEST_CANARY -e OPENAI_API_KEY)"),
+        bash("cat /etc/shadow /etc/gshadow; ls /root/.ssh /root/.cache; echo read-done"),
+        bash("for p in /etc/pwned /usr/pwned /opt/venv/pwned /pwned; do touch $p 2>/dev/null && echo WROTE $p; done; echo write-done"),
+        bash("python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), 3)\" 2>&1 | tail -1; echo net-done"),
+        bash(&format!("(sleep {marker} &) ; echo left-a-process")),
+        // Filled, not just reserved: untouched pages would count against no limit.
+        bash("python3 -c \"x = b'x' * (6 << 30); print('ALLOCATED', len(x))\"; echo memory-exit-$?"),
+        "I am done.\n<function=finish>\n<parameter=message>done</parameter>\n</function>".to_string(),
+    ];
+    let replay = tmp.path().join("attack.json");
+    std::fs::write(&replay, serde_json::to_string(&replies).unwrap()).unwrap();
+    let canary = format!("sk-canary-agent-{}-{}", std::process::id(), tmp.path().file_name().unwrap().to_string_lossy());
+    let out = tmp.path().join("rollouts.parquet");
+    let env_specs = repo_root().join("datasets/swebench-lite-marshmallow/environments.toml");
+    let run = run_ok(
+        swegym()
+            .args(["sample", "--policy", "replay", "--backend", backend, "-k", "1", "-j", "1", "--memory-gib", "2", "--dataset"])
+            .arg(&dataset)
+            .arg("--replay-file")
+            .arg(&replay)
+            .arg("--env-specs")
+            .arg(&env_specs)
+            .arg("--out")
+            .arg(&out)
+            .env("OPENAI_API_KEY", &canary)
+            .env("SWEGYM_TEST_CANARY", &canary),
+    );
+    let rows = read_parquet_with_pyarrow(&out);
+    let row = &rows.as_array().unwrap()[0];
+    let observations: Vec<String> = row["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect();
+    let all = observations.join("\n");
+    assert_eq!(row["exit_reason"], "submitted", "{row}");
+    for done in ["read-done", "write-done", "net-done", "left-a-process", "memory-exit-"] {
+        assert!(all.contains(done), "the attack step ending in {done} ran:\n{all}");
+    }
+    assert!(all.contains("== /proc/1/environ") && all.contains("== env") && all.contains("canary-count-0"), "{all}");
+    assert!(!all.contains("WROTE"), "a write outside the workspace succeeded:\n{all}");
+    assert!(!all.contains(&format!("ALLOCATED {}", 6u64 << 30)), "6 GiB were filled under a 2 GiB limit:\n{all}");
+    assert!(!all.contains("memory-exit-0"), "{all}");
+    let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+    for hash in host_shadow.lines().filter_map(|l| l.split(':').nth(1)).filter(|h| h.len() > 3) {
+        assert!(!all.contains(hash), "a host password hash is in an observation");
+    }
+    // The key is in nothing the run wrote or printed.
+    for entry in walk(tmp.path()).into_iter().filter(|p| p != &replay) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(&canary), "{} holds the canary secret", entry.display());
+    }
+    assert!(!String::from_utf8_lossy(&run.stdout).contains(&canary) && !String::from_utf8_lossy(&run.stderr).contains(&canary));
+    // Nothing the agent started outlives its sandbox.
+    let left = std::process::Command::new("pgrep").args(["-f", &format!("sleep {marker}")]).output().unwrap();
+    assert!(left.stdout.is_empty(), "a process the agent left runs on: {}", String::from_utf8_lossy(&left.stdout));
+    common::assert_nothing_left(backend, &before);
+}

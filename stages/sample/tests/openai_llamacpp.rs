@@ -37,6 +37,12 @@ fn start_server() -> Option<(Server, String)> {
     let model = cache_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let ready = python.exists() && Command::new(&python).args(["-c", "import llama_cpp.server"]).output().is_ok_and(|o| o.status.success());
     if !ready || !model.exists() {
+        assert!(
+            std::env::var("SWEGYM_SLOW_TESTS").as_deref() != Ok("1"),
+            "SWEGYM_SLOW_TESTS=1 but {} with llama-cpp-python[server] or {} is missing (.ci/run installs both)",
+            python.display(),
+            model.display()
+        );
         eprintln!(
             "skipping: needs {} with llama-cpp-python[server] (run stages/sample/scripts/install-llamacpp-server.sh, ~5 min) and {} (make setup)",
             python.display(),

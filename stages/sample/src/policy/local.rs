@@ -327,6 +327,7 @@ mod tests {
             .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/swegym"))
             .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
         if !path.exists() {
+            assert!(std::env::var("SWEGYM_SLOW_TESTS").as_deref() != Ok("1"), "SWEGYM_SLOW_TESTS=1 but {} is missing (`make setup` puts it there)", path.display());
             eprintln!("skipping: {} missing (`make setup` puts it there)", path.display());
             return;
         }
