@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{cache_root, read_parquet_with_pyarrow, repo_root, run_ok, slow, swegym};
+use common::{cache_root, fails, read_parquet_with_pyarrow, repo_root, run_ok, slow, swegym};
 use serde_json::Value;
 use swegym_schema::{ExitReason, Message, Rollout};
 
@@ -242,6 +242,13 @@ fn smoke_run_end_to_end_then_killed_and_resumed() {
     let only0 = tmp.path().join("sft0.jsonl");
     run_ok(swegym().args(["export"]).arg(&a).arg("--out").arg(&only0).args(["--iterations", "0"]));
     assert_eq!(std::fs::read_to_string(&only0).unwrap().lines().count(), 2);
+    // Iteration 1 kept nothing (the tiny policy resolves nothing): exporting it alone writes
+    // no empty file (which `datasets.load_dataset` cannot load) and exits 3.
+    assert_eq!(m1["kept"], 0, "configs/smoke.toml's tiny policy resolves nothing");
+    let only1 = tmp.path().join("sft1.parquet");
+    let e = fails(swegym().args(["export"]).arg(&a).arg("--out").arg(&only1).args(["--iterations", "1"]), 3);
+    assert!(e.contains("kept no SFT records") && e.contains("iterations with records: [0]"), "{e}");
+    assert!(!only1.exists());
 
     // 2b. That export as the warm start of another run (source = "sft"): its records join
     //     iteration 0's SFT data as they are and the adapter trains on them.

@@ -40,6 +40,15 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     let files: Vec<PathBuf> = chosen.iter().map(|i| dir.iter_dir(*i).join("sft.parquet")).collect();
     let records = swegym_export::concat_datasets(&files, true)?;
+    if records.is_empty() {
+        // An empty Parquet file loads nowhere useful: `datasets.load_dataset` refuses any
+        // 0-row Parquet (pyarrow's own too), and there is nothing to train on.
+        return Err(Exit::bad_input(format!(
+            "{}: iterations {chosen:?} kept no SFT records, so there is nothing to export (iterations with records: {:?})",
+            root.display(),
+            exported.iter().filter(|i| !is_empty_export(&dir, **i)).collect::<Vec<_>>()
+        )));
+    }
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -55,4 +64,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let sources: Vec<String> = summary.by_source.iter().map(|(s, n)| format!("{s} {n}")).collect();
     println!("by source: {}; mean turns {:.1}", if sources.is_empty() { "none".into() } else { sources.join(", ") }, summary.mean_turns);
     Ok(())
+}
+
+/// Whether iteration `i` exported no record (by its manifest).
+fn is_empty_export(dir: &RunDir, i: u32) -> bool {
+    let manifest: anyhow::Result<Option<crate::run_dir::manifest::Manifest<crate::run_dir::manifest::ExportDetails>>> =
+        RunDir::manifest(&dir.iter_dir(i), crate::run_dir::manifest::Stage::Export);
+    manifest.ok().flatten().is_none_or(|m| m.details.records == 0)
 }
