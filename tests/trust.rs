@@ -242,6 +242,7 @@ fn agent_commands_are_contained(backend: &str) {
         bash("for p in /etc/pwned /usr/pwned /opt/venv/pwned /pwned; do touch $p 2>/dev/null && echo WROTE $p; done; echo write-done"),
         bash("python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), 3)\" 2>&1 | tail -1; echo net-done"),
         bash(&format!("(sleep {marker} &) ; echo left-a-process")),
+        bash("grep CapEff /proc/self/status; for s in /var/run/docker.sock /run/docker.sock; do test -e $s && echo SOCKET-VISIBLE $s; done; echo caps-done"),
         // Filled, not just reserved: untouched pages would count against no limit.
         bash("python3 -c \"x = b'x' * (6 << 30); print('ALLOCATED', len(x))\"; echo memory-exit-$?"),
         "I am done.\n<function=finish>\n<parameter=message>done</parameter>\n</function>".to_string(),
@@ -282,6 +283,17 @@ fn agent_commands_are_contained(backend: &str) {
     assert!(!all.contains("WROTE"), "a write outside the workspace succeeded:\n{all}");
     assert!(!all.contains(&format!("ALLOCATED {}", 6u64 << 30)), "6 GiB were filled under a 2 GiB limit:\n{all}");
     assert!(!all.contains("memory-exit-0"), "{all}");
+    // No Docker socket, and no raw sockets, device nodes or chroot (the local sandbox keeps
+    // no capability at all).
+    assert!(all.contains("caps-done") && !all.contains("SOCKET-VISIBLE"), "{all}");
+    let cap_eff = all.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap()).expect("CapEff printed");
+    const NET_RAW: u64 = 1 << 13;
+    const SYS_CHROOT: u64 = 1 << 18;
+    const MKNOD: u64 = 1 << 27;
+    match backend {
+        "local" => assert_eq!(cap_eff, 0, "{all}"),
+        _ => assert_eq!(cap_eff & (NET_RAW | SYS_CHROOT | MKNOD), 0, "CapEff {cap_eff:#x}"),
+    }
     let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
     for hash in host_shadow.lines().filter_map(|l| l.split(':').nth(1)).filter(|h| h.len() > 3) {
         assert!(!all.contains(hash), "a host password hash is in an observation");
