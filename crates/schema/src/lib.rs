@@ -20,7 +20,7 @@ pub use prediction::{load_predictions, Prediction};
 pub use rollout::{ExitReason, Message, Role, Rollout};
 pub use sft::{read_sft, write_sft, SftRecord};
 pub use stats::DatasetStats;
-pub use task::{load_tasks, load_tasks_with, LoadOptions, RowError, Task, TaskLoad, NO_FAIL_TO_PASS};
+pub use task::{load_tasks, load_tasks_with, LoadOptions, RowError, Task, TaskLoad};
 pub use verdict::{EvalStatus, Verdict};
 
 /// Errors of reading or writing a whole file (a bad *row* is a [`RowError`], not this).

@@ -106,7 +106,7 @@ pub struct LoadOptions {
 }
 
 /// The message of a row with no `FAIL_TO_PASS` test.
-pub const NO_FAIL_TO_PASS: &str = "FAIL_TO_PASS is empty: no test tells a fix from a no-op (any patch keeping PASS_TO_PASS green would pass); list the tests the fix makes pass, or load it anyway with --allow-no-fail-to-pass";
+const NO_FAIL_TO_PASS: &str = "FAIL_TO_PASS is empty: no test tells a fix from a no-op (any patch keeping PASS_TO_PASS green would pass); list the tests the fix makes pass, or load it anyway with --allow-no-fail-to-pass";
 
 /// Loads tasks from `.jsonl`, `.json` (an array, or JSONL in disguise) or `.parquet`;
 /// rows without a `FAIL_TO_PASS` test are bad rows ([`LoadOptions::default`]).
