@@ -1,7 +1,8 @@
 //! End to end: `swegym synth` on a real PyPI sdist (tabulate 0.9.0) is deterministic for a
 //! seed, keeps only mutants that parse and that leave other tests passing, reports its
 //! yield per mutation kind, and what it keeps validates; a sample of the shipped
-//! synth-pypi dataset validates (gold resolves, FAIL_TO_PASS fails before).
+//! synth-pypi dataset validates (gold resolves, FAIL_TO_PASS fails before); the easy tier
+//! (a misspelled parameter, tests with tracebacks) quotes the bug's line and validates.
 
 mod common;
 
@@ -67,6 +68,20 @@ fn synth_is_deterministic_parses_and_reports_yield() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("instances valid"));
 }
 
+/// The id of the first row of each repository in a shipped dataset's split.
+fn first_row_per_repo(dataset: &str, split: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(common::repo_root().join(format!("datasets/{dataset}/{split}.jsonl"))).unwrap();
+    let mut repos = std::collections::BTreeSet::new();
+    let mut ids = Vec::new();
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        if repos.insert(row["repo"].as_str().unwrap().to_string()) {
+            ids.push(row["instance_id"].as_str().unwrap().to_string());
+        }
+    }
+    ids
+}
+
 /// The file a row's gold patch edits.
 fn swegym_file(row: &serde_json::Value) -> String {
     let patch = row["patch"].as_str().unwrap();
@@ -82,15 +97,9 @@ fn shipped_synth_dataset_sample_validates() {
     // The first row of each repo in each split, validated through the folder (every split).
     let mut ids: Vec<String> = Vec::new();
     for split in ["train", "test"] {
-        let text = std::fs::read_to_string(common::repo_root().join(format!("datasets/synth-pypi/{split}.jsonl"))).unwrap();
-        let mut repos = std::collections::BTreeSet::new();
-        for line in text.lines() {
-            let row: serde_json::Value = serde_json::from_str(line).unwrap();
-            if repos.insert(row["repo"].as_str().unwrap().to_string()) {
-                ids.push(row["instance_id"].as_str().unwrap().to_string());
-            }
-        }
-        assert!(repos.len() >= 4, "{split}: {repos:?}");
+        let first = first_row_per_repo("synth-pypi", split);
+        assert!(first.len() >= 4, "{split}: {first:?}");
+        ids.extend(first);
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = common::run_ok(common::swegym().args(["dataset", "validate", "datasets/synth-pypi", "-j", "2", "--instance-ids"]).args(&ids).arg("--out").arg(tmp.path().join("v")));
@@ -107,4 +116,43 @@ fn an_unknown_mutation_kind_is_named() {
     let out = common::swegym().args(["synth", "--kinds", "flip_everything"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("comparison_operator"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_easy_tier_quotes_the_line_and_validates() {
+    if !common::slow("the_easy_tier_quotes_the_line_and_validates") {
+        return;
+    }
+    // A misspelled parameter in toolz, tests with tracebacks: the statement quotes the frame
+    // at the bug's line (never the fix), the manifest says so, and the gold patch resolves.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("easy");
+    common::run_ok(
+        common::swegym()
+            .args(["synth", "--env-specs", "datasets/synth-pypi-easy/environments.toml", "--env", "pytoolz/toolz", "--kinds", "misspelled_name"])
+            .args(["--n", "2", "--seed", "0", "--max-tries", "12", "--split-by", "file", "--test-fraction", "0.4", "-j", "2", "--timeout", "60"])
+            .arg("--out")
+            .arg(&out),
+    );
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 2);
+    let manifest: Vec<serde_json::Value> = std::fs::read_to_string(out.join("synth_manifest.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (row, m) in rows.iter().zip(&manifest) {
+        let statement = row["problem_statement"].as_str().unwrap();
+        let (file, line) = (m["file"].as_str().unwrap(), m["line"].as_u64().unwrap());
+        assert!(statement.contains("NameError") && statement.contains(&format!("{file}:{line}: in ")), "{statement}");
+        let fixed = row["patch"].as_str().unwrap().lines().find(|l| l.starts_with('+') && !l.starts_with("+++")).unwrap().trim_start_matches('+').trim();
+        assert!(!statement.contains(fixed), "the statement gives the fix away: {statement}");
+        assert_eq!(m["kind"], "misspelled_name");
+        assert_eq!((m["difficulty"]["tier"].as_str(), m["difficulty"]["traceback_hits_line"].as_bool()), (Some("easy"), Some(true)), "{m}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("synth_report.json")).unwrap()).unwrap();
+    assert_eq!(report["split_by"], "file");
+    // The rows and one shipped easy row per repository and split validate.
+    let v = common::run_ok(common::swegym().args(["dataset", "validate"]).arg(&out).args(["-j", "2", "--out"]).arg(tmp.path().join("v")));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("2 of 2 instances valid"), "{}", String::from_utf8_lossy(&v.stdout));
+    let ids: Vec<String> = ["train", "test"].iter().flat_map(|split| first_row_per_repo("synth-pypi-easy", split)).collect();
+    let v = common::run_ok(common::swegym().args(["dataset", "validate", "datasets/synth-pypi-easy", "-j", "2", "--instance-ids"]).args(&ids).arg("--out").arg(tmp.path().join("v2")));
+    let stdout = String::from_utf8_lossy(&v.stdout);
+    assert!(stdout.contains(&format!("{n} of {n} instances valid", n = ids.len())), "{stdout}");
 }

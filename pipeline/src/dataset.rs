@@ -3,6 +3,7 @@
 //! Both take a task file or a dataset folder; a folder means every split it has
 //! ([`load_splits`]), with results per split.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +12,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use swegym_evaluate::runner::{Job, JobKind, JobResult};
 use swegym_schema::{DatasetStats, EvalStatus, Task};
+use swegym_synth::tier::{Manifest, Tier};
 
 use crate::context::Context;
 use crate::evaluate::{load_dataset, HarnessArgs};
@@ -58,14 +60,24 @@ pub async fn run(ctx: &Context, cmd: DatasetCommand) -> anyhow::Result<()> {
 
 fn stats(ctx: &Context, args: StatsArgs) -> anyhow::Result<()> {
     let splits = load_splits(&args.dataset, ctx.task_load)?;
+    // A synthesized dataset's manifest (beside the split files) gives each task's tier.
+    let folder = if args.dataset.is_dir() { args.dataset.clone() } else { args.dataset.parent().map(Path::to_path_buf).unwrap_or_default() };
+    let manifest = Manifest::in_folder(&folder).map_err(|e| Exit::bad_input(format!("reading the synth manifest: {e}")))?;
+    let stats_json = |tasks: &[Task]| -> anyhow::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(DatasetStats::compute(tasks))?;
+        if let (Some(m), Some(obj)) = (&manifest, v.as_object_mut()) {
+            obj.insert("difficulty".into(), serde_json::to_value(TierCounts::of(m, tasks))?);
+        }
+        Ok(v)
+    };
     if args.json {
         // A file: its stats object, as before; a folder: one object per split name.
         let json = if let [LoadedSplit { name: None, tasks, .. }] = &splits[..] {
-            serde_json::to_value(DatasetStats::compute(tasks))?
+            stats_json(tasks)?
         } else {
             let mut by_split = serde_json::Map::new();
             for split in &splits {
-                by_split.insert(split.label().to_string(), serde_json::to_value(DatasetStats::compute(&split.tasks))?);
+                by_split.insert(split.label().to_string(), stats_json(&split.tasks)?);
             }
             by_split.into()
         };
@@ -77,8 +89,56 @@ fn stats(ctx: &Context, args: StatsArgs) -> anyhow::Result<()> {
             println!("{}split {name} ({})", if i > 0 { "\n" } else { "" }, split.files_label());
         }
         print!("{}", DatasetStats::compute(&split.tasks).to_table());
+        if let Some(m) = &manifest {
+            print!("{}", TierCounts::of(m, &split.tasks).to_table());
+        }
     }
     Ok(())
+}
+
+/// Tasks per difficulty tier and mutation kind (from a synth manifest).
+#[derive(Debug, Default, serde::Serialize)]
+struct TierCounts {
+    /// kind → tier → tasks.
+    by_kind: BTreeMap<String, BTreeMap<Tier, usize>>,
+    by_tier: BTreeMap<Tier, usize>,
+    /// Tasks whose statement quotes a traceback entry at the bug's line.
+    statement_shows_line: usize,
+    /// Tasks the manifest does not list.
+    unknown: usize,
+}
+
+impl TierCounts {
+    fn of(manifest: &Manifest, tasks: &[Task]) -> TierCounts {
+        let mut c = TierCounts::default();
+        for t in tasks {
+            let (Some(row), Some(d)) = (manifest.get(&t.instance_id), manifest.difficulty(&t.instance_id, &t.patch, &t.problem_statement)) else {
+                c.unknown += 1;
+                continue;
+            };
+            *c.by_kind.entry(row.kind.as_str().to_string()).or_default().entry(d.tier).or_default() += 1;
+            *c.by_tier.entry(d.tier).or_default() += 1;
+            c.statement_shows_line += usize::from(d.statement_shows_line);
+        }
+        c
+    }
+
+    fn to_table(&self) -> String {
+        let mut out = String::from("\ndifficulty (synth manifest)      easy  medium   hard\n");
+        let row = |name: &str, counts: &BTreeMap<Tier, usize>| {
+            let n = |t: Tier| counts.get(&t).copied().unwrap_or(0);
+            format!("  {name:<30} {:>5} {:>7} {:>6}\n", n(Tier::Easy), n(Tier::Medium), n(Tier::Hard))
+        };
+        for (kind, counts) in &self.by_kind {
+            out.push_str(&row(kind, counts));
+        }
+        out.push_str(&row("all", &self.by_tier));
+        out.push_str(&format!("  statements quoting the bug's line: {}\n", self.statement_shows_line));
+        if self.unknown > 0 {
+            out.push_str(&format!("  not in the manifest: {}\n", self.unknown));
+        }
+        out
+    }
 }
 
 /// `train` of `train-00000-of-00002` (a Hugging Face shard name), else `None`.

@@ -411,6 +411,13 @@ impl Runner {
             SplitKind::Train => self.cfg.sampling.rollouts_per_task,
             SplitKind::Test => self.cfg.sampling.eval_rollouts_per_task,
         };
+        let base_skipped = self.cfg.warm_start.as_ref().is_some_and(|w| !w.samples_base());
+        if split == SplitKind::Train && iteration == 0 && base_skipped {
+            // Iteration 0 is the warm start alone: the base policy samples nothing.
+            swegym_schema::rollout::write_rollouts(out, &[])?;
+            let line = "skipped: [warm_start] sample_base = false (iteration 0 trains on the warm-start data alone)".to_string();
+            return Ok((vec![out.to_path_buf()], SampleDetails { line, policy_id: "none".into(), rollouts: 0, ran: 0, resumed: 0 }));
+        }
         self.sample_stage_k(split, choice, iteration, k, out, what).await
     }
 
@@ -486,7 +493,7 @@ impl Runner {
 
     async fn build_policy(&self, choice: &PolicyChoice) -> anyhow::Result<Arc<dyn Policy>> {
         let adapter = match choice {
-            PolicyChoice::Oracle => return Ok(Arc::new(OraclePolicy::exact())),
+            PolicyChoice::Oracle => return Ok(Arc::new(OraclePolicy::exact().with_scaffold(self.cfg.agent.scaffold))),
             PolicyChoice::Model { adapter } => adapter.clone(),
         };
         let p = &self.cfg.policy;
@@ -693,7 +700,7 @@ impl Runner {
         let kept: Vec<usize> = decisions.iter().zip(&all).enumerate().filter(|(_, (d, r))| d.keeps(r)).map(|(j, _)| j).collect();
         let mut records = swegym_export::records_from_rollouts(&all, &kept);
         let mut warm_records = 0;
-        if let (Some(WarmStart::Sft { path }), 0) = (&self.cfg.warm_start, i) {
+        if let (Some(WarmStart::Sft { path, .. }), 0) = (&self.cfg.warm_start, i) {
             let extra = swegym_schema::read_sft(path).map_err(|e| Exit::bad_input(e.to_string()))?;
             warm_records = extra.len();
             records.extend(extra);

@@ -19,6 +19,7 @@ use swegym_sample::policy::local::{AdapterLoad, LocalPolicy, ModelDtypes};
 use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
 use swegym_sample::policy::oracle::OraclePolicy;
 use swegym_sample::policy::replay::ReplayPolicy;
+use swegym_sample::prompt::Scaffold;
 use swegym_sample::{EpisodeConfig, ExitReason, Policy, Rollout, SampleConfig, SamplingParams};
 use swegym_sandbox::{Limits, Provisioner};
 use swegym_schema::rollout::write_rollouts;
@@ -122,6 +123,10 @@ pub struct SampleArgs {
     /// Seconds one execute_bash command may run.
     #[arg(long, default_value_t = 300)]
     pub command_timeout: u64,
+    /// The agent's prompts: openhands (OpenHands' CodeAct prompts) or compact (short
+    /// prompts for small models; the oracle then plays the short trajectory).
+    #[arg(long, value_enum, default_value = "openhands")]
+    pub scaffold: ScaffoldArg,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The RFT iteration recorded in each row.
@@ -170,12 +175,30 @@ struct SampleSummary {
     rollouts_per_hour: f64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScaffoldArg {
+    #[value(name = "openhands")]
+    OpenHands,
+    Compact,
+}
+
+impl From<ScaffoldArg> for Scaffold {
+    fn from(a: ScaffoldArg) -> Scaffold {
+        match a {
+            ScaffoldArg::OpenHands => Scaffold::OpenHands,
+            ScaffoldArg::Compact => Scaffold::Compact,
+        }
+    }
+}
+
 pub(crate) fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
     if args.oracle_slip_rate != 0.0 && args.policy != PolicyArg::Oracle {
         return Err(Exit::bad_input("--oracle-slip-rate applies only to --policy oracle"));
     }
     Ok(match args.policy {
-        PolicyArg::Oracle => Arc::new(OraclePolicy::with_slips(args.oracle_slip_rate).map_err(|e| Exit::bad_input(format!("--oracle-slip-rate: {e}")))?),
+        PolicyArg::Oracle => Arc::new(
+            OraclePolicy::with_slips(args.oracle_slip_rate).map_err(|e| Exit::bad_input(format!("--oracle-slip-rate: {e}")))?.with_scaffold(args.scaffold.into()),
+        ),
         PolicyArg::Local => {
             let model = args.model.as_ref().ok_or_else(|| Exit::bad_input("--policy local needs --model (a GGUF file or an HF folder)"))?;
             let path = std::path::Path::new(model);
@@ -257,6 +280,7 @@ pub(crate) async fn prepare(ctx: &Context, args: &SampleArgs) -> anyhow::Result<
             max_context_tokens: args.max_context_tokens,
             max_format_errors: args.max_format_errors.max(1),
             command_timeout: Duration::from_secs(args.command_timeout),
+            scaffold: args.scaffold.into(),
             ..EpisodeConfig::default()
         },
     };

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use serde::Serialize;
-use swegym_evaluate::parse::{pytest_failure_messages, TestStatus};
+use swegym_evaluate::parse::{pytest_failure_messages, pytest_headline, pytest_tracebacks, TestStatus, TracebackFrame};
 use swegym_evaluate::patch::is_test_path;
 use swegym_evaluate::runner::{Harness, Job, JobKind, JobResult};
 use swegym_sandbox::source;
@@ -26,7 +26,8 @@ use swegym_schema::{EvalStatus, Task};
 use swegym_synth::plan::{plan, PlanOptions};
 use swegym_synth::select::{narrow_to_failing_files, select, stable, Outcomes};
 use swegym_synth::split::{split_of, Split};
-use swegym_synth::statement::{problem_statement, BugReport, FailingTest};
+use swegym_synth::statement::{problem_statement, BugReport, FailingTest, Frame};
+use swegym_synth::tier::{difficulty, Difficulty, ManifestRow};
 use swegym_synth::yields::Yields;
 use swegym_synth::{diff, DropReason, Mutation, MutationKind, PythonFile, SelectRules};
 
@@ -43,6 +44,14 @@ pub enum P2pScope {
     Files,
     /// Every passing test of the suite.
     Suite,
+}
+
+/// What the train / test split keeps apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitBy {
+    Function,
+    File,
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,12 +72,17 @@ pub struct SynthArgs {
     /// Mutants tried per function, at most.
     #[arg(long, default_value_t = 2)]
     pub max_per_function: usize,
-    /// Mutation kinds (default: all), e.g. `--kinds comparison_operator wrong_return`.
+    /// Mutation kinds (default: all but misspelled_name), e.g. `--kinds comparison_operator wrong_return`.
     #[arg(long, num_args = 1.., value_parser = parse_kind)]
     pub kinds: Vec<MutationKind>,
-    /// Share of functions whose instances go to the held-out `test` split.
+    /// Share of functions (or files, with --split-by file) whose instances go to the
+    /// held-out `test` split.
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
+    /// The unit the split keeps apart: `function` (no function in both splits) or `file`
+    /// (no source file in both, so no function either).
+    #[arg(long, value_enum, default_value = "function")]
+    pub split_by: SplitBy,
     /// Largest share of the suite's passing tests a kept bug may break.
     #[arg(long, default_value_t = 0.5)]
     pub max_fail_fraction: f64,
@@ -84,20 +98,6 @@ fn parse_kind(s: &str) -> Result<MutationKind, String> {
         let names: Vec<&str> = MutationKind::ALL.iter().map(|k| k.as_str()).collect();
         format!("unknown mutation kind {s:?}; one of: {}", names.join(", "))
     })
-}
-
-/// One kept instance's provenance (not part of the task row).
-#[derive(Debug, Serialize)]
-struct ManifestRow {
-    instance_id: String,
-    repo: String,
-    split: Split,
-    kind: MutationKind,
-    file: String,
-    function: String,
-    line: usize,
-    fail_to_pass: usize,
-    pass_to_pass: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +123,7 @@ struct Report {
     n: usize,
     max_per_function: usize,
     test_fraction: f64,
+    split_by: SplitBy,
     max_fail_fraction: f64,
     p2p_scope: P2pScope,
     kinds: Vec<MutationKind>,
@@ -145,7 +146,7 @@ pub async fn run(ctx: &Context, args: SynthArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let harness = args.harness.harness(ctx, &out_dir.join("train.jsonl")).await?;
     let specs = chosen_envs(&args)?;
-    let kinds = if args.kinds.is_empty() { MutationKind::ALL.to_vec() } else { args.kinds.clone() };
+    let kinds = if args.kinds.is_empty() { MutationKind::DEFAULT.to_vec() } else { args.kinds.clone() };
     let rules = SelectRules { max_fail_fraction: args.max_fail_fraction, ..SelectRules::synth() };
 
     let mut rows: Vec<(Split, Task)> = Vec::new();
@@ -170,8 +171,11 @@ pub async fn run(ctx: &Context, args: SynthArgs) -> anyhow::Result<()> {
         };
         match synth_env(&harness, spec, &args, &kinds, &rules, &mut report).await {
             Ok(kept) => {
-                for (task, m, sel_counts) in kept {
-                    let key = format!("{}::{}", spec.repo, m.function_key());
+                for (task, m, sel_counts, hardness) in kept {
+                    let key = match args.split_by {
+                        SplitBy::Function => format!("{}::{}", spec.repo, m.function_key()),
+                        SplitBy::File => format!("{}::{}", spec.repo, m.file),
+                    };
                     let split = split_of(&key, args.seed, args.test_fraction);
                     manifest.push(ManifestRow {
                         instance_id: task.instance_id.clone(),
@@ -183,6 +187,7 @@ pub async fn run(ctx: &Context, args: SynthArgs) -> anyhow::Result<()> {
                         line: m.line,
                         fail_to_pass: sel_counts.0,
                         pass_to_pass: sel_counts.1,
+                        difficulty: Some(hardness),
                     });
                     rows.push((split, task));
                 }
@@ -232,6 +237,7 @@ pub async fn run(ctx: &Context, args: SynthArgs) -> anyhow::Result<()> {
         n: args.n,
         max_per_function: args.max_per_function,
         test_fraction: args.test_fraction,
+        split_by: args.split_by,
         max_fail_fraction: args.max_fail_fraction,
         p2p_scope: args.p2p_scope,
         kinds,
@@ -285,7 +291,7 @@ fn chosen_envs(args: &SynthArgs) -> anyhow::Result<Vec<EnvSpec>> {
 }
 
 /// Kept tasks of one environment with their mutation and (F2P, P2P) counts.
-type Kept = Vec<(Task, Mutation, (usize, usize))>;
+type Kept = Vec<(Task, Mutation, (usize, usize), Difficulty)>;
 
 async fn synth_env(
     harness: &Arc<Harness>,
@@ -399,15 +405,22 @@ async fn synth_env(
                         .iter()
                         .map(|id| FailingTest { id: id.clone(), message: messages.get(id).cloned() })
                         .collect();
+                    let (traceback, hits_line) = library_traceback(&result.outcome.log, &selection.fail_to_pass, m);
                     let mut task = task.clone();
-                    task.problem_statement =
-                        problem_statement(&BugReport { file: &m.file, function: &m.function, failing: &failing, wording_key: &task.instance_id });
+                    task.problem_statement = problem_statement(&BugReport {
+                        file: &m.file,
+                        function: &m.function,
+                        failing: &failing,
+                        wording_key: &task.instance_id,
+                        traceback: &traceback,
+                    });
+                    let hardness = difficulty(&task.patch, &task.problem_statement, &m.file, m.line, hits_line);
                     let counts = (selection.fail_to_pass.len(), selection.pass_to_pass.len());
                     task.fail_to_pass = selection.fail_to_pass;
                     task.pass_to_pass = selection.pass_to_pass;
                     tracing::info!(instance_id = %task.instance_id, kind = %m.kind, f2p = counts.0, p2p = counts.1, "kept");
                     report.yields.kept(m.kind);
-                    kept.push((task, m.clone(), counts));
+                    kept.push((task, m.clone(), counts, hardness));
                     if kept.len() >= args.n {
                         // Later results of this batch are not counted: the outcome does not
                         // depend on the batch size.
@@ -428,6 +441,25 @@ async fn synth_env(
     bar.finish_and_clear();
     report.kept = kept.len();
     Ok(kept)
+}
+
+/// The library frames (outside the test files) of the first FAIL_TO_PASS test whose
+/// traceback the log holds, to quote in the statement, and whether any failing test's
+/// traceback passed through the bug's line (`None`: the run had tracebacks off).
+fn library_traceback(log: &str, fail_to_pass: &[String], m: &Mutation) -> (Vec<Frame>, Option<bool>) {
+    let tracebacks = pytest_tracebacks(log);
+    if tracebacks.is_empty() {
+        return (Vec::new(), None);
+    }
+    let at_line = |f: &TracebackFrame| f.file == m.file && f.line == m.line;
+    let hits = fail_to_pass.iter().filter_map(|id| tracebacks.get(&pytest_headline(id))).any(|frames| frames.iter().any(at_line));
+    let quoted = fail_to_pass
+        .iter()
+        .filter_map(|id| tracebacks.get(&pytest_headline(id)))
+        .map(|frames| frames.iter().filter(|f| !is_test_path(&f.file)).map(|f| Frame { file: f.file.clone(), line: f.line, function: f.function.clone(), source: f.source.clone() }).collect::<Vec<_>>())
+        .find(|frames| !frames.is_empty())
+        .unwrap_or_default();
+    (quoted, Some(hits))
 }
 
 /// What became of one planned mutation in a batch.

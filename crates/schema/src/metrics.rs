@@ -46,6 +46,11 @@ pub struct SplitMetrics {
     /// Best@k and Random@k (absent otherwise, and in metrics written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_k: Option<AtK>,
+    /// Held-out split: per task, the share of its rollouts that resolved it and that had an
+    /// empty patch (what the report's bootstrap intervals and paired comparisons resample);
+    /// absent on the train split and in metrics written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_task: Option<BTreeMap<String, TaskOutcome>>,
 }
 
 /// Who picks the one rollout per task that is submitted on the held-out split.
@@ -81,6 +86,13 @@ pub struct AtK {
     pub submitted_resolve_rate: f64,
 }
 
+/// One task's outcome on a split: shares of its rollouts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    pub resolved: f64,
+    pub empty_patch: f64,
+}
+
 impl SplitMetrics {
     /// Metrics of graded rollouts (`resolved` null counts as unresolved and `ungraded`).
     pub fn from_rollouts(split: &str, policy: &str, rollouts: &[Rollout], wall_s: f64) -> SplitMetrics {
@@ -112,6 +124,7 @@ impl SplitMetrics {
             completion_tokens: rollouts.iter().map(|r| r.completion_tokens).sum(),
             wall_s,
             at_k: None,
+            per_task: (split == "test").then(|| per_task(rollouts)),
         }
     }
 
@@ -120,6 +133,18 @@ impl SplitMetrics {
         let k = self.exit_reasons.get(reason.as_str()).copied().unwrap_or(0);
         if self.rollouts == 0 { 0.0 } else { k as f64 / self.rollouts as f64 }
     }
+}
+
+/// Per task: the share of its rollouts resolved and with an empty patch.
+fn per_task(rollouts: &[Rollout]) -> BTreeMap<String, TaskOutcome> {
+    let mut counts: BTreeMap<String, (u32, u32, u32)> = BTreeMap::new();
+    for r in rollouts {
+        let c = counts.entry(r.instance_id.clone()).or_default();
+        c.0 += 1;
+        c.1 += u32::from(r.resolved == Some(true));
+        c.2 += u32::from(r.empty_patch);
+    }
+    counts.into_iter().map(|(id, (n, res, empty))| (id, TaskOutcome { resolved: f64::from(res) / f64::from(n), empty_patch: f64::from(empty) / f64::from(n) })).collect()
 }
 
 /// What the rejection filter did in one iteration.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use swegym_filter::{FilterConfig, FilterRule, Preference, RawFilterConfig};
 use swegym_lm::{DeviceChoice, Dtype};
+use swegym_sample::prompt::Scaffold;
 use swegym_sample::{EpisodeConfig, SampleConfig, SamplingParams};
 use swegym_schema::Task;
 use swegym_train::{RawTrainConfig, TrainConfig};
@@ -74,6 +75,10 @@ struct RawSplit {
     split: Option<String>,
     limit: Option<usize>,
     ids: Option<Vec<String>>,
+    /// Synthesized datasets: only tasks of these difficulty tiers (easy, medium, hard).
+    tiers: Option<Vec<String>>,
+    /// Synthesized datasets: only tasks of these mutation kinds.
+    kinds: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +122,7 @@ struct RawAgent {
     max_observation_chars: Option<usize>,
     max_format_errors: Option<u32>,
     command_timeout_s: Option<u64>,
+    scaffold: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +140,7 @@ struct RawWarmStart {
     path: Option<String>,
     rollouts_per_task: Option<u32>,
     max_turns: Option<u32>,
+    sample_base: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +284,10 @@ pub struct AgentSection {
     pub max_observation_chars: usize,
     pub max_format_errors: u32,
     pub command_timeout_s: u64,
+    /// The prompts: openhands (CodeAct, the paper's) or compact (for small models). Left
+    /// out of the JSON when openhands (old runs keep their hash).
+    #[serde(skip_serializing_if = "is_openhands")]
+    pub scaffold: Scaffold,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -316,8 +327,37 @@ pub struct VerifierSection {
 pub enum WarmStart {
     /// `max_turns`: the oracle's own turn limit (it needs a few turns to view, edit, test
     /// and finish, whatever the policy's limit).
-    Oracle { rollouts_per_task: u32, max_turns: u32 },
-    Sft { path: PathBuf },
+    /// `sample_base = false`: iteration 0 trains on the warm-start data alone (the base
+    /// policy samples nothing), so policy_1 is the warm-started policy the RFT iterations
+    /// start from.
+    Oracle {
+        rollouts_per_task: u32,
+        max_turns: u32,
+        #[serde(skip_serializing_if = "is_true")]
+        sample_base: bool,
+    },
+    Sft {
+        path: PathBuf,
+        #[serde(skip_serializing_if = "is_true")]
+        sample_base: bool,
+    },
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_openhands(s: &Scaffold) -> bool {
+    *s == Scaffold::OpenHands
+}
+
+impl WarmStart {
+    /// Whether iteration 0 samples the base policy besides the warm-start data.
+    pub fn samples_base(&self) -> bool {
+        match self {
+            WarmStart::Oracle { sample_base, .. } | WarmStart::Sft { sample_base, .. } => *sample_base,
+        }
+    }
 }
 
 /// A validated run config.
@@ -392,6 +432,7 @@ impl RunConfig {
                 max_context_tokens: self.agent.max_context_tokens,
                 max_format_errors: self.agent.max_format_errors,
                 command_timeout: std::time::Duration::from_secs(self.agent.command_timeout_s),
+                scaffold: self.agent.scaffold,
                 ..EpisodeConfig::default()
             },
         }
@@ -485,6 +526,10 @@ impl Resolver {
             max_observation_chars: a.max_observation_chars.unwrap_or(d.max_observation_chars),
             max_format_errors: a.max_format_errors.unwrap_or(d.max_format_errors).max(1),
             command_timeout_s: a.command_timeout_s.unwrap_or(d.command_timeout.as_secs()),
+            scaffold: match a.scaffold.as_deref() {
+                None => Scaffold::default(),
+                Some(name) => Scaffold::parse(name).ok_or_else(|| self.err("[agent] scaffold", format!("unknown scaffold {name:?}; one of: openhands, compact")))?,
+            },
         };
         if agent.max_turns == 0 || agent.eval_max_turns == 0 {
             return Err(self.err("[agent] max_turns", "must be at least 1"));
@@ -708,6 +753,9 @@ impl Resolver {
         if tasks.is_empty() {
             return Err(self.err(&format!("{table} path"), format!("{}: no task could be read", files[0].display())));
         }
+        if s.tiers.is_some() || s.kinds.is_some() {
+            self.keep_by_difficulty(&table, &files, s.tiers.as_deref(), s.kinds.as_deref(), &mut tasks)?;
+        }
         let ids = s.ids.unwrap_or_default();
         if !ids.is_empty() {
             let known: std::collections::HashSet<&str> = tasks.iter().map(|t| t.instance_id.as_str()).collect();
@@ -732,6 +780,43 @@ impl Resolver {
         })
     }
 
+    /// Keeps the tasks whose tier and mutation kind the split's `tiers` / `kinds` name, as
+    /// the dataset's synth manifest (beside the split file) records them.
+    fn keep_by_difficulty(&self, table: &str, files: &[PathBuf], tiers: Option<&[String]>, kinds: Option<&[String]>, tasks: &mut Vec<Task>) -> Result<(), ConfigError> {
+        use swegym_synth::tier::{Manifest, Tier, MANIFEST_FILE};
+        let tiers = match tiers {
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| Tier::parse(n).ok_or_else(|| self.err(&format!("{table} tiers"), format!("unknown tier {n:?}; one of: easy, medium, hard"))))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        let kinds = match kinds {
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| swegym_synth::MutationKind::parse(n).ok_or_else(|| self.err(&format!("{table} kinds"), format!("unknown mutation kind {n:?}"))))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        let dir = files[0].parent().unwrap_or(std::path::Path::new("."));
+        let manifest = Manifest::in_folder(dir)
+            .map_err(|e| self.err(&format!("{table} tiers"), e))?
+            .ok_or_else(|| self.err(&format!("{table} tiers"), format!("selecting by tier or kind needs the dataset's {MANIFEST_FILE} in {} (written by `swegym synth`)", dir.display())))?;
+        tasks.retain(|t| {
+            let Some(row) = manifest.get(&t.instance_id) else { return false };
+            let d = manifest.difficulty(&t.instance_id, &t.patch, &t.problem_statement).expect("row present");
+            tiers.as_ref().is_none_or(|ts| ts.contains(&d.tier)) && kinds.as_ref().is_none_or(|ks| ks.contains(&row.kind))
+        });
+        if tasks.is_empty() {
+            return Err(self.err(&format!("{table} tiers"), "no task of the split has the tiers and kinds asked for (see `swegym dataset stats`)"));
+        }
+        Ok(())
+    }
+
     fn warm_start(&self, w: RawWarmStart) -> Result<WarmStart, ConfigError> {
         match w.source {
             None => Err(self.err("[warm_start] source", "missing (\"oracle\" or \"sft\")")),
@@ -747,7 +832,7 @@ impl Resolver {
                 if max_turns == 0 {
                     return Err(self.err("[warm_start] max_turns", "must be at least 1"));
                 }
-                Ok(WarmStart::Oracle { rollouts_per_task: k, max_turns })
+                Ok(WarmStart::Oracle { rollouts_per_task: k, max_turns, sample_base: w.sample_base.unwrap_or(true) })
             }
             Some(WarmStartSource::Sft) => {
                 if w.rollouts_per_task.is_some() || w.max_turns.is_some() {
@@ -759,7 +844,7 @@ impl Resolver {
                     return Err(self.err("[warm_start] path", format!("{}: no such file", path.display())));
                 }
                 swegym_schema::read_sft(&path).map_err(|e| self.err("[warm_start] path", e.to_string()))?;
-                Ok(WarmStart::Sft { path })
+                Ok(WarmStart::Sft { path, sample_base: w.sample_base.unwrap_or(true) })
             }
         }
     }
@@ -921,6 +1006,43 @@ max_steps = 2
         assert!(json.get("verifier").is_none() && json["sampling"].get("best_of_temperature").is_none(), "{json}");
         assert!(c.policy.kv_dtype.is_none() && json["policy"].get("kv_dtype").is_none(), "{json}");
         assert!(c.policy.prefill_dtype.is_none() && json["policy"].get("prefill_dtype").is_none(), "{json}");
+    }
+
+    #[test]
+    fn tiers_kinds_scaffold_and_a_warm_start_without_base_sampling() {
+        let (dir, cfg) = fixture(&GOOD.replace("limit = 2\n", "tiers = [\"easy\"]\n").replace("[train]", "[agent]\nscaffold = \"compact\"\n[warm_start]\nsource = \"oracle\"\nsample_base = false\n[train]"));
+        let row = |id: &str, kind: &str, tier: Option<&str>| {
+            let mut v = serde_json::json!({"instance_id": id, "repo": "o/r", "split": "train", "kind": kind, "file": "p/m.py", "function": "f", "line": 3, "fail_to_pass": 1, "pass_to_pass": 1});
+            if let Some(t) = tier {
+                v["difficulty"] = serde_json::json!({"lines_changed": 1, "files_changed": 1, "statement_shows_line": t == "easy", "statement_chars": 10, "tier": t});
+            }
+            v.to_string()
+        };
+        let manifest = [row("a-1", "misspelled_name", Some("medium")), row("a-2", "misspelled_name", Some("easy")), row("a-3", "wrong_return", None)].join("\n");
+        std::fs::write(dir.path().join("data/synth_manifest.jsonl"), &manifest).unwrap();
+        let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        assert_eq!(c.dataset.train.instance_ids, ["a-2"]);
+        assert_eq!(c.agent.scaffold, Scaffold::Compact);
+        assert_eq!(c.sample_config(SplitKind::Train, 0, 1).episode.scaffold, Scaffold::Compact);
+        assert!(!c.warm_start.as_ref().unwrap().samples_base());
+        // a-3 has no difficulty written: measured from its row (no patch: not one line → hard).
+        let (dir2, cfg2) = fixture(&GOOD.replace("limit = 2\n", "tiers = [\"hard\"]\nkinds = [\"wrong_return\"]\n"));
+        std::fs::write(dir2.path().join("data/synth_manifest.jsonl"), &manifest).unwrap();
+        assert_eq!(load(&cfg2, None, &env(dir2.path())).unwrap().0.dataset.train.instance_ids, ["a-3"]);
+        for (text, want) in [
+            (GOOD.replace("limit = 2\n", "tiers = [\"trivial\"]\n"), "[dataset.train] tiers: unknown tier \"trivial\""),
+            (GOOD.replace("limit = 2\n", "kinds = [\"typo\"]\n"), "[dataset.train] kinds: unknown mutation kind \"typo\""),
+            (GOOD.replace("limit = 2\n", "tiers = [\"easy\"]\n"), "no task of the split has the tiers and kinds"),
+            (GOOD.replace("[train]", "[agent]\nscaffold = \"tiny\"\n[train]"), "[agent] scaffold: unknown scaffold \"tiny\""),
+        ] {
+            let (dir, cfg) = fixture(&text);
+            let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        // The defaults leave the JSON (and so old runs' hashes) as they were.
+        let (dir, cfg) = fixture(&format!("{GOOD}[warm_start]\nsource = \"oracle\"\n"));
+        let json = load(&cfg, None, &env(dir.path())).unwrap().0.to_json();
+        assert!(json["agent"].get("scaffold").is_none() && json["warm_start"]["source"] == "oracle" && json["warm_start"].get("sample_base").is_none(), "{json}");
     }
 
     #[test]

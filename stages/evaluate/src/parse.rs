@@ -370,6 +370,75 @@ pub fn pytest_failure_messages(log: &str) -> BTreeMap<String, String> {
     messages
 }
 
+/// One entry of a pytest traceback (`--tb=short` or `--tb=long`): where it ran and the
+/// source line pytest showed for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracebackFrame {
+    pub file: String,
+    pub line: usize,
+    pub function: String,
+    /// The source line shown under the entry (trimmed; empty when none was shown).
+    pub source: String,
+}
+
+static FAILURE_HEADLINE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^_{3,} (.+?) _{3,}$").unwrap());
+static FRAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(\S+\.py):(\d+): in (\S+)$").unwrap());
+
+/// The pytest headline of a failure section for a test id: `a/t.py::C::test_x[1]` →
+/// `C.test_x[1]` (what pytest prints between the underscores).
+pub fn pytest_headline(test_id: &str) -> String {
+    match test_id.split_once("::") {
+        Some((_, rest)) => rest.replace("::", "."),
+        None => test_id.to_string(),
+    }
+}
+
+/// Each failed test's traceback entries from the FAILURES section of a pytest log run with
+/// tracebacks on (`--tb=short` / `--tb=long`), outermost first, keyed by the section's
+/// headline ([`pytest_headline`]). Empty for `--tb=no`. Setup and teardown errors
+/// (`ERROR at setup of …`) are not failures and are left out.
+pub fn pytest_tracebacks(log: &str) -> BTreeMap<String, Vec<TracebackFrame>> {
+    let mut out: BTreeMap<String, Vec<TracebackFrame>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut in_failures = false;
+    let mut awaiting_source = false;
+    for raw in log.lines() {
+        let line = strip_ansi(raw);
+        let line = line.trim_end();
+        if line.starts_with("=====") {
+            in_failures = line.contains(" FAILURES ");
+            current = None;
+            continue;
+        }
+        if !in_failures {
+            continue;
+        }
+        if let Some(c) = FAILURE_HEADLINE.captures(line) {
+            let name = c[1].to_string();
+            current = (!name.starts_with("ERROR at ")).then(|| {
+                out.entry(name.clone()).or_default();
+                name
+            });
+            awaiting_source = false;
+            continue;
+        }
+        let Some(name) = &current else { continue };
+        if let Some(c) = FRAME.captures(line) {
+            let frames = out.get_mut(name).expect("entry made at the headline");
+            frames.push(TracebackFrame { file: c[1].to_string(), line: c[2].parse().unwrap_or(0), function: c[3].to_string(), source: String::new() });
+            awaiting_source = true;
+        } else if awaiting_source && line.starts_with("    ") {
+            if let Some(f) = out.get_mut(name).and_then(|f| f.last_mut()) {
+                f.source = line.trim().to_string();
+            }
+            awaiting_source = false;
+        } else {
+            awaiting_source = false;
+        }
+    }
+    out
+}
+
 fn count_line(c: &mut StatusCounts, status: TestStatus, n: u32) {
     match status {
         TestStatus::Passed => c.passed += n,
@@ -460,6 +529,40 @@ pub fn parse_unittest(log: &str) -> ParsedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracebacks_of_failed_tests() {
+        let log = "============================= test session starts ==============================
+collected 3 items
+
+tests/test_more.py F.F                                                    [100%]
+
+=================================== FAILURES ===================================
+____________________________ ChunkedTests.test_even ____________________________
+tests/test_more.py:45: in test_even
+    self.assertEqual(list(mi.chunked(x, 2)), [[1, 2]])
+more_itertools/more.py:152: in chunked
+    iterator = iter(partial(take, n, iter(itearble)), [])
+E   NameError: name 'itearble' is not defined
+_________________________________ test_p[1-2] __________________________________
+tests/test_more.py:9: in test_p
+    assert f(1) == 2
+E   assert 3 == 2
+______________________ ERROR at setup of test_fixture ______________________
+tests/conftest.py:3: in fx
+    raise RuntimeError
+=========================== short test summary info ============================
+FAILED tests/test_more.py::ChunkedTests::test_even - NameError: name 'itearble' is not defined
+========================= 2 failed, 1 passed in 0.12s ==========================
+";
+        let tb = pytest_tracebacks(log);
+        assert_eq!(tb.len(), 2, "{tb:?}");
+        let even = &tb[&pytest_headline("tests/test_more.py::ChunkedTests::test_even")];
+        assert_eq!(even.len(), 2);
+        assert_eq!(even[1], TracebackFrame { file: "more_itertools/more.py".into(), line: 152, function: "chunked".into(), source: "iterator = iter(partial(take, n, iter(itearble)), [])".into() });
+        assert_eq!(tb[&pytest_headline("tests/test_more.py::test_p[1-2]")][0].line, 9);
+        assert!(pytest_tracebacks("FAILED a.py::t - x\n===== 1 failed in 0.1s =====\n").is_empty());
+    }
     use TestStatus::*;
 
     fn check(parsed: &ParsedLog, expect: &[(&str, TestStatus)]) {

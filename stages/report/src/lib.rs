@@ -10,9 +10,16 @@
 //! rollouts per task the held-out table and `metrics.parquet` add Pass@1, Pass@k and (with a
 //! verifier) Best@k and Random@k, and say which one the submission is.
 //!
+//! With per-task held-out outcomes in the metrics, rates get 95% bootstrap intervals over
+//! tasks (table columns and interval bars in the plots), and each policy is compared with
+//! policy_1 (after iteration 0: the warm-started policy when iteration 0 trains on the warm
+//! start alone) and with the zero-shot policy on the same tasks: the paired difference, its
+//! interval and a one-sided bootstrap p-value ([`bootstrap`]).
+//!
 //! Architecture invariant: reads nothing but the metrics it is handed and writes only into
 //! the folder it is given; it never looks at rollouts, models or configs.
 
+pub mod bootstrap;
 pub mod scaling;
 pub mod svg;
 
@@ -22,7 +29,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema};
 use serde_json::{json, Value};
 use swegym_schema::parquet_io::write_parquet;
-use swegym_schema::{AtK, ExitReason, IterationMetrics, SchemaError, SplitMetrics, Submitter};
+use swegym_schema::{AtK, ExitReason, IterationMetrics, SchemaError, SplitMetrics, Submitter, TaskOutcome};
 
 use crate::svg::{LinePlot, Series};
 
@@ -103,6 +110,12 @@ pub fn policy_label(p: usize) -> String {
     if p == 0 { "zero-shot".to_string() } else { format!("iter {p}") }
 }
 
+/// A held-out rate's 95% bootstrap interval over tasks, from the per-task outcomes.
+fn task_interval(m: &SplitMetrics, field: fn(&TaskOutcome) -> f64) -> Option<bootstrap::Interval> {
+    let values: Vec<f64> = m.per_task.as_ref()?.values().map(field).collect();
+    bootstrap::interval(&values)
+}
+
 /// The share of rollouts that ended in a reason without a column of its own.
 fn other_exit_rate(m: &SplitMetrics) -> f64 {
     [ExitReason::ContextExceeded, ExitReason::SandboxError, ExitReason::PolicyError].iter().map(|r| m.exit_rate(*r)).sum()
@@ -135,6 +148,10 @@ impl RunReport {
         let mut headers: Vec<String> =
             ["policy", "rollouts", "resolve %", "empty patch %", "stuck %", "max turns %", "format err %", "other %", "mean turns", "solved"].map(String::from).to_vec();
         let k = self.held_out_k();
+        let with_ci = self.test_by_policy().iter().any(|(_, m)| m.per_task.is_some());
+        if with_ci {
+            headers.extend(["resolve 95% CI".to_string(), "empty 95% CI".to_string()]);
+        }
         if let Some(k) = k {
             headers.extend(["pass@1 %".to_string(), format!("pass@{k} %"), format!("best@{k} %"), format!("random@{k} %"), "submitted".into()]);
         }
@@ -154,6 +171,13 @@ impl RunReport {
                     format!("{:.1}", m.mean_turns),
                     format!("{}/{}", m.unique_resolved, m.instances),
                 ];
+                if with_ci {
+                    let ci = |f: fn(&TaskOutcome) -> f64| match task_interval(m, f) {
+                        Some(i) => format!("{:.1}–{:.1}", 100.0 * i.lo, 100.0 * i.hi),
+                        None => "-".into(),
+                    };
+                    row.extend([ci(|t| t.resolved), ci(|t| t.empty_patch)]);
+                }
                 if k.is_some() {
                     row.extend(at_k_cells(m.at_k.as_ref()));
                 }
@@ -167,6 +191,41 @@ impl RunReport {
             ),
         };
         Table { title, headers, rows }
+    }
+
+    /// Each policy against policy_1 (after iteration 0) and against the zero-shot policy,
+    /// on the held-out tasks both were evaluated on; `None` without per-task outcomes.
+    pub fn paired_table(&self) -> Option<Table> {
+        let rows_in = self.test_by_policy();
+        let outcomes = |p: usize| rows_in.iter().find(|(q, _)| *q == p).and_then(|(_, m)| m.per_task.as_ref());
+        let mut rows = Vec::new();
+        for base in [1usize, 0] {
+            let Some(a) = outcomes(base) else { continue };
+            for (p, m) in &rows_in {
+                let Some(b) = m.per_task.as_ref().filter(|_| *p > base) else { continue };
+                let (Some(r), Some(e)) = (bootstrap::paired(a, b, |t| t.resolved), bootstrap::paired(a, b, |t| 1.0 - t.empty_patch)) else { continue };
+                rows.push(vec![
+                    policy_label(*p),
+                    policy_label(base),
+                    r.tasks.to_string(),
+                    format!("{:+.1} ({:+.1} to {:+.1})", 100.0 * r.diff.mean, 100.0 * r.diff.lo, 100.0 * r.diff.hi),
+                    format!("{:.4}", r.p),
+                    format!("{} / {}", r.b_only, r.a_only),
+                    format!("{:+.1} ({:+.1} to {:+.1})", -100.0 * e.diff.mean, -100.0 * e.diff.hi, -100.0 * e.diff.lo),
+                    format!("{:.4}", e.p),
+                ]);
+            }
+        }
+        (!rows.is_empty()).then(|| Table {
+            title: format!(
+                "Paired comparison on the same held-out tasks (bootstrap over tasks, {} resamples; p: one-sided, that the policy is not better)",
+                bootstrap::RESAMPLES
+            ),
+            headers: ["policy", "against", "tasks", "Δ resolve pts (95% CI)", "p", "solved only by it / only by the other", "Δ empty patch pts (95% CI)", "p"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        })
     }
 
     pub fn training_table(&self) -> Table {
@@ -239,7 +298,8 @@ impl RunReport {
     /// The tables shown in the terminal (the first two; report.md has all), then the
     /// held-out rates as bars.
     pub fn terminal(&self) -> String {
-        format!("{}\n{}\n{}", self.held_out_table().to_text(), self.training_table().to_text(), self.bars())
+        let paired = self.paired_table().map(|t| format!("{}\n", t.to_text())).unwrap_or_default();
+        format!("{}\n{paired}{}\n{}", self.held_out_table().to_text(), self.training_table().to_text(), self.bars())
     }
 
     /// Held-out resolve and empty-patch rates per policy as text bars (the plots, in the
@@ -263,7 +323,7 @@ impl RunReport {
         let mut md = format!("# RFT run `{}`\n\n", self.run);
         md.push_str("Rates are percentages of rollouts. Resolve: the patch makes every FAIL_TO_PASS and PASS_TO_PASS test pass. Empty patch: the patch changes no non-test file. Solved: distinct tasks with at least one resolved rollout.\n\n");
         md.push_str("![resolve rate per iteration](resolve_rate.svg)\n![empty-patch rate per iteration](empty_patch_rate.svg)\n\n");
-        for t in [self.held_out_table(), self.training_table(), self.filter_table(), self.timing_table()] {
+        for t in [Some(self.held_out_table()), self.paired_table(), Some(self.training_table()), Some(self.filter_table()), Some(self.timing_table())].into_iter().flatten() {
             md.push_str(&t.to_markdown());
             md.push('\n');
         }
@@ -300,6 +360,17 @@ impl RunReport {
             ("resolve_rate.svg", plot("Resolve rate", |m| m.resolve_rate)),
             ("empty_patch_rate.svg", plot("Empty-patch rate", |m| m.empty_patch_rate)),
         ]
+    }
+
+    /// The held-out series' 95% bootstrap intervals (in %) for the plot `name` (the first
+    /// series; the train series has none).
+    pub fn plot_intervals(&self, name: &str) -> Vec<Vec<Option<(f64, f64)>>> {
+        let field: fn(&TaskOutcome) -> f64 = if name.starts_with("empty") { |t| t.empty_patch } else { |t| t.resolved };
+        let mut test = vec![None; self.n_policies()];
+        for (p, m) in self.test_by_policy() {
+            test[p] = task_interval(m, field).map(|i| (100.0 * i.lo, 100.0 * i.hi));
+        }
+        vec![test]
     }
 
     /// One row per (policy, split): the split metrics, plus the iteration's filter and
@@ -432,7 +503,8 @@ pub fn write_report(dir: &Path, report: &RunReport) -> Result<Vec<PathBuf>, Repo
     };
     write("report.md", report.markdown())?;
     for (name, plot) in report.plots() {
-        write(name, svg::render(&plot))?;
+        let intervals = report.plot_intervals(name);
+        write(name, svg::render_with_intervals(&plot, &intervals))?;
     }
     let path = dir.join("metrics.parquet");
     write_parquet(&path, metrics_schema(), &report.metrics_rows())?;
@@ -479,7 +551,31 @@ mod tests {
             completion_tokens: 100,
             wall_s: 12.0,
             at_k: None,
+            per_task: (split == "test").then(|| {
+                (0..n).map(|i| (format!("t{i}"), TaskOutcome { resolved: f64::from(u8::from((i as f64) < rr * n as f64)), empty_patch: f64::from(u8::from((i as f64) < ep * n as f64)) })).collect()
+            }),
         }
+    }
+
+    #[test]
+    fn intervals_and_the_paired_comparison() {
+        let r = report();
+        let held = r.held_out_table();
+        let ci = held.headers.iter().position(|h| h == "resolve 95% CI").unwrap();
+        assert!(held.rows.iter().all(|row| row[ci].contains('–')), "{:?}", held.rows);
+        let paired = r.paired_table().expect("per-task outcomes give a paired table");
+        assert!(paired.rows.iter().any(|row| row[1] == "iter 1") && paired.rows.iter().any(|row| row[1] == "zero-shot"), "{:?}", paired.rows);
+        assert!(r.markdown().contains("Paired comparison on the same held-out tasks"));
+        let intervals = r.plot_intervals("resolve_rate.svg");
+        assert!(intervals[0].iter().flatten().all(|(lo, hi)| lo <= hi), "{intervals:?}");
+        // Metrics from before per-task outcomes: no interval columns, no paired table.
+        let mut old = r.clone();
+        old.zero_shot.as_mut().unwrap().per_task = None;
+        for it in &mut old.iterations {
+            it.test.per_task = None;
+        }
+        assert!(old.paired_table().is_none());
+        assert!(!old.held_out_table().headers.iter().any(|h| h.contains("CI")));
     }
 
     fn report() -> RunReport {
@@ -565,10 +661,11 @@ mod tests {
         r.iterations[0].test.at_k = Some(at_k.clone());
         r.zero_shot.as_mut().unwrap().at_k = Some(AtK { best_at_k: None, random_at_k: None, submitted_by: Submitter::RolloutZero, submitted_resolve_rate: 0.2, ..at_k });
         let held = r.held_out_table();
-        assert_eq!(held.headers[10..], ["pass@1 %", "pass@4 %", "best@4 %", "random@4 %", "submitted"]);
-        assert_eq!(held.rows[0][10..], ["20.0", "60.0", "-", "-", "rollout 0"]);
-        assert_eq!(held.rows[1][10..], ["20.0", "60.0", "40.0", "25.0", "best@4"]);
-        assert_eq!(held.rows[2][10..], ["-", "-", "-", "-", "-"]);
+        // (columns 10 and 11: the bootstrap intervals)
+        assert_eq!(held.headers[12..], ["pass@1 %", "pass@4 %", "best@4 %", "random@4 %", "submitted"]);
+        assert_eq!(held.rows[0][12..], ["20.0", "60.0", "-", "-", "rollout 0"]);
+        assert_eq!(held.rows[1][12..], ["20.0", "60.0", "40.0", "25.0", "best@4"]);
+        assert_eq!(held.rows[2][12..], ["-", "-", "-", "-", "-"]);
         assert!(r.markdown().contains("| pass@1 % | pass@4 % | best@4 % | random@4 % | submitted |"));
         let dir = tempfile::tempdir().unwrap();
         write_report(dir.path(), &r).unwrap();

@@ -58,13 +58,28 @@ pub fn render(plot: &LinePlot) -> String {
 /// [`render`] with error bars: `errors[s][i]` draws ± that much around point i of series s
 /// (series without an entry, and `None`s, get none).
 pub fn render_with_errors(plot: &LinePlot, errors: &[Vec<Option<f64>>]) -> String {
+    let intervals: Vec<Vec<Option<(f64, f64)>>> = plot
+        .series
+        .iter()
+        .enumerate()
+        .map(|(s, series)| {
+            let e = |i: usize| errors.get(s).and_then(|e| e.get(i).copied().flatten()).filter(|e| *e > 0.0);
+            series.values.iter().enumerate().map(|(i, v)| v.zip(e(i)).map(|(v, e)| (v - e, v + e))).collect()
+        })
+        .collect();
+    render_with_intervals(plot, &intervals)
+}
+
+/// [`render`] with interval bars: `intervals[s][i]` = (low, high) around point i of series
+/// s, drawn from low to high (clipped to the axis); `None` draws none.
+pub fn render_with_intervals(plot: &LinePlot, intervals: &[Vec<Option<(f64, f64)>>]) -> String {
     let (pw, ph) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
-    let error = |s: usize, i: usize| errors.get(s).and_then(|e| e.get(i).copied().flatten()).unwrap_or(0.0);
+    let interval = |s: usize, i: usize| intervals.get(s).and_then(|e| e.get(i).copied().flatten());
     let max = plot
         .series
         .iter()
         .enumerate()
-        .flat_map(|(s, series)| series.values.iter().enumerate().filter_map(move |(i, v)| v.map(|v| v + error(s, i))))
+        .flat_map(|(s, series)| series.values.iter().enumerate().filter_map(move |(i, v)| v.map(|v| interval(s, i).map_or(v, |(_, hi)| hi.max(v)))))
         .fold(0.0f64, f64::max);
     let y_max = match plot.y_cap {
         Some(cap) => nice_ceiling(max * 1.1).min(cap),
@@ -126,9 +141,8 @@ pub fn render_with_errors(plot: &LinePlot, errors: &[Vec<Option<f64>>]) -> Strin
         for (i, v) in s.values.iter().enumerate() {
             if let Some(v) = v {
                 let (x, y) = (x_at(i), y_at(*v));
-                let e = error(series_idx, i);
-                if e > 0.0 {
-                    let (lo, hi) = (y_at((v - e).max(0.0)), y_at((v + e).min(y_max)));
+                if let Some((low, high)) = interval(series_idx, i) {
+                    let (lo, hi) = (y_at(low.max(0.0)), y_at(high.min(y_max)));
                     let _ = writeln!(
                         svg,
                         r#"<path d="M{x:.1},{lo:.1}V{hi:.1}M{:.1},{lo:.1}H{:.1}M{:.1},{hi:.1}H{:.1}" stroke="{}" stroke-width="1.5" fill="none"/>"#,

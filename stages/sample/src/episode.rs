@@ -49,6 +49,8 @@ pub struct EpisodeConfig {
     /// Bytes of a command's output read back from the sandbox (before truncation to
     /// `max_observation_chars`).
     pub command_output_cap: usize,
+    /// The prompts the agent gets.
+    pub scaffold: prompt::Scaffold,
 }
 
 impl Default for EpisodeConfig {
@@ -60,6 +62,7 @@ impl Default for EpisodeConfig {
             max_format_errors: 3,
             command_timeout: Duration::from_secs(300),
             command_output_cap: 1 << 20,
+            scaffold: prompt::Scaffold::OpenHands,
         }
     }
 }
@@ -123,7 +126,7 @@ impl<'a> Episode<'a> {
         let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         Episode {
             config,
-            messages: prompt::initial_messages(task),
+            messages: prompt::initial_messages(task, config.scaffold),
             cwd: TESTBED.to_string(),
             editor: Editor::new(TESTBED, config.command_timeout),
             stuck: StuckDetector::new(),

@@ -2,9 +2,56 @@
 //! function-calling form), the task prompt (OpenHands' "uploaded_files / pr_description"
 //! instruction), observations (`EXECUTION RESULT of [NAME]:` user messages, head + tail
 //! truncated), and the character-based token estimate used when a policy has no tokenizer.
+//!
+//! Two scaffolds ([`Scaffold`]): `openhands`, the prompts above (~1.6k tokens before the
+//! task), and `compact`, for small models: a ~150-token system prompt with one worked call,
+//! the same three tools and the same `<function=…>` call format (so SFT data stays in the
+//! OpenHands function-call form), and a task prompt that is the issue and one instruction.
 
 use swegym_schema::{Message, Task};
 use swegym_sandbox::TESTBED;
+
+/// Which prompts an agent gets; see the module documentation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scaffold {
+    /// OpenHands' CodeAct prompts (the SWE-Gym setting).
+    #[default]
+    OpenHands,
+    /// Short prompts a 135M-parameter model can follow.
+    Compact,
+}
+
+impl Scaffold {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scaffold::OpenHands => "openhands",
+            Scaffold::Compact => "compact",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Scaffold> {
+        [Scaffold::OpenHands, Scaffold::Compact].into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// The compact scaffold's system message: the tools in one line each and one worked call.
+const COMPACT_SYSTEM: &str = "You fix bugs in the Python repository at /testbed. Each reply is exactly one function call:
+<function=NAME>
+<parameter=NAME>VALUE</parameter>
+</function>
+Functions:
+- str_replace_editor: command=view, path, view_range=[start, end] shows lines; command=str_replace, path, old_str, new_str replaces the text old_str (unique in the file) by new_str.
+- execute_bash: command runs a shell command.
+- finish: call it when the bug is fixed.
+Example:
+<function=str_replace_editor>
+<parameter=command>str_replace</parameter>
+<parameter=path>/testbed/pkg/util.py</parameter>
+<parameter=old_str>return totla</parameter>
+<parameter=new_str>return total</parameter>
+</function>
+";
 
 /// The agent's role (the CodeAct system message, shortened).
 const ROLE: &str = "You are a helpful AI assistant that can interact with a computer to solve tasks.
@@ -144,9 +191,20 @@ When you are done, call the finish function.
     )
 }
 
+/// The compact scaffold's task message: the issue and one instruction.
+pub fn compact_task_prompt(task: &Task) -> String {
+    format!(
+        "<issue>\n{problem}\n</issue>\nFix the bug in the library code under {TESTBED} (not the tests) with the smallest edit, then call finish.\n",
+        problem = task.problem_statement.trim_end()
+    )
+}
+
 /// The first two messages of every rollout.
-pub fn initial_messages(task: &Task) -> Vec<Message> {
-    vec![Message::system(system_prompt()), Message::user(task_prompt(task))]
+pub fn initial_messages(task: &Task, scaffold: Scaffold) -> Vec<Message> {
+    match scaffold {
+        Scaffold::OpenHands => vec![Message::system(system_prompt()), Message::user(task_prompt(task))],
+        Scaffold::Compact => vec![Message::system(COMPACT_SYSTEM), Message::user(compact_task_prompt(task))],
+    }
 }
 
 /// The user message carrying a tool's output.
@@ -207,6 +265,24 @@ mod tests {
         let c = s.find("---- BEGIN FUNCTION #3: str_replace_editor ----").unwrap();
         assert!(a < b && b < c);
         assert!(s.contains("\"enum\": [") && s.contains("\"undo_edit\"") && s.contains("\"required\": [\n    \"command\",\n    \"path\"\n  ]"));
+    }
+
+    #[test]
+    fn the_compact_scaffold_is_short_and_uses_the_same_call_format() {
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "instance_id": "o__r-1", "repo": "o/r", "base_commit": "abc", "version": "1.0", "patch": "", "test_patch": "",
+            "problem_statement": "`f` raises `NameError`\n", "FAIL_TO_PASS": ["t.py::a"], "PASS_TO_PASS": [],
+        }))
+        .unwrap();
+        let compact = initial_messages(&task, Scaffold::Compact);
+        let full = initial_messages(&task, Scaffold::OpenHands);
+        assert!(estimate_tokens(&compact) * 5 < estimate_tokens(&full), "{} vs {}", estimate_tokens(&compact), estimate_tokens(&full));
+        assert!(compact[1].content.contains("`f` raises `NameError`"));
+        // The worked example is a call the parser accepts.
+        let example = &COMPACT_SYSTEM[COMPACT_SYSTEM.find("Example:\n").unwrap() + 9..];
+        assert!(crate::action::parse_action(example).is_ok(), "{example}");
+        assert_eq!(Scaffold::parse("compact"), Some(Scaffold::Compact));
+        assert_eq!(Scaffold::default(), Scaffold::OpenHands);
     }
 
     #[test]

@@ -305,7 +305,7 @@ async fn one_rollout(
                 sample_idx: id.sample_idx,
                 iteration: id.iteration,
                 policy_id: policy.id(),
-                messages: crate::prompt::initial_messages(task),
+                messages: crate::prompt::initial_messages(task, episode.scaffold),
                 patch: String::new(),
                 empty_patch: true,
                 exit_reason: ExitReason::SandboxError,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use swegym_sample::policy::oracle::OraclePolicy;
 use swegym_sample::policy::replay::ReplayPolicy;
-use swegym_sample::prompt::{estimate_tokens, initial_messages};
+use swegym_sample::prompt::{estimate_tokens, initial_messages, Scaffold};
 use swegym_sample::{run_episode, sample, EpisodeConfig, ExitReason, Policy, Role, RolloutId, SampleConfig, SamplingParams};
 use swegym_schema::Rollout;
 
@@ -120,7 +120,7 @@ async fn format_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_exceeded() {
     let params = SamplingParams::default();
-    let initial = estimate_tokens(&initial_messages(&common::task())) + params.max_tokens as usize;
+    let initial = estimate_tokens(&initial_messages(&common::task(), Scaffold::OpenHands)) + params.max_tokens as usize;
     // The first prompt fits; after a long observation the next one does not.
     let config = EpisodeConfig { max_context_tokens: initial + 200, ..EpisodeConfig::default() };
     let r = episode(vec![bash("seq 1 2000"), finish()], config).await;
@@ -172,6 +172,25 @@ async fn oracle_solves_the_tiny_task() {
     // marshmallow end-to-end test checks a real run).
     let last_call = &r.messages[r.messages.len() - 3].content;
     assert!(last_call.contains("python -m pytest -q -p no:cacheprovider tests/test_calc.py"), "{last_call}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compact_oracle_views_edits_and_finishes() {
+    let f = common::fixture();
+    let mut sb = f.sandbox().await;
+    let task = common::task();
+    let oracle = OraclePolicy::exact().with_scaffold(Scaffold::Compact);
+    let config = EpisodeConfig { scaffold: Scaffold::Compact, ..EpisodeConfig::default() };
+    let r = run_episode(sb.as_ref(), &task, &oracle, &SamplingParams::default(), &config, &id()).await;
+    sb.destroy().await.unwrap();
+    // view, the bare line (refused: `sub` returns `a - b` too), the line with context, finish
+    assert_eq!((r.exit_reason, r.turns), (ExitReason::Submitted, 4), "{:#?}", r.messages);
+    assert!(r.messages[5].content.contains("Multiple occurrences of old_str `return a - b`"), "{}", r.messages[5].content);
+    assert_eq!(r.patch.lines().filter(|l| l.starts_with('+') || l.starts_with('-')).collect::<Vec<_>>(), common::GOLD.lines().filter(|l| l.starts_with('+') || l.starts_with('-')).collect::<Vec<_>>());
+    // The compact prompts, and no thoughts before the calls.
+    assert!(r.messages[0].content.starts_with("You fix bugs in the Python repository at /testbed."), "{}", r.messages[0].content);
+    assert!(r.messages[1].content.starts_with("<issue>"), "{}", r.messages[1].content);
+    assert!(r.messages.iter().filter(|m| m.role == swegym_schema::Role::Assistant).all(|m| m.content.starts_with("<function=")), "{:#?}", r.messages);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

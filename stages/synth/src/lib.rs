@@ -12,6 +12,8 @@
 //! - [`statement`]: a bug-report problem statement from the failing behaviour.
 //! - [`split`]: the train / held-out test split, by function, so no function is in both.
 //! - [`mine`]: commits that change both source and tests → candidate instances.
+//! - [`tier`]: difficulty as data (lines changed, whether the statement's traceback shows
+//!   the bug's line, …) and the easy / medium / hard tier; the manifest row.
 //! - [`yields`]: kept / tried per mutation kind and drops by reason.
 //!
 //! Architecture invariant: this stage runs no tests and knows no sandbox. It turns source
@@ -25,6 +27,7 @@ pub mod plan;
 pub mod select;
 pub mod split;
 pub mod statement;
+pub mod tier;
 pub mod yields;
 
 use std::path::PathBuf;

@@ -39,10 +39,27 @@ pub enum MutationKind {
     WrongReturn,
     /// The condition of an `if` / `elif` / `while` negated.
     NegateCondition,
+    /// A read of one of the function's parameters misspelled (two middle letters swapped,
+    /// or one dropped), so the line raises `NameError` where it runs: a one-line procedural
+    /// bug whose traceback points at the line (the easy tier's kind; not in the default set).
+    MisspelledName,
 }
 
 impl MutationKind {
-    pub const ALL: [MutationKind; 10] = [
+    /// Every kind: the default ones, then `misspelled_name`.
+    pub const ALL: [MutationKind; 11] = {
+        let mut all = [MutationKind::MisspelledName; 11];
+        let mut i = 0;
+        while i < MutationKind::DEFAULT.len() {
+            all[i] = MutationKind::DEFAULT[i];
+            i += 1;
+        }
+        all
+    };
+
+    /// The kinds `swegym synth` uses when none are named (the logic bugs; a seeded run of
+    /// this set gives the same plan as before `misspelled_name` existed).
+    pub const DEFAULT: [MutationKind; 10] = [
         MutationKind::ComparisonOperator,
         MutationKind::BooleanOperator,
         MutationKind::ArithmeticOperator,
@@ -67,6 +84,7 @@ impl MutationKind {
             MutationKind::SwapArguments => "swap_arguments",
             MutationKind::WrongReturn => "wrong_return",
             MutationKind::NegateCondition => "negate_condition",
+            MutationKind::MisspelledName => "misspelled_name",
         }
     }
 
@@ -397,8 +415,59 @@ impl PythonFile {
                 let to = if is_atom(cond) { format!("not {text}") } else { format!("not ({text})") };
                 self.push(out, kind, function, cond.start_byte(), cond.end_byte(), to);
             }
+            MutationKind::MisspelledName if node.kind() == "identifier" && is_read(node) => {
+                let name = self.text(node);
+                if name.chars().count() < 3 || matches!(name, "self" | "cls") || !self.enclosing_parameters(node).iter().any(|p| p == name) {
+                    return;
+                }
+                let typo = misspelling(name);
+                if is_builtin(&typo) || self.has_word(&typo) {
+                    return;
+                }
+                self.push(out, kind, function, node.start_byte(), node.end_byte(), typo);
+            }
             _ => {}
         }
+    }
+
+    /// The parameter names of the innermost function (or lambda) around `node`.
+    fn enclosing_parameters(&self, node: Node) -> Vec<String> {
+        let mut cur = node;
+        while let Some(p) = cur.parent() {
+            if matches!(p.kind(), "function_definition" | "lambda") {
+                let Some(params) = p.child_by_field_name("parameters") else { return Vec::new() };
+                let mut names = Vec::new();
+                let mut cursor = params.walk();
+                for param in params.named_children(&mut cursor) {
+                    let name = match param.kind() {
+                        "identifier" => Some(param),
+                        "default_parameter" | "typed_default_parameter" => param.child_by_field_name("name"),
+                        "typed_parameter" | "list_splat_pattern" | "dictionary_splat_pattern" => {
+                            let mut c = param.walk();
+                            let first = param.named_children(&mut c).find(|n| n.kind() == "identifier");
+                            first
+                        }
+                        _ => None,
+                    };
+                    if let Some(n) = name.filter(|n| n.kind() == "identifier") {
+                        names.push(self.text(n).to_string());
+                    }
+                }
+                return names;
+            }
+            cur = p;
+        }
+        Vec::new()
+    }
+
+    /// True when `word` occurs in the file as a whole identifier-like word.
+    fn has_word(&self, word: &str) -> bool {
+        let ident = |c: char| c.is_alphanumeric() || c == '_';
+        self.source.match_indices(word).any(|(i, _)| {
+            let before = self.source[..i].chars().next_back();
+            let after = self.source[i + word.len()..].chars().next();
+            !before.is_some_and(ident) && !after.is_some_and(ident)
+        })
     }
 
     /// `e` → `e + 1` and `e - 1` (literals folded: `2` → `3`, `1`).
@@ -479,6 +548,46 @@ fn in_subscript(node: Node) -> bool {
         }
     }
     false
+}
+
+/// The misspelling of a name: its two middle letters swapped (`iterable` → `itearble`), or
+/// when they are the same letter, one of them dropped (`pattern` → `patern`).
+fn misspelling(name: &str) -> String {
+    let mut chars: Vec<char> = name.chars().collect();
+    let i = chars.len() / 2 - 1;
+    if chars[i] != chars[i + 1] {
+        chars.swap(i, i + 1);
+    } else {
+        chars.remove(i);
+    }
+    chars.into_iter().collect()
+}
+
+/// Python's builtins that a misspelling could land on (it would then not raise).
+fn is_builtin(name: &str) -> bool {
+    const BUILTINS: &[&str] = &[
+        "abs", "all", "any", "ascii", "bin", "bool", "bytes", "callable", "chr", "dict", "dir", "divmod", "enumerate", "eval", "exec", "filter", "float", "format", "frozenset",
+        "getattr", "globals", "hasattr", "hash", "help", "hex", "id", "input", "int", "isinstance", "issubclass", "iter", "len", "list", "locals", "map", "max", "min", "next",
+        "object", "oct", "open", "ord", "pow", "print", "property", "range", "repr", "reversed", "round", "set", "setattr", "slice", "sorted", "str", "sum", "super", "tuple",
+        "type", "vars", "zip", "None", "True", "False",
+    ];
+    BUILTINS.contains(&name)
+}
+
+/// True when an identifier is read where it stands (not assigned, not a parameter, not an
+/// attribute or keyword name, not in an import, a pattern, a decorator or an f-string).
+fn is_read(node: Node) -> bool {
+    let Some(parent) = node.parent() else { return false };
+    let is_field = |field: &str| parent.child_by_field_name(field).is_some_and(|c| c.id() == node.id());
+    match parent.kind() {
+        "attribute" => is_field("object"),
+        "keyword_argument" => is_field("value"),
+        "assignment" | "augmented_assignment" | "for_statement" | "for_in_clause" => is_field("right"),
+        "call" | "argument_list" | "binary_operator" | "comparison_operator" | "boolean_operator" | "not_operator" | "unary_operator" | "return_statement"
+        | "subscript" | "parenthesized_expression" | "list" | "tuple" | "set" | "pair" | "conditional_expression" | "if_statement" | "while_statement" | "elif_clause"
+        | "slice" | "list_splat" | "dictionary_splat" | "yield" | "await" => true,
+        _ => false,
+    }
 }
 
 /// True when a node is (part of) the condition of an `if` / `elif` / `while`.
@@ -619,6 +728,26 @@ mod tests {
     }
 
     #[test]
+    fn misspelled_name() {
+        check(
+            MutationKind::MisspelledName,
+            "def f(items, pattern, key=None, *rest):\n    out = [x for x in items if key(x)]\n    items = pattern.sub(out, rest)\n    return g(pattern=items)\n",
+            &[
+                "f:2: out = [x for x in ietms if key(x)]",
+                "f:2: out = [x for x in items if eky(x)]",
+                "f:3: items = patern.sub(out, rest)",
+                "f:3: items = pattern.sub(out, rset)",
+                "f:4: return g(pattern=ietms)",
+            ],
+        );
+        // No site when the misspelling is a name the file uses, or a builtin.
+        check(MutationKind::MisspelledName, "def f(items):\n    return items\nietms = 1\n", &[]);
+        check(MutationKind::MisspelledName, "def f(eln):\n    return eln\n", &[]);
+        assert_eq!(misspelling("iterable"), "itearble");
+        assert_eq!(misspelling("pattern"), "patern");
+    }
+
+    #[test]
     fn sites_belong_to_the_innermost_function_and_module_code_is_left_alone() {
         let source = "X = 1 + 2\nclass C:\n    def m(self):\n        def inner():\n            return 1 + 2\n        return 3 - 4\n";
         let file = PythonFile::parse("m.py", source.into()).unwrap();
@@ -630,9 +759,10 @@ mod tests {
 
     #[test]
     fn every_mutant_of_every_kind_parses() {
-        let source = "def f(a, b=1):\n    '''Doc.'''\n    total = 0\n    for i in range(len(a) - 1):\n        if a[i] > b and not a[i + 1]:\n            total += a[i:i + 2][0] * 3\n        elif a[i] is None:\n            continue\n    while total > 10:\n        total //= 2\n    return max(total, b) == 4\n";
+        let source = "def f(a, bound=1):\n    '''Doc.'''\n    total = 0\n    for i in range(len(a) - 1):\n        if a[i] > bound and not a[i + 1]:\n            total += a[i:i + 2][0] * 3\n        elif a[i] is None:\n            continue\n    while total > 10:\n        total //= 2\n    return max(total, bound) == 4\n";
         let file = PythonFile::parse("m.py", source.into()).unwrap();
         let all = file.mutations(&MutationKind::ALL).unwrap();
+        assert!(MutationKind::DEFAULT.iter().all(|k| MutationKind::ALL.contains(k)));
         let kinds: BTreeSet<MutationKind> = all.iter().map(|m| m.kind).collect();
         assert_eq!(kinds.len(), MutationKind::ALL.len(), "every kind has a site here: {kinds:?}");
         for m in &all {

@@ -1,6 +1,9 @@
 //! Problem statements for synthesized bugs, written as a user's bug report: which
 //! function misbehaves, the failing tests and what they report (expected vs actual, the
-//! exception), never where or how to fix it (no line, no mutation kind, no diff).
+//! exception), never how to fix it (no mutation kind, no diff). When the tests ran with
+//! tracebacks on, the report also quotes the library's frames of the first failure's
+//! traceback, as a user pastes one: that can point at the line (the easy tier), never at
+//! the fix.
 
 use sha2::{Digest, Sha256};
 
@@ -10,6 +13,18 @@ pub struct FailingTest {
     pub id: String,
     pub message: Option<String>,
 }
+
+/// One traceback entry quoted in a report: `file:line: in function` and its source line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub file: String,
+    pub line: usize,
+    pub function: String,
+    pub source: String,
+}
+
+/// Library frames quoted, at most (the innermost ones).
+pub const MAX_FRAMES: usize = 3;
 
 /// What a bug report is written from.
 #[derive(Debug, Clone)]
@@ -22,6 +37,9 @@ pub struct BugReport<'a> {
     pub failing: &'a [FailingTest],
     /// Picks the wording (e.g. the instance id), so one statement is stable.
     pub wording_key: &'a str,
+    /// The library frames of the first failure's traceback, outermost first (empty: no
+    /// traceback quoted); the last [`MAX_FRAMES`] are quoted.
+    pub traceback: &'a [Frame],
 }
 
 const SHOWN: usize = 3;
@@ -110,6 +128,16 @@ pub fn problem_statement(report: &BugReport) -> String {
             None => out.push_str("  (no message; run the test to see the failure)\n"),
         }
     }
+    if !report.traceback.is_empty() {
+        out.push_str("\nThe first failure's traceback, in the library:\n\n```\n");
+        for f in &report.traceback[report.traceback.len().saturating_sub(MAX_FRAMES)..] {
+            out.push_str(&format!("{}:{}: in {}\n", f.file, f.line, f.function));
+            if !f.source.is_empty() {
+                out.push_str(&format!("    {}\n", f.source));
+            }
+        }
+        out.push_str("```\n");
+    }
     out.push_str(&format!(
         "\nExpected: `{short}` behaves as its documentation and these tests describe, and they pass; the rest of the test suite must keep passing.\n"
     ));
@@ -126,19 +154,30 @@ mod tests {
             FailingTest { id: "tests/test_more.py::ChunkedTests::test_even".into(), message: Some("AssertionError: Lists differ: [[1, 2]] != [[1], [2]]".into()) },
             FailingTest { id: "tests/test_more.py::ChunkedTests::test_odd".into(), message: None },
         ];
-        let s = problem_statement(&BugReport { file: "more_itertools/more.py", function: "chunked", failing: &failing, wording_key: "x" });
+        let s = problem_statement(&BugReport { file: "more_itertools/more.py", function: "chunked", failing: &failing, wording_key: "x", traceback: &[] });
         assert!(s.contains("`more_itertools.more.chunked`"), "{s}");
         assert!(s.contains("2 tests fail:"), "{s}");
         assert!(s.contains("Lists differ: [[1, 2]] != [[1], [2]]"), "{s}");
         assert!(!s.contains("line"), "no line number: {s}");
-        let again = problem_statement(&BugReport { file: "more_itertools/more.py", function: "chunked", failing: &failing, wording_key: "x" });
+        let again = problem_statement(&BugReport { file: "more_itertools/more.py", function: "chunked", failing: &failing, wording_key: "x", traceback: &[] });
         assert_eq!(s, again);
+    }
+
+    #[test]
+    fn a_traceback_quotes_the_innermost_library_frames() {
+        let failing = vec![FailingTest { id: "t.py::a".into(), message: Some("NameError: name 'itearble' is not defined".into()) }];
+        let frame = |line: usize, function: &str, source: &str| Frame { file: "pkg/m.py".into(), line, function: function.into(), source: source.into() };
+        let traceback = [frame(1, "a", "b()"), frame(2, "b", "c()"), frame(3, "c", "d()"), frame(152, "chunked", "return iter(itearble)")];
+        let s = problem_statement(&BugReport { file: "pkg/m.py", function: "chunked", failing: &failing, wording_key: "k", traceback: &traceback });
+        assert!(s.contains("```\npkg/m.py:2: in b\n    c()\npkg/m.py:3: in c\n    d()\npkg/m.py:152: in chunked\n    return iter(itearble)\n```\n"), "{s}");
+        assert!(!s.contains("pkg/m.py:1:"), "{s}");
+        assert!(s.starts_with("`chunked` raises `NameError`"), "{s}");
     }
 
     #[test]
     fn exceptions_make_the_title() {
         let failing = vec![FailingTest { id: "t.py::a".into(), message: Some("TypeError: unsupported operand".into()) }];
-        let s = problem_statement(&BugReport { file: "src/pkg/__init__.py", function: "C.m", failing: &failing, wording_key: "k" });
+        let s = problem_statement(&BugReport { file: "src/pkg/__init__.py", function: "C.m", failing: &failing, wording_key: "k", traceback: &[] });
         assert!(s.starts_with("`m` raises `TypeError`"), "{s}");
         assert!(s.contains("`pkg.C.m`"), "{s}");
         assert_eq!(exception_name("AssertionError: x"), None);

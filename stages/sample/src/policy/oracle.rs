@@ -29,6 +29,7 @@ use swegym_schema::{Role, Task};
 
 use super::{Completion, Policy, PolicyError, PolicyRequest};
 use crate::action::{Action, EditorArgs, EditorCommand};
+use crate::prompt::Scaffold;
 
 const TESTBED: &str = swegym_sandbox::TESTBED;
 
@@ -36,12 +37,21 @@ const TESTBED: &str = swegym_sandbox::TESTBED;
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct OraclePolicy {
     slip_rate: f64,
+    scaffold: Scaffold,
 }
 
 impl OraclePolicy {
     /// The exact expert: every rollout makes the gold edits.
     pub fn exact() -> Self {
-        OraclePolicy { slip_rate: 0.0 }
+        OraclePolicy { slip_rate: 0.0, scaffold: Scaffold::OpenHands }
+    }
+
+    /// The same expert playing the trajectory the scaffold's agent would: with
+    /// [`Scaffold::Compact`] it views a few lines around the first change, makes each edit
+    /// (one changed line: the bare line as `old_str`), and finishes — no exploring, no test
+    /// run, no thoughts, so that a small model's SFT targets are short.
+    pub fn with_scaffold(self, scaffold: Scaffold) -> Self {
+        OraclePolicy { scaffold, ..self }
     }
 
     /// An expert that slips in a `rate` share of its rollouts (0 ≤ rate ≤ 1).
@@ -49,7 +59,7 @@ impl OraclePolicy {
         if !(0.0..=1.0).contains(&rate) {
             return Err(format!("the oracle's slip rate must be in [0, 1], got {rate}"));
         }
-        Ok(OraclePolicy { slip_rate: rate })
+        Ok(OraclePolicy { slip_rate: rate, scaffold: Scaffold::OpenHands })
     }
 }
 
@@ -134,6 +144,21 @@ impl Hunk {
             self.lines[from..to].iter().filter(|(k, _)| *k == ' ' || *k == keep).map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
         };
         (side('-'), side('+'))
+    }
+
+    /// One changed line (one removed, one added, the same indentation): the two lines
+    /// without their indentation.
+    fn one_line(&self) -> Option<(String, String)> {
+        let removed: Vec<&String> = self.lines.iter().filter(|(k, _)| *k == '-').map(|(_, l)| l).collect();
+        let added: Vec<&String> = self.lines.iter().filter(|(k, _)| *k == '+').map(|(_, l)| l).collect();
+        let ([old], [new]) = (removed.as_slice(), added.as_slice()) else { return None };
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        (indent(old) == indent(new) && !old.trim().is_empty()).then(|| (old.trim().to_string(), new.trim().to_string()))
+    }
+
+    /// The 1-based line (old side) of the first changed line.
+    fn first_changed_line(&self) -> usize {
+        self.old_start + self.lines.iter().take_while(|(k, _)| *k == ' ').count()
     }
 
     /// The changed lines with one context line on each side.
@@ -310,21 +335,23 @@ fn parse_hunks(section: &str) -> Vec<Hunk> {
 #[derive(Debug, Clone)]
 enum Step {
     Act { thought: String, action: Action },
-    Edit { path: String, hunk: Hunk, header: String },
+    /// `compact`: the first try is the bare changed line ([`Hunk::one_line`]), no thoughts.
+    Edit { path: String, hunk: Hunk, header: String, compact: bool },
 }
 
 impl Step {
     fn tries(&self) -> usize {
         match self {
             Step::Act { .. } => 1,
-            Step::Edit { .. } => 3,
+            Step::Edit { compact: false, .. } => 3,
+            Step::Edit { compact: true, .. } => 4,
         }
     }
 
     fn render(&self, attempt: usize) -> String {
         let (thought, action) = match self {
             Step::Act { thought, action } => (thought.clone(), action.clone()),
-            Step::Edit { path, hunk, header } => {
+            Step::Edit { path, hunk, header, compact } => {
                 let abs = format!("{TESTBED}/{path}");
                 let editor = |(old, new): (String, String)| {
                     Action::StrReplaceEditor(EditorArgs {
@@ -337,6 +364,16 @@ impl Step {
                         view_range: None,
                     })
                 };
+                if *compact {
+                    // Without thoughts; the bare line first, then the usual tries.
+                    let action = match (attempt, hunk.one_line()) {
+                        (0, Some(pair)) => editor(pair),
+                        (0 | 1, _) => editor(hunk.tight()),
+                        (2, _) => editor(hunk.full()),
+                        _ => Action::ExecuteBash { command: git_apply(&format!("{header}{}", hunk.text)) },
+                    };
+                    return action.render();
+                }
                 match attempt {
                     0 => (format!("Now I'll make the change in `{path}` around line {}.", hunk.old_start), editor(hunk.tight())),
                     1 => ("That snippet was not unique; I'll include more surrounding context.".to_string(), editor(hunk.full())),
@@ -347,6 +384,9 @@ impl Step {
                 }
             }
         };
+        if thought.is_empty() {
+            return action.render();
+        }
         format!("{thought}\n{}", action.render())
     }
 }
@@ -379,12 +419,42 @@ fn view(path: String, range: Option<Vec<i64>>) -> Action {
     Action::StrReplaceEditor(EditorArgs { command: EditorCommand::View, path, file_text: None, old_str: None, new_str: None, insert_line: None, view_range: range })
 }
 
-/// The whole trajectory for a task.
-fn plan(task: &Task) -> Result<Vec<Step>, PolicyError> {
+/// The whole trajectory for a task, as the scaffold's agent plays it.
+fn plan(task: &Task, scaffold: Scaffold) -> Result<Vec<Step>, PolicyError> {
     let files: Vec<FileDiff> = split_file_diffs(&task.patch).into_iter().filter(FileDiff::changes_content).collect();
     if files.is_empty() {
         return Err(PolicyError::Unsupported(format!("{}: the oracle needs a gold patch and this task has none", task.instance_id)));
     }
+    match scaffold {
+        Scaffold::OpenHands => Ok(expert_plan(task, &files)),
+        Scaffold::Compact => Ok(compact_plan(&files)),
+    }
+}
+
+/// The compact scaffold's trajectory: per modified file, view the lines around its first
+/// change and make its edits; other file changes go in as in the full plan; then finish.
+fn compact_plan(files: &[FileDiff]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for f in files {
+        let path = f.path().to_string();
+        let hunks = parse_hunks(&f.text);
+        if f.is_new || f.is_deleted || f.is_rename_or_copy || f.is_binary || hunks.is_empty() {
+            steps.extend(expert_file_steps(f));
+            continue;
+        }
+        let header: String = f.text.lines().take_while(|l| !l.starts_with("@@")).map(|l| format!("{l}\n")).collect();
+        let line = hunks[0].first_changed_line();
+        steps.push(Step::Act { thought: String::new(), action: view(format!("{TESTBED}/{path}"), Some(vec![line.saturating_sub(6).max(1) as i64, (line + 2) as i64])) });
+        for hunk in hunks {
+            steps.push(Step::Edit { path: path.clone(), hunk, header: header.clone(), compact: true });
+        }
+    }
+    steps.push(Step::Act { thought: String::new(), action: Action::Finish { message: "Fixed.".into() } });
+    steps
+}
+
+/// The full expert trajectory (OpenHands scaffold).
+fn expert_plan(task: &Task, files: &[FileDiff]) -> Vec<Step> {
     let mut steps = vec![Step::Act {
         thought: "I'll start by exploring the repository structure to understand where the relevant code lives.".into(),
         action: view(TESTBED.to_string(), None),
@@ -398,7 +468,39 @@ fn plan(task: &Task) -> Result<Vec<Step>, PolicyError> {
             });
         }
     }
-    for f in &files {
+    for f in files {
+        steps.extend(expert_file_steps(f));
+    }
+    // The failing tests' files as they exist before the test patch (files it creates do not
+    // exist yet in the agent's workspace).
+    let new_test_files: Vec<String> = split_file_diffs(&task.test_patch).into_iter().filter(|f| f.is_new).map(|f| f.path().to_string()).collect();
+    let mut test_files: Vec<String> = Vec::new();
+    for t in &task.fail_to_pass {
+        let file = t.split("::").next().unwrap_or(t).split_whitespace().next().unwrap_or("").to_string();
+        if file.ends_with(".py") && !new_test_files.contains(&file) && !test_files.contains(&file) {
+            test_files.push(file);
+        }
+    }
+    if !test_files.is_empty() {
+        steps.push(Step::Act {
+            thought: "Now let me run the related tests to make sure the change works and nothing else broke.".into(),
+            action: Action::ExecuteBash {
+                command: format!("cd {TESTBED} && python -m pytest -q -p no:cacheprovider {} 2>&1 | tail -n 15", test_files.join(" ")),
+            },
+        });
+    }
+    let changed: Vec<String> = files.iter().map(|f| format!("`{}`", f.path())).collect();
+    steps.push(Step::Act {
+        thought: "The change is complete.".into(),
+        action: Action::Finish { message: format!("I fixed the issue described in the PR by editing {}.", changed.join(", ")) },
+    });
+    steps
+}
+
+/// The expert's steps for one file of the gold patch.
+fn expert_file_steps(f: &FileDiff) -> Vec<Step> {
+    let mut steps = Vec::new();
+    {
         let path = f.path().to_string();
         let header: String = f.text.lines().take_while(|l| !l.starts_with("@@")).map(|l| format!("{l}\n")).collect();
         if f.is_rename_or_copy || f.is_binary || (!f.is_new && !f.is_deleted && !f.text.contains("\n@@")) {
@@ -439,34 +541,11 @@ fn plan(task: &Task) -> Result<Vec<Step>, PolicyError> {
                 });
             }
             for hunk in hunks {
-                steps.push(Step::Edit { path: path.clone(), hunk, header: header.clone() });
+                steps.push(Step::Edit { path: path.clone(), hunk, header: header.clone(), compact: false });
             }
         }
     }
-    // The failing tests' files as they exist before the test patch (files it creates do not
-    // exist yet in the agent's workspace).
-    let new_test_files: Vec<String> = split_file_diffs(&task.test_patch).into_iter().filter(|f| f.is_new).map(|f| f.path().to_string()).collect();
-    let mut test_files: Vec<String> = Vec::new();
-    for t in &task.fail_to_pass {
-        let file = t.split("::").next().unwrap_or(t).split_whitespace().next().unwrap_or("").to_string();
-        if file.ends_with(".py") && !new_test_files.contains(&file) && !test_files.contains(&file) {
-            test_files.push(file);
-        }
-    }
-    if !test_files.is_empty() {
-        steps.push(Step::Act {
-            thought: "Now let me run the related tests to make sure the change works and nothing else broke.".into(),
-            action: Action::ExecuteBash {
-                command: format!("cd {TESTBED} && python -m pytest -q -p no:cacheprovider {} 2>&1 | tail -n 15", test_files.join(" ")),
-            },
-        });
-    }
-    let changed: Vec<String> = files.iter().map(|f| format!("`{}`", f.path())).collect();
-    steps.push(Step::Act {
-        thought: "The change is complete.".into(),
-        action: Action::Finish { message: format!("I fixed the issue described in the PR by editing {}.", changed.join(", ")) },
-    });
-    Ok(steps)
+    steps
 }
 
 /// Whether an observation says the tool call failed.
@@ -486,7 +565,7 @@ impl Policy for OraclePolicy {
     }
 
     async fn complete(&self, request: PolicyRequest<'_>) -> Result<Completion, PolicyError> {
-        let mut steps = plan(request.task)?;
+        let mut steps = plan(request.task, self.scaffold)?;
         apply_slip(&mut steps, slip_for(self.slip_rate, request.params.seed));
         // Replay the conversation: which step, which try.
         let (mut step, mut attempt) = (0usize, 0usize);
@@ -542,6 +621,34 @@ mod tests {
         let (old, new) = hunks[1].full();
         assert!(old.starts_with("    try:\n") && old.ends_with("    return v") && new.contains("    log(v)\n"));
         assert_eq!(symbol(&hunks[0]).as_deref(), Some("def f"));
+    }
+
+    #[tokio::test]
+    async fn the_compact_trajectory_views_edits_the_bare_line_and_finishes() {
+        use swegym_schema::Message;
+        let patch = "diff --git a/p/m.py b/p/m.py\n--- a/p/m.py\n+++ b/p/m.py\n@@ -10,5 +10,5 @@ def f(items):\n     a = 1\n     b = 2\n-    return len(ietms)\n+    return len(items)\n     c = 3\n";
+        let t = task(patch);
+        let params = crate::policy::SamplingParams::default();
+        let oracle = OraclePolicy::exact().with_scaffold(Scaffold::Compact);
+        let mut msgs = vec![Message::system("s"), Message::user("u")];
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            let c = oracle.complete(PolicyRequest { task: &t, messages: &msgs, params: &params }).await.unwrap();
+            msgs.push(Message::assistant(c.text.clone()));
+            msgs.push(Message::user("EXECUTION RESULT of [str_replace_editor]:\nok"));
+            replies.push(c.text);
+        }
+        assert!(replies[0].starts_with("<function=str_replace_editor>") && replies[0].contains("<parameter=view_range>[6, 14]</parameter>"), "{}", replies[0]);
+        let edit = crate::action::parse_action(&replies[1]).unwrap();
+        let Action::StrReplaceEditor(a) = edit else { panic!("{}", replies[1]) };
+        assert_eq!((a.old_str.as_deref(), a.new_str.as_deref()), (Some("return len(ietms)"), Some("return len(items)")));
+        assert!(replies[1].starts_with("<function="), "no thought: {}", replies[1]);
+        assert!(matches!(crate::action::parse_action(&replies[2]).unwrap(), Action::Finish { .. }));
+        // A refused bare line is retried with context.
+        msgs.truncate(6);
+        msgs[5] = Message::user("EXECUTION RESULT of [str_replace_editor]:\nERROR:\nNo replacement was performed. Multiple occurrences");
+        let retry = oracle.complete(PolicyRequest { task: &t, messages: &msgs, params: &params }).await.unwrap().text;
+        assert!(retry.contains("    b = 2\n    return len(ietms)\n    c = 3"), "{retry}");
     }
 
     #[tokio::test]
@@ -632,7 +739,7 @@ mod tests {
 
     #[test]
     fn a_wrong_edit_is_wrong_in_every_try() {
-        let mut steps = plan(&task(COMPARE)).unwrap();
+        let mut steps = plan(&task(COMPARE), Scaffold::OpenHands).unwrap();
         apply_slip(&mut steps, Slip::WrongEdit(1));
         let edit = steps.iter().find(|s| matches!(s, Step::Edit { .. })).unwrap();
         for attempt in 0..3 {
@@ -641,7 +748,7 @@ mod tests {
         }
         assert!(edit.render(2).contains("\n+    if x >= 0 or x < 10:\n"));
         // The thoughts are the exact oracle's.
-        let exact = plan(&task(COMPARE)).unwrap();
+        let exact = plan(&task(COMPARE), Scaffold::OpenHands).unwrap();
         let thought = |s: &Step| s.render(0).lines().next().unwrap().to_string();
         assert_eq!(steps.iter().map(thought).collect::<Vec<_>>(), exact.iter().map(thought).collect::<Vec<_>>());
     }
@@ -649,16 +756,16 @@ mod tests {
     #[test]
     fn stopping_early_leaves_out_the_rest_of_the_fix() {
         let edits = |steps: &[Step]| steps.iter().filter(|s| matches!(s, Step::Edit { .. })).count();
-        let mut steps = plan(&task(TWO_HUNKS)).unwrap();
+        let mut steps = plan(&task(TWO_HUNKS), Scaffold::OpenHands).unwrap();
         assert_eq!(edits(&steps), 2);
         apply_slip(&mut steps, Slip::StopEarly(1));
         assert_eq!(edits(&steps), 1);
-        let mut steps = plan(&task(TWO_HUNKS)).unwrap();
+        let mut steps = plan(&task(TWO_HUNKS), Scaffold::OpenHands).unwrap();
         let n = steps.len();
         apply_slip(&mut steps, Slip::StopEarly(0));
         assert_eq!((edits(&steps), steps.len()), (0, n - 2));
         // Nothing to get wrong in TWO_HUNKS' lines: a wrong edit becomes stopping early.
-        let mut steps = plan(&task(TWO_HUNKS)).unwrap();
+        let mut steps = plan(&task(TWO_HUNKS), Scaffold::OpenHands).unwrap();
         apply_slip(&mut steps, Slip::WrongEdit(2));
         assert_eq!(edits(&steps), 0);
         // The run ends as usual: the tests, then finish.
@@ -669,11 +776,11 @@ mod tests {
     #[test]
     fn new_deleted_and_renamed_files() {
         let patch = "diff --git a/src/new.py b/src/new.py\nnew file mode 100644\n--- /dev/null\n+++ b/src/new.py\n@@ -0,0 +1,2 @@\n+a = 1\n+b = 2\ndiff --git a/src/old.py b/src/old.py\ndeleted file mode 100644\n--- a/src/old.py\n+++ /dev/null\n@@ -1 +0,0 @@\n-x\ndiff --git a/src/a.py b/src/b.py\nsimilarity index 100%\nrename from src/a.py\nrename to src/b.py\n";
-        let steps = plan(&task(patch)).unwrap();
+        let steps = plan(&task(patch), Scaffold::OpenHands).unwrap();
         let texts: Vec<String> = steps.iter().map(|s| s.render(0)).collect();
         assert!(texts.iter().any(|t| t.contains("<parameter=command>create</parameter>") && t.contains("<parameter=file_text>\na = 1\nb = 2\n\n</parameter>")), "{texts:#?}");
         assert!(texts.iter().any(|t| t.contains("rm /testbed/src/old.py")));
         assert!(texts.iter().any(|t| t.contains("git apply --verbose <<'SWEGYM_PATCH_EOF'\ndiff --git a/src/a.py b/src/b.py\n")));
-        assert!(plan(&task("")).is_err());
+        assert!(plan(&task(""), Scaffold::OpenHands).is_err());
     }
 }
