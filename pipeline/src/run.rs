@@ -24,9 +24,14 @@
 //! per scoring stage, after sampling and grading and never while training runs; with
 //! `select_keep` the filter keeps a task's highest-p(YES) resolved rollouts first, with
 //! `select_submit` the held-out submission is its pick (Best@k) instead of rollout 0.
+//! With `[sampling] curriculum = "skip_solved"`, iteration i ≥ 1 samples only the train
+//! tasks not solved in every rollout the last time they were sampled; the training table
+//! counts, per iteration, the tasks solved always / sometimes / never.
 //! Adapters are trained from the base on the cumulative kept data (not continued from the
 //! previous adapter): each adapter is a function of the data alone, a resumed or re-run
-//! iteration gives the same adapter, and early-iteration data is not forgotten. An
+//! iteration gives the same adapter, and early-iteration data is not forgotten. With
+//! `[run] adapters = "continue"`, adapter_i continues adapter_{i-1} on iteration i's kept
+//! data alone (training time per iteration then grows with that iteration's data only). An
 //! iteration that keeps nothing new trains nothing: policy_{i+1} = policy_i (its held-out
 //! evaluation is reused), and the reason is recorded.
 //!
@@ -56,7 +61,7 @@ use swegym_schema::{AtK, FilterCounts, IterationMetrics, Message, SplitMetrics, 
 use swegym_verifier::{Judge, ScalingOptions, ScoreOptions, ScoreRow, Scored};
 use tracing::Instrument;
 
-use self::config::{PathEnv, PolicyKind, RunConfig, SplitKind, SplitSection, WarmStart};
+use self::config::{Adapters, Curriculum, PathEnv, PolicyKind, RunConfig, SplitKind, SplitSection, WarmStart};
 use crate::run_dir::{read_json, unix_now, write_json_atomic, RunDir, RunInfo};
 use crate::run_dir::manifest::{
     EvalDetails, EvalScoreDetails, EvalScoring, ExportDetails, FilterDetails, Manifest, Reused, SampleDetails, ScoreDetails, Stage, StageDetails, TrainDetails,
@@ -430,7 +435,19 @@ impl Runner {
         out: &Path,
         what: &str,
     ) -> anyhow::Result<(Vec<PathBuf>, SampleDetails)> {
+        let curriculum_tasks;
         let tasks = match split {
+            SplitKind::Train if iteration > 0 && self.cfg.sampling.curriculum == Curriculum::SkipSolved && !matches!(choice, PolicyChoice::Oracle) => {
+                let solved = self.solved_every_time(iteration)?;
+                curriculum_tasks = self.train_tasks.iter().filter(|t| !solved.contains(&t.instance_id)).cloned().collect::<Vec<_>>();
+                println!("iter {iteration}: curriculum: {} of {} train tasks (not the {} solved in every rollout when last sampled)", curriculum_tasks.len(), self.train_tasks.len(), solved.len());
+                if curriculum_tasks.is_empty() {
+                    swegym_schema::rollout::write_rollouts(out, &[])?;
+                    let line = "skipped: every train task was solved in every rollout (curriculum skip_solved)".to_string();
+                    return Ok((vec![out.to_path_buf()], SampleDetails { line, policy_id: "none".into(), rollouts: 0, ran: 0, resumed: 0 }));
+                }
+                &curriculum_tasks
+            }
             SplitKind::Train => &self.train_tasks,
             SplitKind::Test => &self.test_tasks,
         };
@@ -489,6 +506,19 @@ impl Runner {
             m.mean_turns
         );
         Ok((vec![out.to_path_buf()], SampleDetails { line, policy_id, rollouts: m.rollouts as usize, ran, resumed }))
+    }
+
+    /// The train tasks that, the last time an iteration before `iteration` sampled them,
+    /// were solved in every rollout (the curriculum's skip list).
+    fn solved_every_time(&self, iteration: u32) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let mut per_iteration = Vec::new();
+        for j in 0..iteration {
+            let path = self.dir.iter_dir(j).join("rollouts.parquet");
+            if path.exists() {
+                per_iteration.push(read_rollouts(&path)?);
+            }
+        }
+        Ok(solved_when_last_sampled(&per_iteration))
     }
 
     async fn build_policy(&self, choice: &PolicyChoice) -> anyhow::Result<Arc<dyn Policy>> {
@@ -723,7 +753,12 @@ impl Runner {
         if kept_now == 0 {
             return carry(format!("iteration {i} kept no trajectories"));
         }
-        let files: Vec<PathBuf> = (0..=i).map(|j| self.dir.iter_dir(j).join("sft.parquet")).collect();
+        // From the base on every iteration's kept data, or continuing the previous adapter
+        // on this iteration's alone.
+        let (files, init): (Vec<PathBuf>, Option<PathBuf>) = match self.cfg.run.adapters {
+            Adapters::FromBase => ((0..=i).map(|j| self.dir.iter_dir(j).join("sft.parquet")).collect(), None),
+            Adapters::Continue => (vec![dir.join("sft.parquet")], previous.clone()),
+        };
         let records = swegym_export::concat_datasets(&files, true)?;
         let out = dir.join("adapter");
         let partial = dir.join("adapter.partial");
@@ -732,7 +767,10 @@ impl Runner {
         } else {
             let device = self.cfg.policy.device_choice().resolve().map_err(|e| Exit::bad_input(e.to_string()))?;
             let (model, config, partial2) = (self.cfg.policy.model.clone(), self.cfg.train.clone(), partial.clone());
-            let data_name = format!("{} (sft.parquet of iterations 0..={i})", self.dir.rel(&dir));
+            let data_name = match init {
+                None => format!("{} (sft.parquet of iterations 0..={i})", self.dir.rel(&dir)),
+                Some(_) => format!("{} (sft.parquet of iteration {i}, continuing policy_{i}'s adapter)", self.dir.rel(&dir)),
+            };
             let bar = crate::output::stage_bar(0, "train (LoRA)");
             let bar2 = bar.clone();
             let result = tokio::task::spawn_blocking(move || {
@@ -741,7 +779,15 @@ impl Runner {
                     bar2.set_position(s.step as u64);
                     bar2.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", s.loss, s.learning_rate, s.tokens_per_s));
                 };
-                let req = swegym_train::TrainRequest { model: &model, records: &records, data_name: &data_name, out_dir: &partial2, config: &config, device };
+                let req = swegym_train::TrainRequest {
+                    model: &model,
+                    records: &records,
+                    data_name: &data_name,
+                    out_dir: &partial2,
+                    config: &config,
+                    device,
+                    init_adapter: init.as_deref(),
+                };
                 swegym_train::train(req, &mut on_step)
             })
             .await
@@ -792,6 +838,28 @@ impl Runner {
     }
 }
 
+/// Given the train rollouts of iterations in order, the tasks that the last iteration to
+/// sample them solved in every rollout.
+fn solved_when_last_sampled(per_iteration: &[Vec<Rollout>]) -> std::collections::BTreeSet<String> {
+    let mut solved = std::collections::BTreeSet::new();
+    for rollouts in per_iteration {
+        let mut by_task: std::collections::BTreeMap<&str, (usize, usize)> = std::collections::BTreeMap::new();
+        for r in rollouts {
+            let e = by_task.entry(r.instance_id.as_str()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(r.resolved == Some(true));
+        }
+        for (id, (n, ok)) in by_task {
+            if ok == n {
+                solved.insert(id.to_string());
+            } else {
+                solved.remove(id);
+            }
+        }
+    }
+    solved
+}
+
 /// A scores Parquet the run wrote (a missing or unreadable one is a broken run folder).
 fn read_scores_file(path: &Path) -> anyhow::Result<Vec<ScoreRow>> {
     swegym_verifier::read_scores(path).map_err(|e| anyhow::anyhow!("{e} (delete the stage's manifest and rerun to score again)"))
@@ -840,4 +908,32 @@ struct FilterFile<'a> {
 #[derive(serde::Deserialize)]
 struct FilterFileRows {
     decisions: Vec<DecisionRow>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(id: &str, resolved: bool) -> Rollout {
+        let mut r: Rollout = serde_json::from_value(json!({
+            "instance_id": id, "sample_idx": 0, "iteration": 0, "policy_id": "p", "messages": [], "patch": "",
+            "empty_patch": false, "exit_reason": "submitted", "turns": 1, "prompt_tokens": 0, "completion_tokens": 0,
+            "wall_seconds": 0.0, "temperature": 1.0, "seed": 0,
+        }))
+        .unwrap();
+        r.resolved = Some(resolved);
+        r
+    }
+
+    #[test]
+    fn the_curriculum_skips_tasks_solved_in_every_rollout_when_last_sampled() {
+        let it0 = vec![rollout("a", true), rollout("a", true), rollout("b", true), rollout("b", false), rollout("c", true), rollout("c", true)];
+        // iteration 1 skipped a and c; it sampled b (solved twice now) and c again (failed once)
+        let it1 = vec![rollout("b", true), rollout("b", true), rollout("c", true), rollout("c", false)];
+        let solved = solved_when_last_sampled(std::slice::from_ref(&it0));
+        assert_eq!(solved.into_iter().collect::<Vec<_>>(), ["a", "c"]);
+        let solved = solved_when_last_sampled(&[it0, it1]);
+        assert_eq!(solved.into_iter().collect::<Vec<_>>(), ["a", "b"], "a from iteration 0, b from 1; c failed once in 1");
+        assert!(solved_when_last_sampled(&[vec![], vec![]]).is_empty());
+    }
 }

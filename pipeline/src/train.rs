@@ -54,6 +54,10 @@ pub struct TrainArgs {
     /// Overrides `max_seq_len`.
     #[arg(long)]
     pub max_seq_len: Option<usize>,
+    /// Continue an earlier adapter (same rank and target modules) instead of starting a
+    /// fresh one.
+    #[arg(long)]
+    pub init_adapter: Option<PathBuf>,
     /// One JSON line per step on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
@@ -142,7 +146,7 @@ pub(crate) async fn run_with_config(args: TrainArgs, cfg: TrainConfig) -> anyhow
         };
         let data_name = args.data.display().to_string();
         let summary = swegym_train::train(
-            TrainRequest { model: &args.model, records: &records, data_name: &data_name, out_dir: &args.out, config: &cfg, device },
+            TrainRequest { model: &args.model, records: &records, data_name: &data_name, out_dir: &args.out, config: &cfg, device, init_adapter: args.init_adapter.as_deref() },
             &mut on_step,
         )
         .map_err(train_exit)?;

@@ -51,6 +51,11 @@ pub struct SplitMetrics {
     /// absent on the train split and in metrics written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_task: Option<BTreeMap<String, TaskOutcome>>,
+    /// Train split: the tasks by how often the policy solved them — in every one of its
+    /// rollouts, in some, in none (a curriculum's signal: only the middle group teaches
+    /// something new); absent on the held-out split and in metrics written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_mix: Option<TaskMix>,
 }
 
 /// Who picks the one rollout per task that is submitted on the held-out split.
@@ -84,6 +89,14 @@ pub struct AtK {
     pub submitted_by: Submitter,
     /// Pass@1 or Best@k, as `submitted_by` says.
     pub submitted_resolve_rate: f64,
+}
+
+/// Tasks by how often the policy solved them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMix {
+    pub always: u64,
+    pub sometimes: u64,
+    pub never: u64,
 }
 
 /// One task's outcome on a split: shares of its rollouts.
@@ -125,6 +138,7 @@ impl SplitMetrics {
             wall_s,
             at_k: None,
             per_task: (split == "test").then(|| per_task(rollouts)),
+            task_mix: (split == "train").then(|| task_mix(rollouts)),
         }
     }
 
@@ -145,6 +159,19 @@ fn per_task(rollouts: &[Rollout]) -> BTreeMap<String, TaskOutcome> {
         c.2 += u32::from(r.empty_patch);
     }
     counts.into_iter().map(|(id, (n, res, empty))| (id, TaskOutcome { resolved: f64::from(res) / f64::from(n), empty_patch: f64::from(empty) / f64::from(n) })).collect()
+}
+
+/// The tasks of `rollouts` by how many of their rollouts resolved them.
+pub fn task_mix(rollouts: &[Rollout]) -> TaskMix {
+    let mut mix = TaskMix::default();
+    for t in per_task(rollouts).values() {
+        match t.resolved {
+            r if r >= 1.0 => mix.always += 1,
+            r if r > 0.0 => mix.sometimes += 1,
+            _ => mix.never += 1,
+        }
+    }
+    mix
 }
 
 /// What the rejection filter did in one iteration.
@@ -245,6 +272,14 @@ mod tests {
         assert_eq!((m.prompt_tokens, m.completion_tokens), (40, 8));
         let empty = SplitMetrics::from_rollouts("test", "base", &[], 0.0);
         assert_eq!((empty.resolve_rate, empty.mean_turns), (0.0, 0.0));
+        // a: 2 of 2 resolved; b: 0 of 1; c: ungraded (not resolved)
+        assert_eq!(m.task_mix, Some(TaskMix { always: 1, sometimes: 0, never: 2 }));
+        assert!(m.per_task.is_none(), "per-task outcomes are kept for the held-out split");
+        let mixed = [rollout("a", 0, ExitReason::Submitted, Some(true), false, 3), rollout("a", 1, ExitReason::Submitted, Some(false), false, 3)];
+        assert_eq!(task_mix(&mixed), TaskMix { always: 0, sometimes: 1, never: 0 });
+        let test = SplitMetrics::from_rollouts("test", "base", &mixed, 1.0);
+        assert_eq!(test.per_task.unwrap()["a"], TaskOutcome { resolved: 0.5, empty_patch: 0.0 });
+        assert!(test.task_mix.is_none());
     }
 
     #[test]

@@ -57,6 +57,7 @@ struct RawRun {
     name: Option<String>,
     iterations: Option<u32>,
     seed: Option<u64>,
+    adapters: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +132,7 @@ struct RawSampling {
     rollouts_per_task: Option<u32>,
     eval_rollouts_per_task: Option<u32>,
     best_of_temperature: Option<f64>,
+    curriculum: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +209,26 @@ pub struct RunSection {
     pub name: String,
     pub iterations: u32,
     pub seed: u64,
+    /// How adapter_i is trained: from the base on the kept data of iterations 0..=i
+    /// (default), or continuing adapter_{i-1} on iteration i's kept data alone. Left out of
+    /// the JSON when the default (old runs keep their hash).
+    #[serde(skip_serializing_if = "Adapters::is_from_base")]
+    pub adapters: Adapters,
+}
+
+/// See [`RunSection::adapters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Adapters {
+    #[default]
+    FromBase,
+    Continue,
+}
+
+impl Adapters {
+    fn is_from_base(&self) -> bool {
+        *self == Adapters::FromBase
+    }
 }
 
 /// One split: where it came from and the tasks selected.
@@ -299,6 +321,26 @@ pub struct SamplingSection {
     /// when k = 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub best_of_temperature: Option<f64>,
+    /// Which train tasks iteration i ≥ 1 samples: all (default), or `skip_solved` — not those
+    /// the policy solved in every rollout the last time they were sampled (they teach
+    /// nothing new; their kept rollouts stay in the data). Left out of the JSON when all.
+    #[serde(skip_serializing_if = "Curriculum::is_all")]
+    pub curriculum: Curriculum,
+}
+
+/// See [`SamplingSection::curriculum`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Curriculum {
+    #[default]
+    All,
+    SkipSolved,
+}
+
+impl Curriculum {
+    fn is_all(&self) -> bool {
+        *self == Curriculum::All
+    }
 }
 
 /// The outcome verifier the loop uses (`[verifier]`): a LoRA adapter trained by `swegym
@@ -500,7 +542,12 @@ impl Resolver {
         if iterations == 0 {
             return Err(self.err("[run] iterations", "must be at least 1"));
         }
-        let run = RunSection { name, iterations, seed: run_raw.seed.unwrap_or(0) };
+        let adapters = match run_raw.adapters.as_deref() {
+            None | Some("from_base") => Adapters::FromBase,
+            Some("continue") => Adapters::Continue,
+            Some(other) => return Err(self.err("[run] adapters", format!("unknown value {other:?}; one of: from_base, continue"))),
+        };
+        let run = RunSection { name, iterations, seed: run_raw.seed.unwrap_or(0), adapters };
 
         let policy = self.policy(raw.policy.ok_or_else(|| self.err("[policy]", "missing (the model to train is required)"))?)?;
         let dataset = self.dataset(raw.dataset.ok_or_else(|| self.err("[dataset]", "missing"))?, run.seed)?;
@@ -553,7 +600,12 @@ impl Resolver {
                 Some(t)
             }
         };
-        let sampling = SamplingSection { rollouts_per_task, eval_rollouts_per_task, best_of_temperature };
+        let curriculum = match s.curriculum.as_deref() {
+            None | Some("all") => Curriculum::All,
+            Some("skip_solved") => Curriculum::SkipSolved,
+            Some(other) => return Err(self.err("[sampling] curriculum", format!("unknown value {other:?}; one of: all, skip_solved"))),
+        };
+        let sampling = SamplingSection { rollouts_per_task, eval_rollouts_per_task, best_of_temperature, curriculum };
 
         let mut filter = raw.filter.unwrap_or_default().resolve(&format!("{}: [filter]", self.file)).map_err(|e| ConfigError {
             file: self.file.clone(),
@@ -983,7 +1035,7 @@ max_steps = 2
     fn resolves_defaults_paths_and_selection() {
         let (dir, cfg) = fixture(GOOD);
         let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
-        assert_eq!(c.run, RunSection { name: "c".into(), iterations: 3, seed: 7 });
+        assert_eq!(c.run, RunSection { name: "c".into(), iterations: 3, seed: 7, adapters: Adapters::FromBase });
         assert_eq!(c.dataset.train.instance_ids, ["a-1", "a-2"]);
         assert_eq!(c.dataset.train.split, "train");
         assert_eq!(c.dataset.test.instance_ids, ["b-1"]);
@@ -1034,6 +1086,8 @@ max_steps = 2
             (GOOD.replace("limit = 2\n", "kinds = [\"typo\"]\n"), "[dataset.train] kinds: unknown mutation kind \"typo\""),
             (GOOD.replace("limit = 2\n", "tiers = [\"easy\"]\n"), "no task of the split has the tiers and kinds"),
             (GOOD.replace("[train]", "[agent]\nscaffold = \"tiny\"\n[train]"), "[agent] scaffold: unknown scaffold \"tiny\""),
+            (GOOD.replace("seed = 7", "seed = 7\nadapters = \"stack\""), "[run] adapters: unknown value \"stack\""),
+            (GOOD.replace("[train]", "[sampling]\ncurriculum = \"hardest\"\n[train]"), "[sampling] curriculum: unknown value \"hardest\""),
         ] {
             let (dir, cfg) = fixture(&text);
             let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
@@ -1043,6 +1097,11 @@ max_steps = 2
         let (dir, cfg) = fixture(&format!("{GOOD}[warm_start]\nsource = \"oracle\"\n"));
         let json = load(&cfg, None, &env(dir.path())).unwrap().0.to_json();
         assert!(json["agent"].get("scaffold").is_none() && json["warm_start"]["source"] == "oracle" && json["warm_start"].get("sample_base").is_none(), "{json}");
+        assert!(json["run"].get("adapters").is_none() && json["sampling"].get("curriculum").is_none(), "{json}");
+        let (dir, cfg) = fixture(&GOOD.replace("[train]", "[sampling]\ncurriculum = \"skip_solved\"\n[train]"));
+        assert_eq!(load(&cfg, None, &env(dir.path())).unwrap().0.sampling.curriculum, Curriculum::SkipSolved);
+        let (dir, cfg) = fixture(&GOOD.replace("seed = 7", "seed = 7\nadapters = \"continue\""));
+        assert_eq!(load(&cfg, None, &env(dir.path())).unwrap().0.run.adapters, Adapters::Continue);
     }
 
     #[test]

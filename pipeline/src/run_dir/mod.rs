@@ -118,13 +118,24 @@ impl RunDir {
 
     /// Creates the run directory and writes the config, its hash, the git revision and the
     /// seed — or, for an existing run, checks that the config is the same (refusing to
-    /// resume under a changed config). Returns the run's info and whether it was resumed.
+    /// resume under a changed config, except for `[run] iterations`: a run can be extended).
+    /// Returns the run's info and whether it was resumed.
     pub fn open(&self, config_json: &serde_json::Value, config_text: &str, info: RunInfo) -> anyhow::Result<(RunInfo, bool)> {
         let run_json = self.root.join("run.json");
         if run_json.exists() {
             let old: RunInfo = read_json(&run_json)?;
             if old.config_hash != info.config_hash {
                 let diff = config_diff(&read_json::<serde_json::Value>(&self.root.join("config.json")).unwrap_or_default(), config_json);
+                if diff == ["run.iterations"] {
+                    // Only how far the run goes changed (no stage's output depends on it):
+                    // extend (or shorten) the run under the new config.
+                    println!("note: {}: [run] iterations changed; the run goes on with the new value", self.root.display());
+                    write_atomic(&self.root.join("config.toml"), config_text.as_bytes())?;
+                    write_json_atomic(&self.root.join("config.json"), config_json)?;
+                    let extended = RunInfo { config_hash: info.config_hash, ..old };
+                    write_json_atomic(&run_json, &extended)?;
+                    return Ok((extended, true));
+                }
                 return Err(Exit::bad_input(format!(
                     "{} was started with a different config (hash {} there, {} now; changed: {}). \
                      Resume it with the config it was started with ({}), or start a new run with --name",
@@ -232,5 +243,28 @@ mod tests {
         assert!(resumed);
         let err = rd.open(&json!({"a": 2}), "a = 2\n", info("cd")).unwrap_err().to_string();
         assert!(err.contains("different config") && err.contains("changed: a"), "{err}");
+    }
+
+    #[test]
+    fn a_run_can_be_extended_by_more_iterations() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(dir.path().join("r"));
+        let info = |hash: &str, created_at: u64| RunInfo {
+            name: "r".into(),
+            config_hash: hash.repeat(16),
+            git_revision: "x".into(),
+            seed: 0,
+            swegym_version: "0".into(),
+            created_at,
+        };
+        rd.open(&json!({"run": {"iterations": 1, "seed": 0}}), "iterations = 1\n", info("ab", 5)).unwrap();
+        let (got, resumed) = rd.open(&json!({"run": {"iterations": 3, "seed": 0}}), "iterations = 3\n", info("cd", 9)).unwrap();
+        assert!(resumed);
+        assert_eq!((got.config_hash, got.created_at), ("cd".repeat(16), 5), "the new hash, the run's own identity otherwise");
+        assert_eq!(std::fs::read_to_string(rd.root.join("config.toml")).unwrap(), "iterations = 3\n");
+        // Now resumed under the new config as it is; any other change is still refused.
+        assert!(rd.open(&json!({"run": {"iterations": 3, "seed": 0}}), "iterations = 3\n", info("cd", 9)).unwrap().1);
+        let err = rd.open(&json!({"run": {"iterations": 4, "seed": 1}}), "x\n", info("ef", 9)).unwrap_err().to_string();
+        assert!(err.contains("different config"), "{err}");
     }
 }

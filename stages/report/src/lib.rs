@@ -211,7 +211,8 @@ impl RunReport {
                     format!("{:+.1} ({:+.1} to {:+.1})", 100.0 * r.diff.mean, 100.0 * r.diff.lo, 100.0 * r.diff.hi),
                     format!("{:.4}", r.p),
                     format!("{} / {}", r.b_only, r.a_only),
-                    format!("{:+.1} ({:+.1} to {:+.1})", -100.0 * e.diff.mean, -100.0 * e.diff.hi, -100.0 * e.diff.lo),
+                    // (+ 0.0: no "-0.0" for an unchanged rate)
+                    format!("{:+.1} ({:+.1} to {:+.1})", -100.0 * e.diff.mean + 0.0, -100.0 * e.diff.hi + 0.0, -100.0 * e.diff.lo + 0.0),
                     format!("{:.4}", e.p),
                 ]);
             }
@@ -229,7 +230,8 @@ impl RunReport {
     }
 
     pub fn training_table(&self) -> Table {
-        let headers = ["iter", "sampled by", "rollouts", "resolve %", "empty patch %", "stuck %", "max turns %", "solved", "kept (cum.)", "steps", "loss first→last", "tokens"];
+        let headers =
+            ["iter", "sampled by", "rollouts", "resolve %", "empty patch %", "stuck %", "max turns %", "solved", "always/sometimes/never", "kept (cum.)", "steps", "loss first→last", "tokens"];
         let rows = self
             .iterations
             .iter()
@@ -249,6 +251,7 @@ impl RunReport {
                     pct(m.exit_rate(ExitReason::StuckInLoop)),
                     pct(m.exit_rate(ExitReason::MaxTurns)),
                     format!("{}/{}", m.unique_resolved, m.instances),
+                    m.task_mix.map_or("-".to_string(), |x| format!("{}/{}/{}", x.always, x.sometimes, x.never)),
                     format!("{} ({})", it.kept, it.kept_cumulative),
                     t.steps.to_string(),
                     loss,
@@ -551,6 +554,7 @@ mod tests {
             completion_tokens: 100,
             wall_s: 12.0,
             at_k: None,
+            task_mix: None,
             per_task: (split == "test").then(|| {
                 (0..n).map(|i| (format!("t{i}"), TaskOutcome { resolved: f64::from(u8::from((i as f64) < rr * n as f64)), empty_patch: f64::from(u8::from((i as f64) < ep * n as f64)) })).collect()
             }),
@@ -609,9 +613,10 @@ mod tests {
         assert_eq!(held.rows[0][2..5], ["10.0", "60.0", "30.0"]);
         assert_eq!(held.rows[0][7], "10.0", "sandbox errors count as other");
         let train = r.training_table();
-        assert_eq!(train.rows[0][10], "1.250→0.500");
-        assert_eq!(train.rows[1][10], "skipped: no trajectory kept");
-        assert_eq!(train.rows[1][8], "2 (4)");
+        assert_eq!(train.rows[0][11], "1.250→0.500");
+        assert_eq!(train.rows[1][11], "skipped: no trajectory kept");
+        assert_eq!(train.rows[1][9], "2 (4)");
+        assert_eq!(train.rows[1][8], "-", "no task mix in these metrics");
         let text = r.terminal();
         assert!(text.contains("zero-shot") && text.contains("loss first→last"), "{text}");
         let bar = |full: usize, pct: &str| format!("{}{} {pct}", "█".repeat(full), "·".repeat(40 - full));

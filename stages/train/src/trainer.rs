@@ -47,6 +47,9 @@ pub struct TrainRequest<'a> {
     pub out_dir: &'a Path,
     pub config: &'a TrainConfig,
     pub device: Device,
+    /// Start from this adapter's LoRA weights (same rank and targets) instead of PEFT's
+    /// initialization: training continues it on `records`.
+    pub init_adapter: Option<&'a Path>,
 }
 
 /// Rows of the loss head per chunk (bounds the `[rows, vocab]` logits held at once).
@@ -86,11 +89,16 @@ pub fn train(req: TrainRequest<'_>, on_step: &mut dyn FnMut(&StepLog)) -> Result
     let plan = Plan::new(&examples, cfg);
     let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
     let mut trainer = Trainer::new(model, cfg, pad);
-    let fingerprint = fingerprint(cfg, &examples, req.model);
+    let fingerprint = fingerprint(cfg, &examples, req.model, req.init_adapter);
     let checkpoint_dir = req.out_dir.join("checkpoint");
     let mut state = match load_checkpoint(&checkpoint_dir, &fingerprint, &trainer.named, &mut trainer.optimizer)? {
         Some(state) => state,
-        None => RunState { fingerprint: fingerprint.clone(), ..RunState::default() },
+        None => {
+            if let Some(dir) = req.init_adapter {
+                init_from_adapter(&trainer.named, dir)?;
+            }
+            RunState { fingerprint: fingerprint.clone(), ..RunState::default() }
+        }
     };
     let resumed_from_step = state.step;
     std::fs::create_dir_all(req.out_dir).map_err(|source| TrainError::Io { path: req.out_dir.into(), source })?;
@@ -397,7 +405,26 @@ struct RunState {
     loss_tokens: u64,
 }
 
-fn fingerprint(cfg: &TrainConfig, examples: &[Example], model: &Path) -> String {
+/// Copies an earlier adapter's weights into the trainer's LoRA tensors (by name); the
+/// adapter must have exactly the tensors and shapes this training has (same rank, same
+/// target modules, same model).
+fn init_from_adapter(named: &[(String, Tensor)], dir: &Path) -> Result<(), TrainError> {
+    let (_, tensors) = swegym_lm::lora::read_adapter(dir)?;
+    let problem = |p: String| TrainError::Data { path: dir.to_path_buf(), problem: format!("cannot start from this adapter: {p}") };
+    for (name, t) in named {
+        let src = tensors.get(name).ok_or_else(|| problem(format!("it has no tensor {name} (another rank, target modules or model?)")))?;
+        if src.size() != t.size() {
+            return Err(problem(format!("tensor {name} has shape {:?}, this training needs {:?} (another rank?)", src.size(), t.size())));
+        }
+        tch::no_grad(|| t.shallow_clone().copy_(&src.to_kind(t.kind()).to_device(t.device())));
+    }
+    if tensors.len() != named.len() {
+        return Err(problem(format!("it has {} tensors, this training {} (other target modules?)", tensors.len(), named.len())));
+    }
+    Ok(())
+}
+
+fn fingerprint(cfg: &TrainConfig, examples: &[Example], model: &Path, init_adapter: Option<&Path>) -> String {
     use std::hash::{Hash, Hasher};
     // FNV-1a over the config, the model path and every token: stable across processes
     struct Fnv(u64);
@@ -414,6 +441,9 @@ fn fingerprint(cfg: &TrainConfig, examples: &[Example], model: &Path) -> String 
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     serde_json::to_string(cfg).expect("config json").hash(&mut h);
     model.display().to_string().hash(&mut h);
+    if let Some(dir) = init_adapter {
+        dir.display().to_string().hash(&mut h);
+    }
     for ex in examples {
         ex.ids.hash(&mut h);
         ex.loss_mask.hash(&mut h);

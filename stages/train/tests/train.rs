@@ -50,7 +50,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn train(model: &Path, records: &[SftRecord], out: &Path, cfg: &TrainConfig, on_step: &mut dyn FnMut(&StepLog)) -> swegym_train::TrainSummary {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     swegym_train::train(
-        TrainRequest { model, records, data_name: "test records", out_dir: out, config: cfg, device: tch::Device::Cpu },
+        TrainRequest { model, records, data_name: "test records", out_dir: out, config: cfg, device: tch::Device::Cpu, init_adapter: None },
         on_step,
     )
     .unwrap()
@@ -75,6 +75,29 @@ fn loss_falls_on_memorised_chats_and_drops_are_counted() {
     // so its loss cannot fall far below ln(vocab); SmolLM2 memorises outright (tests/train.rs)
     assert!(s.loss_last < s.loss_first - 0.5, "{} → {}", s.loss_first, s.loss_last);
     assert!(out.join("adapter_model.safetensors").exists() && out.join("adapter_config.json").exists());
+}
+
+#[test]
+fn training_can_continue_from_an_earlier_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    let records = vec![record("capital of France?", Some("Paris.")), record("2 + 2?", Some("4, of course."))];
+    let cfg = config("learning_rate = 1e-2\nwarmup_steps = 1\nepochs = 20\nthreads = 1\n");
+    let first = dir.path().join("first");
+    let s1 = train(&model, &records, &first, &cfg, &mut |_| {});
+    // Continued on the same data, the loss starts where the first training ended.
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let second = dir.path().join("second");
+    let req = TrainRequest { model: &model, records: &records, data_name: "test records", out_dir: &second, config: &cfg, device: tch::Device::Cpu, init_adapter: Some(&first) };
+    let s2 = swegym_train::train(req, &mut |_| {}).unwrap();
+    let (end1, start2, start1) = (*s1.losses.last().unwrap(), s2.losses[0], s1.losses[0]);
+    assert!(end1 < start1 && start2 < (start1 + end1) / 2.0, "first {start1} → {end1}, continued from {start2}");
+    // An adapter of another rank is refused by name.
+    let other = config("lora_r = 4\nepochs = 1\nthreads = 1\n");
+    let req = TrainRequest { model: &model, records: &records, data_name: "test records", out_dir: &dir.path().join("third"), config: &other, device: tch::Device::Cpu, init_adapter: Some(&first) };
+    let err = swegym_train::train(req, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("cannot start from this adapter") && err.contains("shape"), "{err}");
 }
 
 #[test]
