@@ -419,9 +419,7 @@ impl Runner {
         let base_skipped = self.cfg.warm_start.as_ref().is_some_and(|w| !w.samples_base());
         if split == SplitKind::Train && iteration == 0 && base_skipped {
             // Iteration 0 is the warm start alone: the base policy samples nothing.
-            swegym_schema::rollout::write_rollouts(out, &[])?;
-            let line = "skipped: [warm_start] sample_base = false (iteration 0 trains on the warm-start data alone)".to_string();
-            return Ok((vec![out.to_path_buf()], SampleDetails { line, policy_id: "none".into(), rollouts: 0, ran: 0, resumed: 0 }));
+            return no_sampling(out, "[warm_start] sample_base = false (iteration 0 trains on the warm-start data alone)");
         }
         self.sample_stage_k(split, choice, iteration, k, out, what).await
     }
@@ -442,9 +440,7 @@ impl Runner {
                 curriculum_tasks = self.train_tasks.iter().filter(|t| !solved.contains(&t.instance_id)).cloned().collect::<Vec<_>>();
                 println!("iter {iteration}: curriculum: {} of {} train tasks (not the {} solved in every rollout when last sampled)", curriculum_tasks.len(), self.train_tasks.len(), solved.len());
                 if curriculum_tasks.is_empty() {
-                    swegym_schema::rollout::write_rollouts(out, &[])?;
-                    let line = "skipped: every train task was solved in every rollout (curriculum skip_solved)".to_string();
-                    return Ok((vec![out.to_path_buf()], SampleDetails { line, policy_id: "none".into(), rollouts: 0, ran: 0, resumed: 0 }));
+                    return no_sampling(out, "every train task was solved in every rollout (curriculum skip_solved)");
                 }
                 &curriculum_tasks
             }
@@ -843,21 +839,21 @@ impl Runner {
 fn solved_when_last_sampled(per_iteration: &[Vec<Rollout>]) -> std::collections::BTreeSet<String> {
     let mut solved = std::collections::BTreeSet::new();
     for rollouts in per_iteration {
-        let mut by_task: std::collections::BTreeMap<&str, (usize, usize)> = std::collections::BTreeMap::new();
-        for r in rollouts {
-            let e = by_task.entry(r.instance_id.as_str()).or_default();
-            e.0 += 1;
-            e.1 += usize::from(r.resolved == Some(true));
-        }
-        for (id, (n, ok)) in by_task {
-            if ok == n {
-                solved.insert(id.to_string());
+        for (id, outcome) in swegym_schema::per_task(rollouts) {
+            if outcome.resolved >= 1.0 {
+                solved.insert(id);
             } else {
-                solved.remove(id);
+                solved.remove(&id);
             }
         }
     }
     solved
+}
+
+/// A sampling stage that samples nothing (an empty rollouts file) and says why.
+fn no_sampling(out: &Path, why: &str) -> anyhow::Result<(Vec<PathBuf>, SampleDetails)> {
+    swegym_schema::rollout::write_rollouts(out, &[])?;
+    Ok((vec![out.to_path_buf()], SampleDetails { line: format!("skipped: {why}"), policy_id: "none".into(), rollouts: 0, ran: 0, resumed: 0 }))
 }
 
 /// A scores Parquet the run wrote (a missing or unreadable one is a broken run folder).

@@ -15,7 +15,7 @@ pub mod stats;
 pub mod task;
 pub mod verdict;
 
-pub use metrics::{task_mix, AtK, FilterCounts, IterationMetrics, SplitMetrics, Submitter, TaskMix, TaskOutcome, TrainMetrics};
+pub use metrics::{per_task, task_mix, AtK, FilterCounts, IterationMetrics, SplitMetrics, Submitter, TaskMix, TaskOutcome, TrainMetrics};
 pub use prediction::{load_predictions, Prediction};
 pub use rollout::{ExitReason, Message, Role, Rollout};
 pub use sft::{read_sft, write_sft, SftRecord};

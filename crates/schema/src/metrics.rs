@@ -150,7 +150,7 @@ impl SplitMetrics {
 }
 
 /// Per task: the share of its rollouts resolved and with an empty patch.
-fn per_task(rollouts: &[Rollout]) -> BTreeMap<String, TaskOutcome> {
+pub fn per_task(rollouts: &[Rollout]) -> BTreeMap<String, TaskOutcome> {
     let mut counts: BTreeMap<String, (u32, u32, u32)> = BTreeMap::new();
     for r in rollouts {
         let c = counts.entry(r.instance_id.clone()).or_default();

@@ -3,8 +3,8 @@
 //! instruction), observations (`EXECUTION RESULT of [NAME]:` user messages, head + tail
 //! truncated), and the character-based token estimate used when a policy has no tokenizer.
 //!
-//! Two scaffolds ([`Scaffold`]): `openhands`, the prompts above (~1.6k tokens before the
-//! task), and `compact`, for small models: a ~150-token system prompt with one worked call,
+//! Two scaffolds ([`Scaffold`]): `openhands`, the prompts above (~1.4k tokens before the
+//! task), and `compact`, for small models: a ~660-character system prompt with one worked call,
 //! the same three tools and the same `<function=…>` call format (so SFT data stays in the
 //! OpenHands function-call form), and a task prompt that is the issue and one instruction.
 
