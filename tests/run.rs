@@ -547,3 +547,48 @@ fn smoke_run_with_a_verifier_keeps_and_submits_its_picks() {
     let m0_again = read_json(&it.join("metrics.json"));
     assert_eq!(m0_again["test"]["at_k"], m0["test"]["at_k"]);
 }
+
+/// The curriculum's budget and the warm-start ablation on the smoke config: with
+/// `tasks_per_iteration = 1` iteration 0 samples one of the two train tasks and iteration 1
+/// the other (not sampled yet beats never solved); with `rft_data = "warm_start"` and
+/// `keep = "all"`, iteration 1 trains on the oracle's trajectory of the task it kept, not
+/// on the policy's rollout.
+#[test]
+fn smoke_run_with_a_task_budget_and_the_warm_start_ablation() {
+    if !slow("smoke_run_with_a_task_budget_and_the_warm_start_ablation") {
+        return;
+    }
+    ensure_tiny_model();
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo_root().join("configs/smoke.toml"))
+        .unwrap()
+        .replace("seed = 0 ", "seed = 0\nadapters = \"continue\"\nrft_data = \"warm_start\" ")
+        .replace("rollouts_per_task = 1       #", "rollouts_per_task = 1\ntasks_per_iteration = 1\ncurriculum = \"skip_solved\" #")
+        .replace("keep = \"resolved\"", "keep = \"all\"")
+        .replace("path = \"../datasets/", &format!("path = \"{}/datasets/", repo_root().display()))
+        .replace("${SWEGYM_CACHE}", &cache_root().display().to_string());
+    assert!(text.contains("tasks_per_iteration = 1") && text.contains("rft_data") && text.contains("keep = \"all\""), "the smoke config changed: {text}");
+    let config = tmp.path().join("budget.toml");
+    std::fs::write(&config, text).unwrap();
+    let run = tmp.path().join("run");
+    let out = run_ok(swegym().args(["run"]).arg(&config).arg("--run-dir").arg(&run));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("iter 1: curriculum: 1 of 2 train tasks: 0 solved sometimes, 1 not sampled yet, 0 never solved"), "{stdout}");
+    let tasks_of = |file: &str| -> std::collections::BTreeSet<String> {
+        swegym_schema::rollout::read_rollouts(&run.join(file)).unwrap().into_iter().map(|r| r.instance_id).collect()
+    };
+    let (first, second) = (tasks_of("iter-000/rollouts.parquet"), tasks_of("iter-001/rollouts.parquet"));
+    assert_eq!((first.len(), second.len()), (1, 1), "{first:?} {second:?}");
+    assert!(first.is_disjoint(&second), "iteration 1 samples the task iteration 0 did not: {first:?} {second:?}");
+    // Iteration 1 kept the policy's rollout and trained on the oracle's trajectory instead.
+    let m1 = read_json(&run.join("iter-001/metrics.json"));
+    assert_eq!(m1["kept"], 1, "{m1}");
+    let sft = read_parquet_with_pyarrow(&run.join("iter-001/sft.parquet"));
+    let rows = sft.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{sft}");
+    assert_eq!(rows[0]["source"], "oracle", "{}", rows[0]);
+    assert_eq!(rows[0]["resolved"], true);
+    assert!(second.contains(rows[0]["instance_id"].as_str().unwrap()), "{}", rows[0]);
+    let export = read_json(&run.join("iter-001/export.manifest.json"));
+    assert!(export.to_string().contains("the warm-start trajectories of the 1 kept rollouts' tasks"), "{export}");
+}

@@ -179,6 +179,15 @@ fn bad_inputs_fail_naming_the_file_and_the_problem() {
     let e = fails(swegym().args(["train", "--model"]).arg(&missing).arg("--data").arg(&empty).arg("--out").arg(&out), 3);
     assert!(e.contains("nope.gguf"), "{e}");
 
+    // The flags are held to the config's rules: zero steps would write an untrained adapter
+    // with a NaN loss.
+    let zero = dir.path().join("zero");
+    for (flag, value, what) in [("--max-steps", "0", "at least 1"), ("--epochs", "0", "positive"), ("--lr", "0", "positive"), ("--max-seq-len", "0", "at least 1")] {
+        let e = fails(swegym().args(["train", "--device", "cpu", flag, value, "--model"]).arg(&tiny).arg("--data").arg(&empty).arg("--out").arg(&zero), 2);
+        assert!(e.contains(flag) && e.contains(what), "{flag} {value}: {e}");
+    }
+    assert!(!zero.exists(), "nothing written for a refused flag");
+
     let bad_cfg = dir.path().join("bad.toml");
     std::fs::write(&bad_cfg, "[train]\nlora_rank = 8\n").unwrap();
     let e = fails(swegym().args(["train", "--model"]).arg(&tiny).arg("--data").arg(&empty).arg("--out").arg(&out).arg("--config").arg(&bad_cfg), 3);
@@ -187,7 +196,10 @@ fn bad_inputs_fail_naming_the_file_and_the_problem() {
     // an adapter of the tiny model onto SmolLM2: another model size
     let data = dir.path().join("facts.jsonl");
     write_sft(&data, FACTS);
-    run_ok(&mut train(&data, &out));
+    run_ok(train(&data, &out).args(["--base-model-name", "HuggingFaceTB/SmolLM2-135M-Instruct"]));
+    // PEFT's AutoPeftModel loads the base by this name (a .gguf path it cannot).
+    let recorded: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(recorded["base_model_name_or_path"], "HuggingFaceTB/SmolLM2-135M-Instruct");
     let logits = |adapter: &Path| {
         let mut cmd = swegym();
         cmd.args(["lm", "logits", "--device", "cpu", "--text", "hi", "--model"]).arg(gguf()).arg("--adapter").arg(adapter);

@@ -23,8 +23,9 @@ fn jsonl(rows: &[serde_json::Value]) -> String {
     rows.iter().map(|r| format!("{r}\n")).collect()
 }
 
-/// A patch that adds one module nothing imports: code, so not an empty patch (a comment-only
-/// one already is), yet nothing any test can see.
+/// A patch that adds one module nothing imports: not an empty patch (it adds a line, as a
+/// comment-only patch does), yet nothing any test can see — a no-op to the tests, which a
+/// task without FAIL_TO_PASS would otherwise grade resolved.
 const NO_OP_PATCH: &str = "diff --git a/src/marshmallow/_note.py b/src/marshmallow/_note.py\nnew file mode 100644\n--- /dev/null\n+++ b/src/marshmallow/_note.py\n@@ -0,0 +1 @@\n+NOTE = \"nothing to see here\"\n";
 
 /// A patch to marshmallow's `__init__.py` (3.0.0), imported before any test runs, that

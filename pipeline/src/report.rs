@@ -41,7 +41,10 @@ pub fn load_report(root: &Path) -> anyhow::Result<RunReport> {
     let zero_shot: Option<SplitMetrics> = if zero.exists() { Some(read_json(&zero)?) } else { None };
     let iterations: Vec<IterationMetrics> =
         dir.finished_iterations().into_iter().map(|i| read_json(&dir.iter_dir(i).join("metrics.json"))).collect::<anyhow::Result<_>>()?;
-    Ok(RunReport { run: info.name, zero_shot, iterations })
+    // The config's own description of the run ([run] about), when it has one.
+    let config: serde_json::Value = read_json(&root.join("config.json")).unwrap_or_default();
+    let about = config["run"]["about"].as_str().map(str::to_string);
+    Ok(RunReport { run: info.name, about, zero_shot, iterations })
 }
 
 /// A verifier's Pass@k / Best@k / Random@k as the report's curves.

@@ -41,6 +41,7 @@
 //! flight.
 
 pub mod config;
+mod curriculum;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,7 +62,7 @@ use swegym_schema::{AtK, FilterCounts, IterationMetrics, Message, SplitMetrics, 
 use swegym_verifier::{Judge, ScalingOptions, ScoreOptions, ScoreRow, Scored};
 use tracing::Instrument;
 
-use self::config::{Adapters, Curriculum, PathEnv, PolicyKind, RunConfig, SplitKind, SplitSection, WarmStart};
+use self::config::{Adapters, Curriculum, PathEnv, PolicyKind, RftData, RunConfig, SplitKind, SplitSection, WarmStart};
 use crate::run_dir::{read_json, unix_now, write_json_atomic, RunDir, RunInfo};
 use crate::run_dir::manifest::{
     EvalDetails, EvalScoreDetails, EvalScoring, ExportDetails, FilterDetails, Manifest, Reused, SampleDetails, ScoreDetails, Stage, StageDetails, TrainDetails,
@@ -435,13 +436,17 @@ impl Runner {
     ) -> anyhow::Result<(Vec<PathBuf>, SampleDetails)> {
         let curriculum_tasks;
         let tasks = match split {
-            SplitKind::Train if iteration > 0 && self.cfg.sampling.curriculum == Curriculum::SkipSolved && !matches!(choice, PolicyChoice::Oracle) => {
-                let solved = self.solved_every_time(iteration)?;
-                curriculum_tasks = self.train_tasks.iter().filter(|t| !solved.contains(&t.instance_id)).cloned().collect::<Vec<_>>();
-                println!("iter {iteration}: curriculum: {} of {} train tasks (not the {} solved in every rollout when last sampled)", curriculum_tasks.len(), self.train_tasks.len(), solved.len());
-                if curriculum_tasks.is_empty() {
+            SplitKind::Train
+                if !matches!(choice, PolicyChoice::Oracle)
+                    && (iteration > 0 && self.cfg.sampling.curriculum == Curriculum::SkipSolved || self.cfg.sampling.tasks_per_iteration.is_some()) =>
+            {
+                let skip_solved = self.cfg.sampling.curriculum == Curriculum::SkipSolved;
+                let pick = curriculum::pick(&self.train_tasks, &self.train_history(iteration)?, skip_solved, self.cfg.sampling.tasks_per_iteration, self.cfg.run.seed);
+                println!("iter {iteration}: curriculum: {}", pick.counts.line(self.train_tasks.len()));
+                if pick.tasks.is_empty() {
                     return no_sampling(out, "every train task was solved in every rollout (curriculum skip_solved)");
                 }
+                curriculum_tasks = pick.tasks;
                 &curriculum_tasks
             }
             SplitKind::Train => &self.train_tasks,
@@ -504,17 +509,15 @@ impl Runner {
         Ok((vec![out.to_path_buf()], SampleDetails { line, policy_id, rollouts: m.rollouts as usize, ran, resumed }))
     }
 
-    /// The train tasks that, the last time an iteration before `iteration` sampled them,
-    /// were solved in every rollout (the curriculum's skip list).
-    fn solved_every_time(&self, iteration: u32) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    /// The graded train rollouts of iterations 0..iteration (empty where one sampled
+    /// nothing), what the curriculum picks from.
+    fn train_history(&self, iteration: u32) -> anyhow::Result<Vec<Vec<Rollout>>> {
         let mut per_iteration = Vec::new();
         for j in 0..iteration {
             let path = self.dir.iter_dir(j).join("rollouts.parquet");
-            if path.exists() {
-                per_iteration.push(read_rollouts(&path)?);
-            }
+            per_iteration.push(if path.exists() { read_rollouts(&path)? } else { Vec::new() });
         }
-        Ok(solved_when_last_sampled(&per_iteration))
+        Ok(per_iteration)
     }
 
     async fn build_policy(&self, choice: &PolicyChoice) -> anyhow::Result<Arc<dyn Policy>> {
@@ -724,6 +727,9 @@ impl Runner {
         let decisions = read_json::<FilterFileRows>(&dir.join("filter.json"))?.decisions;
         anyhow::ensure!(decisions.len() == all.len(), "{}: {} decisions for {} rollouts (rerun after deleting filter.*)", dir.display(), decisions.len(), all.len());
         let kept: Vec<usize> = decisions.iter().zip(&all).enumerate().filter(|(_, (d, r))| d.keeps(r)).map(|(j, _)| j).collect();
+        if i > 0 && self.cfg.run.rft_data == RftData::WarmStart {
+            return self.export_warm_start_instead(dir, &all, &kept);
+        }
         let mut records = swegym_export::records_from_rollouts(&all, &kept);
         let mut warm_records = 0;
         if let (Some(WarmStart::Sft { path, .. }), 0) = (&self.cfg.warm_start, i) {
@@ -735,6 +741,38 @@ impl Runner {
         let summary = swegym_export::write_records(&out, &records)?;
         let line = format!("{} SFT records ({} from rollouts, {} from the warm-start file) on {} tasks", summary.records, kept.len(), warm_records, summary.instances);
         Ok((vec![out], ExportDetails { line, records: summary.records as u64, warm_start_records: warm_records as u64, summary }))
+    }
+
+    /// `[run] rft_data = "warm_start"` (an ablation): for each rollout the filter kept, the
+    /// warm-start (oracle) trajectory of the same task instead — the same tasks and steps,
+    /// none of the policy's own data.
+    fn export_warm_start_instead(&self, dir: &Path, all: &[Rollout], kept: &[usize]) -> anyhow::Result<(Vec<PathBuf>, ExportDetails)> {
+        let warm_path = self.dir.iter_dir(0).join("warm_start.parquet");
+        let warm = read_rollouts(&warm_path).with_context(|| format!("{} (rft_data = \"warm_start\" reads it)", warm_path.display()))?;
+        let mut used: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut picked = Vec::new();
+        let mut missing = 0;
+        for &j in kept {
+            let id = all[j].instance_id.as_str();
+            let of_task: Vec<usize> = (0..warm.len()).filter(|&w| warm[w].instance_id == id && warm[w].resolved == Some(true)).collect();
+            if of_task.is_empty() {
+                missing += 1;
+                continue;
+            }
+            let n = used.entry(id).or_default();
+            picked.push(of_task[*n % of_task.len()]);
+            *n += 1;
+        }
+        let records = swegym_export::records_from_rollouts(&warm, &picked);
+        let out = dir.join("sft.parquet");
+        let summary = swegym_export::write_records(&out, &records)?;
+        let line = format!(
+            "{} SFT records: the warm-start trajectories of the {} kept rollouts' tasks (rft_data = \"warm_start\"; {missing} kept without a resolved warm-start trajectory) on {} tasks",
+            summary.records,
+            kept.len(),
+            summary.instances
+        );
+        Ok((vec![out], ExportDetails { line, records: summary.records as u64, warm_start_records: summary.records as u64, summary }))
     }
 
     async fn train_stage(&self, i: u32, previous: Option<PathBuf>) -> anyhow::Result<(Vec<PathBuf>, TrainDetails)> {
@@ -755,6 +793,7 @@ impl Runner {
             Adapters::FromBase => ((0..=i).map(|j| self.dir.iter_dir(j).join("sft.parquet")).collect(), None),
             Adapters::Continue => (vec![dir.join("sft.parquet")], previous.clone()),
         };
+        let continues = init.is_some();
         let records = swegym_export::concat_datasets(&files, true)?;
         let out = dir.join("adapter");
         let partial = dir.join("adapter.partial");
@@ -807,14 +846,28 @@ impl Runner {
                 Err(e) => return Err(Exit::bad_input(format!("training adapter {i}: {e}"))),
             }
         };
-        let line = format!(
-            "{} steps on {} examples (cumulative), loss {:.4} → {:.4}, {} tokens",
+        let data = match (self.cfg.run.adapters, continues) {
+            (Adapters::FromBase, _) if i == 0 => "from the base",
+            (Adapters::FromBase, _) => "cumulative, from the base",
+            (Adapters::Continue, true) => "this iteration's, continuing the previous adapter",
+            (Adapters::Continue, false) => "this iteration's, from the base",
+        };
+        let mut line = format!(
+            "{} steps on {} examples ({data}), loss {:.4} → {:.4}, {} tokens",
             summary.steps,
             summary.examples_used,
             summary.loss_first.unwrap_or(f64::NAN),
             summary.loss_last.unwrap_or(f64::NAN),
             summary.tokens
         );
+        let (warmup, peak) = (self.cfg.train.warmup_steps as u64, self.cfg.train.learning_rate);
+        if summary.steps <= warmup {
+            // Linear warm-up from 0 that the run never finished: say how small the update was.
+            let reached = peak * summary.steps.saturating_sub(1) as f64 / warmup.max(1) as f64;
+            line.push_str(&format!(
+                "; all of it warm-up ({warmup} steps): the learning rate reached {reached:.1e} of {peak:.1e}"
+            ));
+        }
         let details =
             TrainDetails { line, trained: true, skipped_reason: None, adapter: Some(self.dir.rel(&out)), examples: Some(summary.examples_total), summary: Some(summary) };
         Ok((vec![out.clone()], details))
@@ -836,20 +889,6 @@ impl Runner {
 
 /// Given the train rollouts of iterations in order, the tasks that the last iteration to
 /// sample them solved in every rollout.
-fn solved_when_last_sampled(per_iteration: &[Vec<Rollout>]) -> std::collections::BTreeSet<String> {
-    let mut solved = std::collections::BTreeSet::new();
-    for rollouts in per_iteration {
-        for (id, outcome) in swegym_schema::per_task(rollouts) {
-            if outcome.resolved >= 1.0 {
-                solved.insert(id);
-            } else {
-                solved.remove(&id);
-            }
-        }
-    }
-    solved
-}
-
 /// A sampling stage that samples nothing (an empty rollouts file) and says why.
 fn no_sampling(out: &Path, why: &str) -> anyhow::Result<(Vec<PathBuf>, SampleDetails)> {
     swegym_schema::rollout::write_rollouts(out, &[])?;
@@ -904,32 +943,4 @@ struct FilterFile<'a> {
 #[derive(serde::Deserialize)]
 struct FilterFileRows {
     decisions: Vec<DecisionRow>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rollout(id: &str, resolved: bool) -> Rollout {
-        let mut r: Rollout = serde_json::from_value(json!({
-            "instance_id": id, "sample_idx": 0, "iteration": 0, "policy_id": "p", "messages": [], "patch": "",
-            "empty_patch": false, "exit_reason": "submitted", "turns": 1, "prompt_tokens": 0, "completion_tokens": 0,
-            "wall_seconds": 0.0, "temperature": 1.0, "seed": 0,
-        }))
-        .unwrap();
-        r.resolved = Some(resolved);
-        r
-    }
-
-    #[test]
-    fn the_curriculum_skips_tasks_solved_in_every_rollout_when_last_sampled() {
-        let it0 = vec![rollout("a", true), rollout("a", true), rollout("b", true), rollout("b", false), rollout("c", true), rollout("c", true)];
-        // iteration 1 skipped a and c; it sampled b (solved twice now) and c again (failed once)
-        let it1 = vec![rollout("b", true), rollout("b", true), rollout("c", true), rollout("c", false)];
-        let solved = solved_when_last_sampled(std::slice::from_ref(&it0));
-        assert_eq!(solved.into_iter().collect::<Vec<_>>(), ["a", "c"]);
-        let solved = solved_when_last_sampled(&[it0, it1]);
-        assert_eq!(solved.into_iter().collect::<Vec<_>>(), ["a", "b"], "a from iteration 0, b from 1; c failed once in 1");
-        assert!(solved_when_last_sampled(&[vec![], vec![]]).is_empty());
-    }
 }

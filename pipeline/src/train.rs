@@ -36,24 +36,29 @@ pub struct TrainArgs {
     /// Overrides `threads` (libtorch intra-op threads).
     #[arg(long)]
     pub threads: Option<i32>,
-    /// Overrides `max_steps`.
-    #[arg(long)]
+    /// Overrides `max_steps` (at least 1).
+    #[arg(long, value_parser = at_least_one)]
     pub max_steps: Option<usize>,
-    /// Overrides `epochs`.
-    #[arg(long)]
+    /// Overrides `epochs` (positive; may be fractional).
+    #[arg(long, value_parser = positive_number)]
     pub epochs: Option<f64>,
-    /// Overrides `learning_rate`.
-    #[arg(long)]
+    /// Overrides `learning_rate` (positive).
+    #[arg(long, value_parser = positive_number)]
     pub lr: Option<f64>,
     /// Overrides `seed`.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Overrides `checkpoint_every`.
-    #[arg(long)]
+    /// Overrides `checkpoint_every` (at least 1).
+    #[arg(long, value_parser = at_least_one)]
     pub checkpoint_every: Option<usize>,
-    /// Overrides `max_seq_len`.
-    #[arg(long)]
+    /// Overrides `max_seq_len` (at least 1).
+    #[arg(long, value_parser = at_least_one)]
     pub max_seq_len: Option<usize>,
+    /// Overrides `base_model_name`: the base model's name as PEFT loads it, recorded as the
+    /// adapter's `base_model_name_or_path` (e.g. HuggingFaceTB/SmolLM2-135M-Instruct; without
+    /// it, the model file's path).
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub base_model_name: Option<String>,
     /// Continue an earlier adapter (same rank and target modules) instead of starting a
     /// fresh one.
     #[arg(long)]
@@ -61,6 +66,24 @@ pub struct TrainArgs {
     /// One JSON line per step on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The overrides are held to the config file's own rules (a zero-step run would write an
+/// adapter that nothing trained, with a NaN loss).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+fn positive_number(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(x) => Err(format!("must be a positive number, got {x}")),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
 }
 
 impl TrainArgs {
@@ -96,6 +119,9 @@ impl TrainArgs {
         }
         if let Some(n) = self.checkpoint_every {
             cfg.checkpoint_every = n;
+        }
+        if let Some(name) = &self.base_model_name {
+            cfg.base_model_name = Some(name.clone());
         }
         if let Some(n) = self.max_seq_len {
             cfg.max_seq_len = n;

@@ -58,6 +58,8 @@ struct RawRun {
     iterations: Option<u32>,
     seed: Option<u64>,
     adapters: Option<String>,
+    rft_data: Option<String>,
+    about: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +135,7 @@ struct RawSampling {
     eval_rollouts_per_task: Option<u32>,
     best_of_temperature: Option<f64>,
     curriculum: Option<String>,
+    tasks_per_iteration: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +217,31 @@ pub struct RunSection {
     /// the JSON when the default (old runs keep their hash).
     #[serde(skip_serializing_if = "Adapters::is_from_base")]
     pub adapters: Adapters,
+    /// What iterations i ≥ 1 train on: the kept rollouts (default), or — an ablation — the
+    /// warm-start (oracle) trajectories of the tasks the filter kept, one per kept rollout:
+    /// the same tasks and steps without the policy's own data. Left out of the JSON when
+    /// the default.
+    #[serde(skip_serializing_if = "RftData::is_own")]
+    pub rft_data: RftData,
+    /// What the run is for and what it can and cannot show, in the config's words; the
+    /// report prints it first. It may change when a run is resumed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub about: Option<String>,
+}
+
+/// See [`RunSection::rft_data`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RftData {
+    #[default]
+    Own,
+    WarmStart,
+}
+
+impl RftData {
+    fn is_own(&self) -> bool {
+        *self == RftData::Own
+    }
 }
 
 /// See [`RunSection::adapters`].
@@ -326,6 +354,11 @@ pub struct SamplingSection {
     /// nothing new; their kept rollouts stay in the data). Left out of the JSON when all.
     #[serde(skip_serializing_if = "Curriculum::is_all")]
     pub curriculum: Curriculum,
+    /// At most this many train tasks per policy-sampling stage, picked by the curriculum
+    /// (solved sometimes when last sampled first, then not sampled yet, then never solved;
+    /// `run/curriculum.rs`). None (default, left out of the JSON): every eligible task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks_per_iteration: Option<usize>,
 }
 
 /// See [`SamplingSection::curriculum`].
@@ -547,7 +580,13 @@ impl Resolver {
             Some("continue") => Adapters::Continue,
             Some(other) => return Err(self.err("[run] adapters", format!("unknown value {other:?}; one of: from_base, continue"))),
         };
-        let run = RunSection { name, iterations, seed: run_raw.seed.unwrap_or(0), adapters };
+        let rft_data = match run_raw.rft_data.as_deref() {
+            None | Some("own") => RftData::Own,
+            Some("warm_start") => RftData::WarmStart,
+            Some(other) => return Err(self.err("[run] rft_data", format!("unknown value {other:?}; one of: own, warm_start"))),
+        };
+        let about = run_raw.about.map(|a| a.trim().to_string()).filter(|a| !a.is_empty());
+        let run = RunSection { name, iterations, seed: run_raw.seed.unwrap_or(0), adapters, rft_data, about };
 
         let policy = self.policy(raw.policy.ok_or_else(|| self.err("[policy]", "missing (the model to train is required)"))?)?;
         let dataset = self.dataset(raw.dataset.ok_or_else(|| self.err("[dataset]", "missing"))?, run.seed)?;
@@ -605,7 +644,10 @@ impl Resolver {
             Some("skip_solved") => Curriculum::SkipSolved,
             Some(other) => return Err(self.err("[sampling] curriculum", format!("unknown value {other:?}; one of: all, skip_solved"))),
         };
-        let sampling = SamplingSection { rollouts_per_task, eval_rollouts_per_task, best_of_temperature, curriculum };
+        if s.tasks_per_iteration == Some(0) {
+            return Err(self.err("[sampling] tasks_per_iteration", "must be at least 1 (leave it out to sample every train task)"));
+        }
+        let sampling = SamplingSection { rollouts_per_task, eval_rollouts_per_task, best_of_temperature, curriculum, tasks_per_iteration: s.tasks_per_iteration };
 
         let mut filter = raw.filter.unwrap_or_default().resolve(&format!("{}: [filter]", self.file)).map_err(|e| ConfigError {
             file: self.file.clone(),
@@ -634,6 +676,9 @@ impl Resolver {
             None => None,
             Some(w) => Some(self.warm_start(w)?),
         };
+        if run.rft_data == RftData::WarmStart && !matches!(warm_start, Some(WarmStart::Oracle { .. })) {
+            return Err(self.err("[run] rft_data", "\"warm_start\" needs [warm_start] source = \"oracle\" (its trajectories replace the kept rollouts)"));
+        }
         Ok(RunConfig { run, dataset, sandbox, policy, agent, sampling, filter, train, warm_start, verifier })
     }
 
@@ -1035,7 +1080,7 @@ max_steps = 2
     fn resolves_defaults_paths_and_selection() {
         let (dir, cfg) = fixture(GOOD);
         let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
-        assert_eq!(c.run, RunSection { name: "c".into(), iterations: 3, seed: 7, adapters: Adapters::FromBase });
+        assert_eq!(c.run, RunSection { name: "c".into(), iterations: 3, seed: 7, adapters: Adapters::FromBase, rft_data: RftData::Own, about: None });
         assert_eq!(c.dataset.train.instance_ids, ["a-1", "a-2"]);
         assert_eq!(c.dataset.train.split, "train");
         assert_eq!(c.dataset.test.instance_ids, ["b-1"]);
@@ -1087,7 +1132,10 @@ max_steps = 2
             (GOOD.replace("limit = 2\n", "tiers = [\"easy\"]\n"), "no task of the split has the tiers and kinds"),
             (GOOD.replace("[train]", "[agent]\nscaffold = \"tiny\"\n[train]"), "[agent] scaffold: unknown scaffold \"tiny\""),
             (GOOD.replace("seed = 7", "seed = 7\nadapters = \"stack\""), "[run] adapters: unknown value \"stack\""),
+            (GOOD.replace("seed = 7", "seed = 7\nrft_data = \"oracle\""), "[run] rft_data: unknown value \"oracle\""),
+            (GOOD.replace("seed = 7", "seed = 7\nrft_data = \"warm_start\""), "[run] rft_data: \"warm_start\" needs [warm_start] source = \"oracle\""),
             (GOOD.replace("[train]", "[sampling]\ncurriculum = \"hardest\"\n[train]"), "[sampling] curriculum: unknown value \"hardest\""),
+            (GOOD.replace("[train]", "[sampling]\ntasks_per_iteration = 0\n[train]"), "[sampling] tasks_per_iteration: must be at least 1"),
         ] {
             let (dir, cfg) = fixture(&text);
             let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
@@ -1097,11 +1145,21 @@ max_steps = 2
         let (dir, cfg) = fixture(&format!("{GOOD}[warm_start]\nsource = \"oracle\"\n"));
         let json = load(&cfg, None, &env(dir.path())).unwrap().0.to_json();
         assert!(json["agent"].get("scaffold").is_none() && json["warm_start"]["source"] == "oracle" && json["warm_start"].get("sample_base").is_none(), "{json}");
-        assert!(json["run"].get("adapters").is_none() && json["sampling"].get("curriculum").is_none(), "{json}");
+        assert!(json["run"].get("adapters").is_none() && json["run"].get("rft_data").is_none() && json["sampling"].get("curriculum").is_none(), "{json}");
+        assert!(json["sampling"].get("tasks_per_iteration").is_none(), "{json}");
         let (dir, cfg) = fixture(&GOOD.replace("[train]", "[sampling]\ncurriculum = \"skip_solved\"\n[train]"));
         assert_eq!(load(&cfg, None, &env(dir.path())).unwrap().0.sampling.curriculum, Curriculum::SkipSolved);
         let (dir, cfg) = fixture(&GOOD.replace("seed = 7", "seed = 7\nadapters = \"continue\""));
         assert_eq!(load(&cfg, None, &env(dir.path())).unwrap().0.run.adapters, Adapters::Continue);
+        let (dir, cfg) = fixture(&format!("{}[warm_start]\nsource = \"oracle\"\n", GOOD.replace("seed = 7", "seed = 7\nrft_data = \"warm_start\"")));
+        let c = load(&cfg, None, &env(dir.path())).unwrap().0;
+        assert_eq!(c.run.rft_data, RftData::WarmStart);
+        assert_eq!(c.to_json()["run"]["rft_data"], "warm_start");
+        let (dir, cfg) = fixture(&GOOD.replace("seed = 7", "seed = 7\nabout = \"\"\"\n  What it shows.\n\"\"\""));
+        let c = load(&cfg, None, &env(dir.path())).unwrap().0;
+        assert_eq!((c.run.about.as_deref(), &c.to_json()["run"]["about"]), (Some("What it shows."), &serde_json::json!("What it shows.")));
+        let (dir, cfg) = fixture(GOOD);
+        assert!(load(&cfg, None, &env(dir.path())).unwrap().0.to_json()["run"].get("about").is_none(), "left out when not set");
     }
 
     #[test]

@@ -118,7 +118,8 @@ impl RunDir {
 
     /// Creates the run directory and writes the config, its hash, the git revision and the
     /// seed — or, for an existing run, checks that the config is the same (refusing to
-    /// resume under a changed config, except for `[run] iterations`: a run can be extended).
+    /// resume under a changed config, except for `[run] iterations` — a run can be extended —
+    /// and `[run] about`).
     /// Returns the run's info and whether it was resumed.
     pub fn open(&self, config_json: &serde_json::Value, config_text: &str, info: RunInfo) -> anyhow::Result<(RunInfo, bool)> {
         let run_json = self.root.join("run.json");
@@ -126,10 +127,10 @@ impl RunDir {
             let old: RunInfo = read_json(&run_json)?;
             if old.config_hash != info.config_hash {
                 let diff = config_diff(&read_json::<serde_json::Value>(&self.root.join("config.json")).unwrap_or_default(), config_json);
-                if diff == ["run.iterations"] {
-                    // Only how far the run goes changed (no stage's output depends on it):
-                    // extend (or shorten) the run under the new config.
-                    println!("note: {}: [run] iterations changed; the run goes on with the new value", self.root.display());
+                if !diff.is_empty() && diff.iter().all(|k| k == "run.iterations" || k == "run.about") {
+                    // Only how far the run goes or its description changed (no stage's output
+                    // depends on either): go on under the new config.
+                    println!("note: {}: [run] {} changed; the run goes on with the new value", self.root.display(), diff.iter().map(|k| k.trim_start_matches("run.")).collect::<Vec<_>>().join(" and "));
                     write_atomic(&self.root.join("config.toml"), config_text.as_bytes())?;
                     write_json_atomic(&self.root.join("config.json"), config_json)?;
                     let extended = RunInfo { config_hash: info.config_hash, ..old };
@@ -266,5 +267,9 @@ mod tests {
         assert!(rd.open(&json!({"run": {"iterations": 3, "seed": 0}}), "iterations = 3\n", info("cd", 9)).unwrap().1);
         let err = rd.open(&json!({"run": {"iterations": 4, "seed": 1}}), "x\n", info("ef", 9)).unwrap_err().to_string();
         assert!(err.contains("different config"), "{err}");
+        // The run's description may change too (alone or with iterations).
+        let (got, resumed) = rd.open(&json!({"run": {"iterations": 4, "seed": 0, "about": "why"}}), "y\n", info("gh", 9)).unwrap();
+        assert!(resumed && got.config_hash == "gh".repeat(16));
+        assert_eq!(read_json::<serde_json::Value>(&rd.root.join("config.json")).unwrap()["run"]["about"], "why");
     }
 }

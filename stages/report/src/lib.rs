@@ -14,7 +14,10 @@
 //! tasks (table columns and interval bars in the plots), and each policy is compared with
 //! policy_1 (after iteration 0: the warm-started policy when iteration 0 trains on the warm
 //! start alone) and with the zero-shot policy on the same tasks: the paired difference, its
-//! interval and a one-sided bootstrap p-value ([`bootstrap`]).
+//! interval and a one-sided bootstrap p-value ([`bootstrap`]); a few sentences under it
+//! ([`RunReport::reading`]) say what the run can and cannot show: one rate's interval
+//! width for that many tasks, and whether the last policy's change is distinguishable
+//! from chance.
 //!
 //! Architecture invariant: reads nothing but the metrics it is handed and writes only into
 //! the folder it is given; it never looks at rollouts, models or configs.
@@ -37,6 +40,8 @@ use crate::svg::{LinePlot, Series};
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
     pub run: String,
+    /// The run config's `[run] about`: what the run is for and what it can and cannot show.
+    pub about: Option<String>,
     /// policy_0 (the base model) on the held-out split.
     pub zero_shot: Option<SplitMetrics>,
     /// Finished iterations, in order.
@@ -229,6 +234,44 @@ impl RunReport {
         })
     }
 
+    /// What the held-out numbers can and cannot show, in words: how wide one rate's
+    /// interval is for this many tasks, and whether the last policy's change against
+    /// policy_1 and against the zero-shot policy is distinguishable from chance (paired,
+    /// one-sided p < 0.05). `None` without per-task outcomes.
+    pub fn reading(&self) -> Option<String> {
+        let rows = self.test_by_policy();
+        let &(last_p, last) = rows.last()?;
+        let n = last.per_task.as_ref()?.len();
+        let ci = task_interval(last, |t| t.resolved)?;
+        let mut lines = vec![format!(
+            "- {n} held-out tasks: the 95% interval of {}'s resolve rate is {:.1}–{:.1}% ({:.1} points wide); one policy's rate alone cannot place it more precisely.",
+            policy_label(last_p),
+            100.0 * ci.lo,
+            100.0 * ci.hi,
+            100.0 * (ci.hi - ci.lo)
+        )];
+        for base in [1usize, 0] {
+            let Some(a) = rows.iter().find(|(q, _)| *q == base && base < last_p).and_then(|(_, m)| m.per_task.as_ref()) else { continue };
+            let Some(r) = bootstrap::paired(a, last.per_task.as_ref()?, |t| t.resolved) else { continue };
+            let verdict = if r.p < 0.05 {
+                "distinguishable from chance (p < 0.05)".to_string()
+            } else {
+                format!("not distinguishable from chance (p ≥ 0.05): this run cannot say that {} resolves more than {}", policy_label(last_p), policy_label(base))
+            };
+            lines.push(format!(
+                "- {} against {}: {:+.1} resolve points on the same {} tasks ({} solved only by it, {} only by the other), p = {:.4}: {verdict}.",
+                policy_label(last_p),
+                policy_label(base),
+                100.0 * r.diff.mean,
+                r.tasks,
+                r.b_only,
+                r.a_only,
+                r.p
+            ));
+        }
+        Some(format!("### What these numbers can show\n\n{}\n", lines.join("\n")))
+    }
+
     pub fn training_table(&self) -> Table {
         let headers =
             ["iter", "sampled by", "rollouts", "resolve %", "empty patch %", "stuck %", "max turns %", "solved", "always/sometimes/never", "kept (cum.)", "steps", "loss first→last", "tokens"];
@@ -302,7 +345,9 @@ impl RunReport {
     /// held-out rates as bars.
     pub fn terminal(&self) -> String {
         let paired = self.paired_table().map(|t| format!("{}\n", t.to_text())).unwrap_or_default();
-        format!("{}\n{paired}{}\n{}", self.held_out_table().to_text(), self.training_table().to_text(), self.bars())
+        let reading = self.reading().map(|r| format!("{}\n", r.trim_start_matches("### "))).unwrap_or_default();
+        let about = self.about.as_ref().map(|a| format!("About this run: {a}\n\n")).unwrap_or_default();
+        format!("{about}{}\n{paired}{reading}{}\n{}", self.held_out_table().to_text(), self.training_table().to_text(), self.bars())
     }
 
     /// Held-out resolve and empty-patch rates per policy as text bars (the plots, in the
@@ -324,11 +369,20 @@ impl RunReport {
 
     pub fn markdown(&self) -> String {
         let mut md = format!("# RFT run `{}`\n\n", self.run);
+        if let Some(about) = &self.about {
+            md.push_str(&format!("## About this run\n\n{about}\n\n"));
+        }
         md.push_str("Rates are percentages of rollouts. Resolve: the patch makes every FAIL_TO_PASS and PASS_TO_PASS test pass. Empty patch: the patch changes no non-test file. Solved: distinct tasks with at least one resolved rollout.\n\n");
         md.push_str("![resolve rate per iteration](resolve_rate.svg)\n![empty-patch rate per iteration](empty_patch_rate.svg)\n\n");
         for t in [Some(self.held_out_table()), self.paired_table(), Some(self.training_table()), Some(self.filter_table()), Some(self.timing_table())].into_iter().flatten() {
             md.push_str(&t.to_markdown());
             md.push('\n');
+            if t.title.starts_with("Paired comparison") {
+                if let Some(reading) = self.reading() {
+                    md.push_str(&reading);
+                    md.push('\n');
+                }
+            }
         }
         md
     }
@@ -570,6 +624,11 @@ mod tests {
         let paired = r.paired_table().expect("per-task outcomes give a paired table");
         assert!(paired.rows.iter().any(|row| row[1] == "iter 1") && paired.rows.iter().any(|row| row[1] == "zero-shot"), "{:?}", paired.rows);
         assert!(r.markdown().contains("Paired comparison on the same held-out tasks"));
+        let reading = r.reading().expect("per-task outcomes give a reading");
+        assert!(reading.contains("held-out tasks: the 95% interval of iter "), "{reading}");
+        assert!(reading.contains("against iter 1:") && reading.contains("against zero-shot:"), "{reading}");
+        assert!(reading.contains("distinguishable from chance"), "{reading}");
+        assert!(r.markdown().contains("### What these numbers can show") && r.terminal().contains("What these numbers can show"));
         let intervals = r.plot_intervals("resolve_rate.svg");
         assert!(intervals[0].iter().flatten().all(|(lo, hi)| lo <= hi), "{intervals:?}");
         // Metrics from before per-task outcomes: no interval columns, no paired table.
@@ -578,7 +637,7 @@ mod tests {
         for it in &mut old.iterations {
             it.test.per_task = None;
         }
-        assert!(old.paired_table().is_none());
+        assert!(old.paired_table().is_none() && old.reading().is_none());
         assert!(!old.held_out_table().headers.iter().any(|h| h.contains("CI")));
     }
 
@@ -602,7 +661,7 @@ mod tests {
             test: split("test", "x", 0.3 + 0.1 * i as f64, 0.4),
             stage_seconds: BTreeMap::from([("sample".into(), 10.0), ("train".into(), 5.0)]),
         };
-        RunReport { run: "demo".into(), zero_shot: Some(split("test", "base", 0.1, 0.6)), iterations: vec![iteration(0, true), iteration(1, false)] }
+        RunReport { run: "demo".into(), about: None, zero_shot: Some(split("test", "base", 0.1, 0.6)), iterations: vec![iteration(0, true), iteration(1, false)] }
     }
 
     #[test]
@@ -625,6 +684,11 @@ mod tests {
         let md = r.markdown();
         assert!(md.contains("| policy | rollouts | resolve % |") && md.contains("![resolve rate per iteration](resolve_rate.svg)"));
         assert!(r.filter_table().headers.contains(&"not_resolved".to_string()));
+        assert!(!md.contains("About this run"), "no [run] about, no section");
+        let about = RunReport { about: Some("A demo: it can show X, not Y.".into()), ..report() };
+        let md = about.markdown();
+        assert!(md.starts_with("# RFT run `demo`\n\n## About this run\n\nA demo: it can show X, not Y.\n\n"), "{md}");
+        assert!(about.terminal().starts_with("About this run: A demo: it can show X, not Y.\n"));
     }
 
     #[test]

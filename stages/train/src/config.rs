@@ -45,6 +45,7 @@ pub struct RawTrainConfig {
     pub checkpoint_every: Option<usize>,
     pub seed: Option<u64>,
     pub threads: Option<i32>,
+    pub base_model_name: Option<String>,
 }
 
 /// Resolved trainer settings.
@@ -78,6 +79,12 @@ pub struct TrainConfig {
     pub seed: u64,
     /// libtorch intra-op threads (None = libtorch's default).
     pub threads: Option<i32>,
+    /// The base model's name as PEFT loads it, written as the adapter's
+    /// `base_model_name_or_path` (e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`); without it, the
+    /// model file's path (a GGUF path that `AutoPeftModel` cannot load). Left out of the JSON
+    /// when not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_model_name: Option<String>,
 }
 
 pub(crate) fn serialize_dtype<S: serde::Serializer>(d: &Dtype, s: S) -> Result<S::Ok, S::Error> {
@@ -105,6 +112,7 @@ impl Default for TrainConfig {
             checkpoint_every: 50,
             seed: 0,
             threads: None,
+            base_model_name: None,
         }
     }
 }
@@ -173,6 +181,10 @@ impl RawTrainConfig {
             checkpoint_every: self.checkpoint_every.unwrap_or(d.checkpoint_every),
             seed: self.seed.unwrap_or(d.seed),
             threads: self.threads,
+            base_model_name: match self.base_model_name.map(|n| n.trim().to_string()) {
+                Some(n) if n.is_empty() => return Err(bad("base_model_name", "is empty (leave it out to record the model file's path)".into())),
+                other => other,
+            },
         })
     }
 }

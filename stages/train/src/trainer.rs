@@ -138,7 +138,8 @@ pub fn train(req: TrainRequest<'_>, on_step: &mut dyn FnMut(&StepLog)) -> Result
         }
     }
 
-    let adapter = AdapterConfig { lora: cfg.lora.clone(), base_model_name_or_path: Some(req.model.display().to_string()) };
+    let base_name = cfg.base_model_name.clone().unwrap_or_else(|| req.model.display().to_string());
+    let adapter = AdapterConfig { lora: cfg.lora.clone(), base_model_name_or_path: Some(base_name) };
     save_adapter(&trainer.model, &adapter, req.out_dir)?;
     let summary = TrainSummary {
         examples_total: report.total,
