@@ -801,7 +801,7 @@ impl Runner {
             read_json(&out.join("train_summary.json"))?
         } else {
             let device = self.cfg.policy.device_choice().resolve().map_err(|e| Exit::bad_input(e.to_string()))?;
-            let (model, config, partial2) = (self.cfg.policy.model.clone(), self.cfg.train.clone(), partial.clone());
+            let (model, config, partial2) = (self.cfg.policy.model.clone(), self.cfg.train_for(i).clone(), partial.clone());
             let data_name = match init {
                 None => format!("{} (sft.parquet of iterations 0..={i})", self.dir.rel(&dir)),
                 Some(_) => format!("{} (sft.parquet of iteration {i}, continuing policy_{i}'s adapter)", self.dir.rel(&dir)),
@@ -860,7 +860,7 @@ impl Runner {
             summary.loss_last.unwrap_or(f64::NAN),
             summary.tokens
         );
-        let (warmup, peak) = (self.cfg.train.warmup_steps as u64, self.cfg.train.learning_rate);
+        let (warmup, peak) = (self.cfg.train_for(i).warmup_steps as u64, self.cfg.train_for(i).learning_rate);
         if summary.steps <= warmup {
             // Linear warm-up from 0 that the run never finished: say how small the update was.
             let reached = peak * summary.steps.saturating_sub(1) as f64 / warmup.max(1) as f64;

@@ -146,6 +146,8 @@ struct RawWarmStart {
     rollouts_per_task: Option<u32>,
     max_turns: Option<u32>,
     sample_base: Option<bool>,
+    /// `[warm_start.train]`: [train] keys that differ for iteration 0's training.
+    train: Option<RawTrainConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -405,16 +407,23 @@ pub enum WarmStart {
     /// `sample_base = false`: iteration 0 trains on the warm-start data alone (the base
     /// policy samples nothing), so policy_1 is the warm-started policy the RFT iterations
     /// start from.
+    /// `train`: iteration 0's trainer settings when `[warm_start.train]` changes any of
+    /// [train]'s (e.g. more epochs for the expert data than for an RFT iteration's few kept
+    /// rollouts); left out of the JSON when not set.
     Oracle {
         rollouts_per_task: u32,
         max_turns: u32,
         #[serde(skip_serializing_if = "is_true")]
         sample_base: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        train: Option<TrainConfig>,
     },
     Sft {
         path: PathBuf,
         #[serde(skip_serializing_if = "is_true")]
         sample_base: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        train: Option<TrainConfig>,
     },
 }
 
@@ -431,6 +440,13 @@ impl WarmStart {
     pub fn samples_base(&self) -> bool {
         match self {
             WarmStart::Oracle { sample_base, .. } | WarmStart::Sft { sample_base, .. } => *sample_base,
+        }
+    }
+
+    /// Iteration 0's own trainer settings, when `[warm_start.train]` set any.
+    pub fn train(&self) -> Option<&TrainConfig> {
+        match self {
+            WarmStart::Oracle { train, .. } | WarmStart::Sft { train, .. } => train.as_ref(),
         }
     }
 }
@@ -471,6 +487,15 @@ pub enum SplitKind {
 
 impl RunConfig {
     /// The config as JSON (what `config.json` holds and the hash is taken of).
+    /// The trainer settings of iteration `i`: `[warm_start.train]` over [train] for
+    /// iteration 0 when set, [train] otherwise.
+    pub fn train_for(&self, i: u32) -> &TrainConfig {
+        match (&self.warm_start, i) {
+            (Some(w), 0) => w.train().unwrap_or(&self.train),
+            _ => &self.train,
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("the config serializes")
     }
@@ -669,12 +694,13 @@ impl Resolver {
         // The trainer's seed follows the run's unless [train] sets its own.
         raw_train.seed = raw_train.seed.or(Some(run.seed));
         let train = raw_train
+            .clone()
             .resolve(&format!("[train] of {}", self.file))
             .map_err(|e| ConfigError { file: self.file.clone(), key: String::new(), problem: e.to_string() })?;
 
         let warm_start = match raw.warm_start {
             None => None,
-            Some(w) => Some(self.warm_start(w)?),
+            Some(w) => Some(self.warm_start(w, &raw_train)?),
         };
         if run.rft_data == RftData::WarmStart && !matches!(warm_start, Some(WarmStart::Oracle { .. })) {
             return Err(self.err("[run] rft_data", "\"warm_start\" needs [warm_start] source = \"oracle\" (its trajectories replace the kept rollouts)"));
@@ -914,7 +940,26 @@ impl Resolver {
         Ok(())
     }
 
-    fn warm_start(&self, w: RawWarmStart) -> Result<WarmStart, ConfigError> {
+    fn warm_start(&self, w: RawWarmStart, base_train: &RawTrainConfig) -> Result<WarmStart, ConfigError> {
+        // [warm_start.train] over [train]: iteration 0's trainer settings.
+        if let Some(over) = &w.train {
+            if over.lora_r.is_some() || over.lora_alpha.is_some() || over.target_modules.is_some() {
+                return Err(self.err(
+                    "[warm_start.train]",
+                    "lora_r, lora_alpha and target_modules are the adapter's shape, the same in every iteration: set them in [train]",
+                ));
+            }
+        }
+        let train = match w.train {
+            None => None,
+            Some(over) => Some(
+                base_train
+                    .clone()
+                    .overlaid_by(over)
+                    .resolve(&format!("[warm_start.train] of {}", self.file))
+                    .map_err(|e| ConfigError { file: self.file.clone(), key: String::new(), problem: e.to_string() })?,
+            ),
+        };
         match w.source {
             None => Err(self.err("[warm_start] source", "missing (\"oracle\" or \"sft\")")),
             Some(WarmStartSource::Oracle) => {
@@ -929,7 +974,7 @@ impl Resolver {
                 if max_turns == 0 {
                     return Err(self.err("[warm_start] max_turns", "must be at least 1"));
                 }
-                Ok(WarmStart::Oracle { rollouts_per_task: k, max_turns, sample_base: w.sample_base.unwrap_or(true) })
+                Ok(WarmStart::Oracle { rollouts_per_task: k, max_turns, sample_base: w.sample_base.unwrap_or(true), train })
             }
             Some(WarmStartSource::Sft) => {
                 if w.rollouts_per_task.is_some() || w.max_turns.is_some() {
@@ -941,7 +986,7 @@ impl Resolver {
                     return Err(self.err("[warm_start] path", format!("{}: no such file", path.display())));
                 }
                 swegym_schema::read_sft(&path).map_err(|e| self.err("[warm_start] path", e.to_string()))?;
-                Ok(WarmStart::Sft { path, sample_base: w.sample_base.unwrap_or(true) })
+                Ok(WarmStart::Sft { path, sample_base: w.sample_base.unwrap_or(true), train })
             }
         }
     }
@@ -1159,7 +1204,24 @@ max_steps = 2
         let c = load(&cfg, None, &env(dir.path())).unwrap().0;
         assert_eq!((c.run.about.as_deref(), &c.to_json()["run"]["about"]), (Some("What it shows."), &serde_json::json!("What it shows.")));
         let (dir, cfg) = fixture(GOOD);
-        assert!(load(&cfg, None, &env(dir.path())).unwrap().0.to_json()["run"].get("about").is_none(), "left out when not set");
+        let c = load(&cfg, None, &env(dir.path())).unwrap().0;
+        assert!(c.to_json()["run"].get("about").is_none(), "left out when not set");
+        assert_eq!(c.train_for(0), &c.train, "no [warm_start.train]: [train] everywhere");
+
+        // [warm_start.train]: iteration 0's trainer settings over [train]; the rest keep [train].
+        let (dir, cfg) = fixture(&format!("{GOOD}[warm_start]\nsource = \"oracle\"\n[warm_start.train]\nepochs = 2.0\nwarmup_steps = 1\n"));
+        let c = load(&cfg, None, &env(dir.path())).unwrap().0;
+        let (zero, one) = (c.train_for(0), c.train_for(1));
+        assert_eq!((zero.epochs, zero.warmup_steps), (2.0, 1));
+        assert_eq!((one.epochs, one.warmup_steps), (c.train.epochs, c.train.warmup_steps));
+        assert_eq!((zero.learning_rate, zero.lora.r, zero.seed), (one.learning_rate, one.lora.r, one.seed), "the rest from [train]");
+        assert_eq!(c.to_json()["warm_start"]["train"]["epochs"], 2.0);
+        let (dir, cfg) = fixture(&format!("{GOOD}[warm_start]\nsource = \"oracle\"\n[warm_start.train]\nlora_r = 4\n"));
+        let e = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("[warm_start.train]") && e.contains("adapter's shape"), "{e}");
+        let (dir, cfg) = fixture(&format!("{GOOD}[warm_start]\nsource = \"oracle\"\n[warm_start.train]\nepochs = 0.0\n"));
+        let e = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("[warm_start.train]") && e.contains("epochs"), "{e}");
     }
 
     #[test]

@@ -189,6 +189,35 @@ impl RawTrainConfig {
     }
 }
 
+impl RawTrainConfig {
+    /// These keys, with every key `over` sets replaced by its value (a run's
+    /// `[warm_start.train]` over its `[train]`).
+    pub fn overlaid_by(self, over: RawTrainConfig) -> RawTrainConfig {
+        RawTrainConfig {
+            lora_r: over.lora_r.or(self.lora_r),
+            lora_alpha: over.lora_alpha.or(self.lora_alpha),
+            lora_dropout: over.lora_dropout.or(self.lora_dropout),
+            target_modules: over.target_modules.or(self.target_modules),
+            learning_rate: over.learning_rate.or(self.learning_rate),
+            weight_decay: over.weight_decay.or(self.weight_decay),
+            warmup_steps: over.warmup_steps.or(self.warmup_steps),
+            epochs: over.epochs.or(self.epochs),
+            max_steps: over.max_steps.or(self.max_steps),
+            batch_size: over.batch_size.or(self.batch_size),
+            grad_accum: over.grad_accum.or(self.grad_accum),
+            max_grad_norm: over.max_grad_norm.or(self.max_grad_norm),
+            max_seq_len: over.max_seq_len.or(self.max_seq_len),
+            overlong: over.overlong.or(self.overlong),
+            dtype: over.dtype.or(self.dtype),
+            activation_checkpointing: over.activation_checkpointing.or(self.activation_checkpointing),
+            checkpoint_every: over.checkpoint_every.or(self.checkpoint_every),
+            seed: over.seed.or(self.seed),
+            threads: over.threads.or(self.threads),
+            base_model_name: over.base_model_name.or(self.base_model_name),
+        }
+    }
+}
+
 impl TrainConfig {
     /// Reads a TOML file holding either a `[train]` table or the keys at top level.
     pub fn from_toml_file(path: &Path) -> Result<TrainConfig, TrainError> {
