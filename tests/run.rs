@@ -550,9 +550,10 @@ fn smoke_run_with_a_verifier_keeps_and_submits_its_picks() {
 
 /// The curriculum's budget and the warm-start ablation on the smoke config: with
 /// `tasks_per_iteration = 1` iteration 0 samples one of the two train tasks and iteration 1
-/// the other (not sampled yet beats never solved); with `rft_data = "warm_start"` and
-/// `keep = "all"`, iteration 1 trains on the oracle's trajectory of the task it kept, not
-/// on the policy's rollout.
+/// the other (not sampled yet beats never solved). The ablation is a fork of that run
+/// (`--fork-from`) with `rft_data = "warm_start"` and `keep = "all"`: it copies iteration 0
+/// and iteration 1's sampling and filter byte for byte, and iteration 1 trains on the
+/// oracle's trajectory of the task it kept, not on the policy's rollout.
 #[test]
 fn smoke_run_with_a_task_budget_and_the_warm_start_ablation() {
     if !slow("smoke_run_with_a_task_budget_and_the_warm_start_ablation") {
@@ -560,35 +561,68 @@ fn smoke_run_with_a_task_budget_and_the_warm_start_ablation() {
     }
     ensure_tiny_model();
     let tmp = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(repo_root().join("configs/smoke.toml"))
+    let own = std::fs::read_to_string(repo_root().join("configs/smoke.toml"))
         .unwrap()
-        .replace("seed = 0 ", "seed = 0\nadapters = \"continue\"\nrft_data = \"warm_start\" ")
+        .replace("seed = 0 ", "seed = 0\nadapters = \"continue\" ")
         .replace("rollouts_per_task = 1       #", "rollouts_per_task = 1\ntasks_per_iteration = 1\ncurriculum = \"skip_solved\" #")
         .replace("keep = \"resolved\"", "keep = \"all\"")
         .replace("path = \"../datasets/", &format!("path = \"{}/datasets/", repo_root().display()))
         .replace("${SWEGYM_CACHE}", &cache_root().display().to_string());
-    assert!(text.contains("tasks_per_iteration = 1") && text.contains("rft_data") && text.contains("keep = \"all\""), "the smoke config changed: {text}");
-    let config = tmp.path().join("budget.toml");
-    std::fs::write(&config, text).unwrap();
+    assert!(own.contains("tasks_per_iteration = 1") && own.contains("adapters = \"continue\"") && own.contains("keep = \"all\""), "the smoke config changed: {own}");
+    let ablation = own.replace("adapters = \"continue\" ", "adapters = \"continue\"\nrft_data = \"warm_start\" ");
+    let (config, control) = (tmp.path().join("budget.toml"), tmp.path().join("control.toml"));
+    std::fs::write(&config, own).unwrap();
+    std::fs::write(&control, ablation).unwrap();
     let run = tmp.path().join("run");
     let out = run_ok(swegym().args(["run"]).arg(&config).arg("--run-dir").arg(&run));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("iter 1: curriculum: 1 of 2 train tasks: 0 solved sometimes, 1 not sampled yet, 0 never solved"), "{stdout}");
-    let tasks_of = |file: &str| -> std::collections::BTreeSet<String> {
+    let tasks_of = |run: &Path, file: &str| -> std::collections::BTreeSet<String> {
         swegym_schema::rollout::read_rollouts(&run.join(file)).unwrap().into_iter().map(|r| r.instance_id).collect()
     };
-    let (first, second) = (tasks_of("iter-000/rollouts.parquet"), tasks_of("iter-001/rollouts.parquet"));
+    let (first, second) = (tasks_of(&run, "iter-000/rollouts.parquet"), tasks_of(&run, "iter-001/rollouts.parquet"));
     assert_eq!((first.len(), second.len()), (1, 1), "{first:?} {second:?}");
     assert!(first.is_disjoint(&second), "iteration 1 samples the task iteration 0 did not: {first:?} {second:?}");
+    let own_sft = read_parquet_with_pyarrow(&run.join("iter-001/sft.parquet"));
+    assert_eq!(own_sft.as_array().unwrap().len(), 1, "{own_sft}");
+    assert_ne!(own_sft[0]["source"], "oracle", "{own_sft}");
+
+    // A fork that changes what is sampled is refused before any write.
+    let other = tmp.path().join("other.toml");
+    std::fs::write(&other, std::fs::read_to_string(&control).unwrap().replace("tasks_per_iteration = 1", "tasks_per_iteration = 2")).unwrap();
+    let refused = swegym().args(["run"]).arg(&other).arg("--run-dir").arg(tmp.path().join("refused")).arg("--fork-from").arg(&run).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{err}");
+    assert!(err.contains("sampling.tasks_per_iteration changed") && err.contains("Start a new run"), "{err}");
+    assert!(!tmp.path().join("refused").exists(), "a refused fork wrote nothing");
+
+    // The control: forked from the run, it shares everything before iteration 1's export.
+    let fork = tmp.path().join("fork");
+    let out = run_ok(swegym().args(["run"]).arg(&control).arg("--run-dir").arg(&fork).arg("--fork-from").arg(&run));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("changed run.name, run.rft_data;") && stdout.contains("runs anew from iter-001 export"), "{stdout}");
+    for f in ["zero-shot/eval.parquet", "iter-000/rollouts.parquet", "iter-000/sft.parquet", "iter-000/adapter/adapter_model.safetensors", "iter-000/eval.parquet", "iter-001/rollouts.parquet", "iter-001/filter.json"] {
+        assert_eq!(std::fs::read(run.join(f)).unwrap(), std::fs::read(fork.join(f)).unwrap(), "{f} is the source's");
+    }
+    for stage in ["sample", "filter"] {
+        assert!(stdout.lines().any(|l| l.starts_with("iter-001") && l.contains(&format!(" {stage} ")) && l.ends_with("done earlier")), "{stage}: {stdout}");
+    }
     // Iteration 1 kept the policy's rollout and trained on the oracle's trajectory instead.
-    let m1 = read_json(&run.join("iter-001/metrics.json"));
+    let m1 = read_json(&fork.join("iter-001/metrics.json"));
     assert_eq!(m1["kept"], 1, "{m1}");
-    let sft = read_parquet_with_pyarrow(&run.join("iter-001/sft.parquet"));
+    let sft = read_parquet_with_pyarrow(&fork.join("iter-001/sft.parquet"));
     let rows = sft.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{sft}");
     assert_eq!(rows[0]["source"], "oracle", "{}", rows[0]);
     assert_eq!(rows[0]["resolved"], true);
     assert!(second.contains(rows[0]["instance_id"].as_str().unwrap()), "{}", rows[0]);
-    let export = read_json(&run.join("iter-001/export.manifest.json"));
+    let export = read_json(&fork.join("iter-001/export.manifest.json"));
     assert!(export.to_string().contains("the warm-start trajectories of the 1 kept rollouts' tasks"), "{export}");
+    assert_eq!(read_json(&fork.join("run.json"))["forked_from"]["diverges_at"], "iter-001 export");
+    let report = std::fs::read_to_string(fork.join("report.md")).unwrap();
+    assert!(report.contains("Forked from") && report.contains("iter-001 export"), "{report}");
+    // The same command again resumes the fork (nothing copied or run anew).
+    let again = run_ok(swegym().args(["run"]).arg(&control).arg("--run-dir").arg(&fork).arg("--fork-from").arg(&run));
+    let again = String::from_utf8_lossy(&again.stdout);
+    assert!(again.contains("resuming") && !again.contains("fork of"), "{again}");
 }

@@ -1,11 +1,13 @@
 //! End to end, the attacks a policy (or a careless dataset) can make on grading: a
 //! `model_patch` that reads swegym's environment and host secrets from inside the test run,
-//! a task with no FAIL_TO_PASS test that would reward a no-op, and a stage whose every job
-//! failed in the infrastructure (which must not exit 0).
+//! a task with no FAIL_TO_PASS test that would reward a no-op, a stage whose every job
+//! failed in the infrastructure (which must not exit 0, in `evaluate`, `sample` or `run`),
+//! and an agent's commands against the sandbox (secrets, host files, the network, writes,
+//! processes, memory).
 
 mod common;
 
-use common::{fails, read_parquet_with_pyarrow, repo_root, run_ok, swegym};
+use common::{cache_root, fails, read_parquet_with_pyarrow, repo_root, run_ok, swegym};
 
 /// marshmallow-1359 as a JSON object (the real SWE-bench Lite dev row).
 fn marshmallow_task() -> serde_json::Value {
@@ -29,8 +31,8 @@ fn jsonl(rows: &[serde_json::Value]) -> String {
 const NO_OP_PATCH: &str = "diff --git a/src/marshmallow/_note.py b/src/marshmallow/_note.py\nnew file mode 100644\n--- /dev/null\n+++ b/src/marshmallow/_note.py\n@@ -0,0 +1 @@\n+NOTE = \"nothing to see here\"\n";
 
 /// A patch to marshmallow's `__init__.py` (3.0.0), imported before any test runs, that
-/// gathers every process's environment and host secret files it can open and puts them in
-/// the test log (as the message of an import error, so pytest shows it whatever it captures).
+/// gathers every process's environment and host secret files it can open, tries to write
+/// outside the workspace, and puts what it found in the test log (as the message of an import error, so pytest shows it whatever it captures).
 fn leaking_patch() -> String {
     let leak = [
         "import glob as _glob, os as _os",
@@ -40,6 +42,12 @@ fn leaking_patch() -> String {
         "        _seen[_f] = open(_f, 'rb').read().decode(errors='replace')",
         "    except OSError as _e:",
         "        _seen[_f] = repr(_e)",
+        "for _w in ['/etc/pwned', '/usr/pwned', '/opt/venv/pwned', '/pwned']:",
+        "    try:",
+        "        open(_w, 'w').write('x')",
+        "        _seen[_w] = 'WROTE-OUTSIDE'",
+        "    except OSError as _e:",
+        "        _seen[_w] = repr(_e)",
         "raise RuntimeError('LEAK ' + repr(_seen))",
     ];
     let mut patch = format!(
@@ -129,7 +137,8 @@ fn graded_attacks_are_contained(backend: &str) {
     let log = |suffix: &str| std::fs::read_to_string(out_dir.join(format!("logs/marshmallow-code__marshmallow-1359-{suffix}/attacker.log"))).unwrap();
     assert!(log("nof2p").contains("No FAIL_TO_PASS test"), "{}", log("nof2p"));
     let leak_log = log("leak");
-    assert!(leak_log.contains("LEAK {") && leak_log.contains("/proc/1/environ"), "the attack ran and printed:\n{leak_log}");
+    assert!(leak_log.contains("LEAK {") && leak_log.contains("/proc/1/environ") && leak_log.contains("'/opt/venv/pwned': "), "the attack ran and printed:\n{leak_log}");
+    assert!(!leak_log.contains("WROTE-OUTSIDE"), "a graded patch wrote outside the workspace:\n{leak_log}");
     if backend == "local" {
         assert!(leak_log.contains("'/etc/shadow': \"FileNotFoundError"), "/etc/shadow is not there:\n{leak_log}");
     }
@@ -161,20 +170,25 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Two copies of marshmallow-1359 whose version no environment anywhere has.
+fn tasks_without_an_environment() -> Vec<serde_json::Value> {
+    let task = marshmallow_task();
+    ["a", "b"]
+        .iter()
+        .map(|s| {
+            let mut t = with_id(&task, s);
+            t["version"] = "9.9".into();
+            t
+        })
+        .collect()
+}
+
 /// When every grading job failed in the infrastructure, `evaluate` says so and exits 4
 /// (scripts must not read it as success); the verdicts are still written.
 #[test]
 fn evaluate_exits_4_when_every_job_failed_in_the_infrastructure() {
     let tmp = tempfile::tempdir().unwrap();
-    let task = marshmallow_task();
-    let rows: Vec<serde_json::Value> = ["a", "b"]
-        .iter()
-        .map(|s| {
-            let mut t = with_id(&task, s);
-            t["version"] = "9.9".into(); // no environment anywhere has it
-            t
-        })
-        .collect();
+    let rows = tasks_without_an_environment();
     let dataset = tmp.path().join("tasks.jsonl");
     std::fs::write(&dataset, jsonl(&rows)).unwrap();
     let preds: Vec<serde_json::Value> = rows
@@ -195,6 +209,28 @@ fn evaluate_exits_4_when_every_job_failed_in_the_infrastructure() {
     );
     assert!(stderr.contains("every one of 2 grading jobs failed in the infrastructure (env_error)"), "{stderr}");
     assert!(out_dir.join("verdicts.parquet").exists() && out_dir.join("summary.json").exists());
+}
+
+/// `sample --evaluate` and `run` exit 4 as `evaluate` does when every rollout failed in the
+/// infrastructure (no environment has the tasks' version), and say so.
+#[test]
+fn sample_and_run_exit_4_when_every_rollout_failed_in_the_infrastructure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = tasks_without_an_environment();
+    let dataset = tmp.path().join("tasks.jsonl");
+    std::fs::write(&dataset, jsonl(&rows)).unwrap();
+    let out = tmp.path().join("rollouts.parquet");
+    let stderr = fails(swegym().args(["sample", "--policy", "oracle", "--backend", "local", "-k", "1", "--evaluate", "--dataset"]).arg(&dataset).arg("--out").arg(&out), 4);
+    assert!(stderr.contains("every one of 2 grading jobs failed in the infrastructure (env_error)") && stderr.contains("version 9.9"), "{stderr}");
+    let config = tmp.path().join("run.toml");
+    let text = format!(
+        "[run]\niterations = 1\n[dataset.train]\npath = \"{ds}\"\n[dataset.test]\npath = \"{ds}\"\n[policy]\nmodel = \"{model}\"\n[sandbox]\nbackend = \"local\"\n",
+        ds = dataset.display(),
+        model = cache_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let stderr = fails(swegym().args(["run"]).arg(&config).arg("--run-dir").arg(tmp.path().join("run")), 4);
+    assert!(stderr.contains("every rollout failed in the infrastructure"), "{stderr}");
 }
 
 /// `run` refuses the flag that lets tasks without FAIL_TO_PASS load (usage error, exit 2).
@@ -225,9 +261,11 @@ fn bash(command: &str) -> String {
 }
 
 /// An agent (a replayed script, through `swegym sample`) that reads every environment it
-/// can, host secrets, writes outside the workspace, reaches the network, leaves a process
-/// behind and allocates past the memory limit: each attempt fails inside the sandbox, and
-/// the API key in swegym's environment appears in no rollout, summary or output.
+/// can, host secrets and a host file named by its path, writes outside the workspace,
+/// connects to a port listening on every host address, leaves a process behind, forks
+/// until something stops it and allocates past the memory limit: each attempt fails inside
+/// the sandbox, and the API key in swegym's environment appears in no rollout, summary or
+/// output.
 fn agent_commands_are_contained(backend: &str) {
     let before = common::leftovers(backend);
     let tmp = tempfile::tempdir().unwrap();
@@ -235,15 +273,33 @@ fn agent_commands_are_contained(backend: &str) {
     std::fs::write(&dataset, jsonl(&[marshmallow_task()])).unwrap();
     // A sleep length no other process has (the two backends' tests run side by side).
     let marker = format!("{}{}", 900_000 + std::process::id() % 99_999, if backend == "local" { 1 } else { 2 });
+    // A host file the agent knows the path of, and a host port that listens on every
+    // address: neither may be reachable from inside.
+    let host_secret = tmp.path().join("host-secret.txt");
+    let secret_text = format!("host-secret-{}", std::process::id());
+    std::fs::write(&host_secret, &secret_text).unwrap();
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut addresses = vec!["127.0.0.1".to_string(), "172.17.0.1".to_string()];
+    let host_ips = std::process::Command::new("hostname").arg("-I").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    addresses.extend(host_ips.split_whitespace().filter(|a| a.contains('.')).map(str::to_string));
+    let connect = format!(
+        "import socket\nfor a in {addresses:?}:\n    try:\n        socket.create_connection((a, {port}), 2); print('NET-CONNECTED', a)\n    except OSError as e:\n        print('net-refused', a, type(e).__name__)\n"
+    );
+    // Forks until the sandbox's pids limit stops it (capped at 3000 so that a sandbox
+    // without one cannot exhaust the host), then kills what it made.
+    let fork_bomb = "import os, signal, time\nkids = []\ntry:\n    while len(kids) != 3000:\n        pid = os.fork()\n        if pid == 0:\n            time.sleep(30); os._exit(0)\n        kids.append(pid)\nexcept OSError as e:\n    print('FORK-STOPPED', len(kids), type(e).__name__)\nfor k in kids:\n    os.kill(k, signal.SIGKILL); os.waitpid(k, 0)\nprint('FORKS', len(kids))\n";
     let replies = vec![
         // The whole of pid 1's environment and the shell's, and a search of every process's
         // (a count of 0 means: found nowhere), so no truncation can hide a leak.
         bash("echo '== /proc/1/environ'; tr '\\0' '\\n' < /proc/1/environ; echo '== env'; env; echo canary-count-$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c -e SWEGYM_TEST_CANARY -e OPENAI_API_KEY)"),
-        bash("cat /etc/shadow /etc/gshadow; ls /root/.ssh /root/.cache; echo read-done"),
+        bash(&format!("cat /etc/shadow /etc/gshadow; ls /root/.ssh /root/.cache/swegym 2>&1; cat {} 2>&1; echo read-done", host_secret.display())),
         bash("for p in /etc/pwned /usr/pwned /opt/venv/pwned /pwned; do touch $p 2>/dev/null && echo WROTE $p; done; echo write-done"),
-        bash("python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), 3)\" 2>&1 | tail -1; echo net-done"),
+        bash(&format!("cat > /tmp/net.py <<'EOF'\n{connect}EOF\npython3 /tmp/net.py; echo net-done")),
         bash(&format!("(sleep {marker} &) ; echo left-a-process")),
         bash("grep CapEff /proc/self/status; for s in /var/run/docker.sock /run/docker.sock; do test -e $s && echo SOCKET-VISIBLE $s; done; echo caps-done"),
+        bash(&format!("cat > /tmp/forks.py <<'EOF'\n{fork_bomb}EOF\npython3 /tmp/forks.py; echo forks-done")),
         // Filled, not just reserved: untouched pages would count against no limit.
         bash("python3 -c \"x = b'x' * (6 << 30); print('ALLOCATED', len(x))\"; echo memory-exit-$?"),
         "I am done.\n<function=finish>\n<parameter=message>done</parameter>\n</function>".to_string(),
@@ -277,11 +333,22 @@ fn agent_commands_are_contained(backend: &str) {
         .collect();
     let all = observations.join("\n");
     assert_eq!(row["exit_reason"], "submitted", "{row}");
-    for done in ["read-done", "write-done", "net-done", "left-a-process", "memory-exit-"] {
+    for done in ["read-done", "write-done", "net-done", "left-a-process", "forks-done", "memory-exit-"] {
         assert!(all.contains(done), "the attack step ending in {done} ran:\n{all}");
     }
     assert!(all.contains("== /proc/1/environ") && all.contains("== env") && all.contains("canary-count-0"), "{all}");
     assert!(!all.contains("WROTE"), "a write outside the workspace succeeded:\n{all}");
+    // Host files: the cache (libtorch, the models) and a file the agent named by its path.
+    assert!(!all.contains(&secret_text) && !all.contains("libtorch-") && !all.contains(".gguf"), "a host file was read:\n{all}");
+    // The network: every address tried, none connected, and the listener saw nothing.
+    for a in &addresses {
+        assert!(all.contains(&format!("net-refused {a} ")), "no refusal for {a}:\n{all}");
+    }
+    assert!(!all.contains("NET-CONNECTED"), "the sandbox reached the host:\n{all}");
+    assert!(matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "a connection reached the host's listener");
+    // Processes: the pids limit stopped the forks well before the host's.
+    let forks: usize = all.lines().find_map(|l| l.strip_prefix("FORKS ")).and_then(|n| n.trim().parse().ok()).expect("the fork step printed its count");
+    assert!(all.contains("FORK-STOPPED") && forks < 1024, "{forks} forks:\n{all}");
     assert!(!all.contains(&format!("ALLOCATED {}", 6u64 << 30)), "6 GiB were filled under a 2 GiB limit:\n{all}");
     assert!(!all.contains("memory-exit-0"), "{all}");
     // No Docker socket, and no raw sockets, device nodes or chroot (the local sandbox keeps

@@ -43,7 +43,21 @@ pub fn load_report(root: &Path) -> anyhow::Result<RunReport> {
         dir.finished_iterations().into_iter().map(|i| read_json(&dir.iter_dir(i).join("metrics.json"))).collect::<anyhow::Result<_>>()?;
     // The config's own description of the run ([run] about), when it has one.
     let config: serde_json::Value = read_json(&root.join("config.json")).unwrap_or_default();
-    let about = config["run"]["about"].as_str().map(str::to_string);
+    let mut about = config["run"]["about"].as_str().map(str::to_string);
+    if let Some(f) = &info.forked_from {
+        // A fork shares its source's stages up to the point it diverges: say so first.
+        let shared = format!(
+            "Forked from {} (config {}): changed {}; every stage before {} is that run's own output, copied, so the two runs are paired on those stages task by task.",
+            f.run,
+            &f.config_hash[..12.min(f.config_hash.len())],
+            f.changed.join(", "),
+            f.diverges_at
+        );
+        about = Some(match about {
+            Some(a) => format!("{a}\n\n{shared}"),
+            None => shared,
+        });
+    }
     Ok(RunReport { run: info.name, about, zero_shot, iterations })
 }
 

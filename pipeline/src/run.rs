@@ -63,7 +63,7 @@ use swegym_verifier::{Judge, ScalingOptions, ScoreOptions, ScoreRow, Scored};
 use tracing::Instrument;
 
 use self::config::{Adapters, Curriculum, PathEnv, PolicyKind, RftData, RunConfig, SplitKind, SplitSection, WarmStart};
-use crate::run_dir::{read_json, unix_now, write_json_atomic, RunDir, RunInfo};
+use crate::run_dir::{fork, read_json, unix_now, write_json_atomic, RunDir, RunInfo};
 use crate::run_dir::manifest::{
     EvalDetails, EvalScoreDetails, EvalScoring, ExportDetails, FilterDetails, Manifest, Reused, SampleDetails, ScoreDetails, Stage, StageDetails, TrainDetails,
 };
@@ -80,6 +80,12 @@ pub struct RunArgs {
     /// The run directory itself, instead of runs/<name>/.
     #[arg(long, conflicts_with = "name")]
     pub run_dir: Option<PathBuf>,
+    /// Start from another run's finished stages: every stage before the first one the
+    /// config change can alter is copied (e.g. with `[run] rft_data = "warm_start"`, all of
+    /// iteration 0 and iteration 1's sampling and filter), so the two runs are paired task
+    /// by task. Knows [run] rft_data, [train] and [warm_start.train]; other changes are refused.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub fork_from: Option<PathBuf>,
 }
 
 /// Which policy a stage samples with.
@@ -127,10 +133,29 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<()> {
         seed: cfg.run.seed,
         swegym_version: env!("CARGO_PKG_VERSION").to_string(),
         created_at: unix_now(),
+        forked_from: None,
     };
     // Infrastructure before the run folder, so a missing sandbox tool fails before any write.
     let specs = ctx.env_specs(&cfg.dataset.train.files[0], &extra_env_specs(&cfg))?;
     let backend = ctx.backend(cfg.sandbox.backend.into()).await?;
+    let info = match &args.fork_from {
+        Some(src) if !dir.root.join("run.json").exists() => {
+            let f = fork::fork(src, &dir.root, &cfg.to_json())?;
+            println!(
+                "fork of {}: changed {}; {} stages copied, runs anew from {}",
+                f.run,
+                f.changed.join(", "),
+                f.copied.len(),
+                f.diverges_at
+            );
+            RunInfo { forked_from: Some(f), ..info }
+        }
+        Some(src) => {
+            fork::check_target(&dir.root, src)?;
+            info
+        }
+        None => info,
+    };
     let (info, resumed) = dir.open(&cfg.to_json(), &text, info)?;
     println!(
         "run {} → {} ({}; config {}, git {}, seed {})",

@@ -100,7 +100,7 @@ impl TrainArgs {
     /// The command-line overrides of the config's keys (also used by `swegym verifier train`).
     pub(crate) fn apply_overrides(&self, cfg: &mut TrainConfig) {
         if let Some(d) = self.dtype {
-            cfg.dtype = d.dtype();
+            cfg.dtype = swegym_train::TrainDtype::Fixed(d.dtype());
         }
         if let Some(n) = self.threads {
             cfg.threads = Some(n);

@@ -365,6 +365,15 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, merge: bool) -> Result<Ada
                 };
                 return Err(adapter_error(&file, format!("tensor {name} has shape {:?}, this model needs {expected:?} ({why})", t.size())));
             }
+            // A NaN or inf here would make every logit NaN: the policy would emit garbage
+            // (or token 0) with no error anywhere.
+            let non_finite = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+            if non_finite > 0 {
+                return Err(adapter_error(
+                    &file,
+                    format!("tensor {name} has {non_finite} non-finite values (NaN or inf): the training that wrote it diverged; train it again (a lower learning rate, or max_grad_norm)"),
+                ));
+            }
             Ok(t)
         };
         let a = take("lora_A", [config.lora.r, inp])?;

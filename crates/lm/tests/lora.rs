@@ -2,7 +2,7 @@
 //! logits unchanged; a trained-looking one (random B) changes them by exactly
 //! `s · B A x` (checked against the merged weights); saving and loading round-trips in
 //! PEFT's layout; and bad adapters fail by name (rank mismatch, another architecture,
-//! unsupported PEFT options, stray tensors). Interop with PEFT itself is checked by
+//! unsupported PEFT options, stray tensors, NaN weights). Interop with PEFT itself is checked by
 //! `stages/train/scripts/peft_interop.py` (run by the `train` e2e tests).
 
 mod common;
@@ -149,6 +149,13 @@ fn bad_adapters_fail_by_name() {
         ("modules_to_save", load_error(tiny("tiny-llama"), "tiny-llama", &lora, |d| edit_config(d, "modules_to_save", serde_json::json!(["lm_head"])))),
         ("unknown target module", load_error(tiny("tiny-llama"), "tiny-llama", &lora, |d| edit_config(d, "target_modules", serde_json::json!(["q_proj", "wq"])))),
         ("missing tensor", load_error(tiny("tiny-llama"), "tiny-llama", &lora, |d| edit_config(d, "target_modules", serde_json::json!(["q_proj", "k_proj", "o_proj"])))),
+        ("non-finite values (NaN or inf)", load_error(tiny("tiny-llama"), "tiny-llama", &lora, |d| {
+            let file = d.join("adapter_model.safetensors");
+            let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(&file).unwrap();
+            let spoiled: Vec<(String, Tensor)> =
+                tensors.into_iter().map(|(n, t)| if n.contains("lora_B") { (n, t.full_like(f64::NAN)) } else { (n, t) }).collect();
+            swegym_lm::weights::save_safetensors(&file, &spoiled).unwrap();
+        })),
         ("adapter_config.json", load_error(tiny("tiny-llama"), "tiny-llama", &lora, |d| std::fs::remove_file(d.join("adapter_config.json")).unwrap())),
     ];
     for (needle, message) in cases {

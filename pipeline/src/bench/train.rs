@@ -171,7 +171,7 @@ pub async fn bench(ctx: &crate::context::Context, args: TrainBenchArgs) -> anyho
             let example = Example { loss_mask: vec![true; ids.len()], ids, record_idx: 0 };
             let config_of_model = lm.config().clone();
             let cfg = TrainConfig {
-                dtype: dtype.dtype(),
+                dtype: swegym_train::TrainDtype::Fixed(dtype.dtype()),
                 activation_checkpointing: args.activation_checkpointing,
                 max_grad_norm: 0.0,
                 overlong: Overlong::Truncate,

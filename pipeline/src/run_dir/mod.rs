@@ -23,6 +23,7 @@ use anyhow::Context as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub mod fork;
 pub mod manifest;
 
 use self::manifest::{Manifest, Stage};
@@ -41,6 +42,9 @@ pub struct RunInfo {
     pub swegym_version: String,
     /// Unix seconds when the run was created.
     pub created_at: u64,
+    /// The run this one was forked from (`swegym run --fork-from`), and what it copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<fork::ForkedFrom>,
 }
 
 /// The run directory and its paths.
@@ -173,6 +177,13 @@ impl RunDir {
 
 /// The dotted keys whose values differ between two configs (at most 8).
 fn config_diff(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let mut out = config_diff_all(old, new);
+    out.truncate(8);
+    out
+}
+
+/// Every dotted key whose value differs between two configs.
+fn config_diff_all(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
     fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
         match (a, b) {
             (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
@@ -188,7 +199,6 @@ fn config_diff(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> 
     }
     let mut out = Vec::new();
     walk("", old, new, &mut out);
-    out.truncate(8);
     out
 }
 
@@ -236,6 +246,7 @@ mod tests {
             seed: 0,
             swegym_version: "0".into(),
             created_at: 0,
+            forked_from: None,
         };
         let (_, resumed) = rd.open(&json!({"a": 1}), "a = 1\n", info("ab")).unwrap();
         assert!(!resumed);
@@ -257,6 +268,7 @@ mod tests {
             seed: 0,
             swegym_version: "0".into(),
             created_at,
+            forked_from: None,
         };
         rd.open(&json!({"run": {"iterations": 1, "seed": 0}}), "iterations = 1\n", info("ab", 5)).unwrap();
         let (got, resumed) = rd.open(&json!({"run": {"iterations": 3, "seed": 0}}), "iterations = 3\n", info("cd", 9)).unwrap();

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{Overlong, RawTrainConfig, TrainConfig};
+pub use config::{Overlong, RawTrainConfig, TrainConfig, TrainDtype};
 pub use data::{tokenize_records, Example, TokenizeReport};
 pub use trainer::{train, StepOutcome, TrainRequest, Trainer};
 

@@ -31,7 +31,7 @@ use swegym_lm::{chat_template_for, load_model, CausalLm};
 use swegym_schema::sft::SftRecord;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::TrainConfig;
+use crate::config::{TrainConfig, TrainDtype};
 use crate::data::{tokenize_records, Example};
 use crate::optim::{clip_grad_norm, cosine_lr, AdamW};
 use crate::{StepLog, TrainError, TrainSummary};
@@ -68,7 +68,10 @@ pub fn train(req: TrainRequest<'_>, on_step: &mut dyn FnMut(&StepLog)) -> Result
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n);
     }
-    let (model, tokenizer) = load_model(req.model, cfg.dtype, req.device)?;
+    // `auto` becomes the dtype this device runs fastest; the summary records the one used.
+    let resolved = TrainConfig { dtype: TrainDtype::Fixed(cfg.dtype.resolve(req.device)), ..cfg.clone() };
+    let cfg = &resolved;
+    let (model, tokenizer) = load_model(req.model, cfg.dtype.resolve(req.device), req.device)?;
     let template = chat_template_for(req.model, &tokenizer)
         .or_else(|| ChatTemplate::from_tokenizer(&tokenizer))
         .ok_or_else(|| TrainError::Data {

@@ -163,4 +163,12 @@ fn bf16_training_tracks_f32() {
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
     assert!(header.contains("\"F32\"") && !header.contains("BF16"), "{header}");
+    // `auto` trains in the dtype this CPU runs fastest, and the summary says which.
+    let auto = train(&model, &records, &dir.path().join("auto"), &config(&format!("{base}max_steps = 1\ndtype = \"auto\"\n")), &mut |_| {});
+    let want = if swegym_lm::cpu_multiplies_bf16() { "bf16" } else { "f32" };
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("auto/train_summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["config"]["dtype"], want, "{summary}");
+    assert_eq!(auto.config.dtype.to_string(), want);
+    let err = swegym_train::RawTrainConfig { dtype: Some("f8".into()), ..Default::default() }.resolve("t").unwrap_err().to_string();
+    assert!(err.contains("expected auto, f32, bf16 or f16"), "{err}");
 }
