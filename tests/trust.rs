@@ -9,6 +9,23 @@ mod common;
 
 use common::{cache_root, fails, read_parquet_with_pyarrow, repo_root, run_ok, swegym};
 
+/// A TCP port listening on every host address (non-blocking), and the addresses a sandbox
+/// might reach it by: loopback, Docker's default gateway and the host's own.
+fn host_listener() -> (std::net::TcpListener, u16, Vec<String>) {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut addresses = vec!["127.0.0.1".to_string(), "172.17.0.1".to_string()];
+    let host_ips = std::process::Command::new("hostname").arg("-I").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    addresses.extend(host_ips.split_whitespace().filter(|a| a.contains('.')).map(str::to_string));
+    (listener, port, addresses)
+}
+
+/// No connection reached the listener.
+fn assert_no_connection(listener: &std::net::TcpListener) {
+    assert!(matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "a connection reached the host's listener");
+}
+
 /// marshmallow-1359 as a JSON object (the real SWE-bench Lite dev row).
 fn marshmallow_task() -> serde_json::Value {
     let text = std::fs::read_to_string(repo_root().join("datasets/swebench-lite-marshmallow/tasks.jsonl")).unwrap();
@@ -32,8 +49,10 @@ const NO_OP_PATCH: &str = "diff --git a/src/marshmallow/_note.py b/src/marshmall
 
 /// A patch to marshmallow's `__init__.py` (3.0.0), imported before any test runs, that
 /// gathers every process's environment and host secret files it can open, tries to write
-/// outside the workspace, and puts what it found in the test log (as the message of an import error, so pytest shows it whatever it captures).
-fn leaking_patch() -> String {
+/// outside the workspace and to connect to `port` on `addresses`, and puts what it found in
+/// the test log (as the message of an import error, so pytest shows it whatever it captures).
+fn leaking_patch(port: u16, addresses: &[String]) -> String {
+    let (connect, try_connect) = (format!("for _a in {addresses:?}:"), format!("        _socket.create_connection((_a, {port}), 2)"));
     let leak = [
         "import glob as _glob, os as _os",
         "_seen = {'self': dict(_os.environ)}",
@@ -48,6 +67,13 @@ fn leaking_patch() -> String {
         "        _seen[_w] = 'WROTE-OUTSIDE'",
         "    except OSError as _e:",
         "        _seen[_w] = repr(_e)",
+        "import socket as _socket",
+        connect.as_str(),
+        "    try:",
+        try_connect.as_str(),
+        "        _seen['net ' + _a] = 'NET-CONNECTED'",
+        "    except OSError as _e:",
+        "        _seen['net ' + _a] = repr(_e)",
         "raise RuntimeError('LEAK ' + repr(_seen))",
     ];
     let mut patch = format!(
@@ -96,8 +122,9 @@ fn graded_attacks_are_contained(backend: &str) {
     let prediction = |t: &serde_json::Value, patch: &str| {
         serde_json::json!({"instance_id": t["instance_id"], "model_name_or_path": "attacker", "model_patch": patch})
     };
+    let (listener, port, addresses) = host_listener();
     let preds = tmp.path().join("preds.jsonl");
-    std::fs::write(&preds, jsonl(&[prediction(&no_f2p, NO_OP_PATCH), prediction(&leak, &leaking_patch()), prediction(&no_env, NO_OP_PATCH)])).unwrap();
+    std::fs::write(&preds, jsonl(&[prediction(&no_f2p, NO_OP_PATCH), prediction(&leak, &leaking_patch(port, &addresses)), prediction(&no_env, NO_OP_PATCH)])).unwrap();
 
     // Without the flag the task with no FAIL_TO_PASS is a bad row, named.
     let out = run_ok(swegym().args(["dataset", "stats", "--json"]).arg(&dataset));
@@ -139,6 +166,11 @@ fn graded_attacks_are_contained(backend: &str) {
     let leak_log = log("leak");
     assert!(leak_log.contains("LEAK {") && leak_log.contains("/proc/1/environ") && leak_log.contains("'/opt/venv/pwned': "), "the attack ran and printed:\n{leak_log}");
     assert!(!leak_log.contains("WROTE-OUTSIDE"), "a graded patch wrote outside the workspace:\n{leak_log}");
+    for a in &addresses {
+        assert!(leak_log.contains(&format!("'net {a}': ")), "no connection attempt to {a} in:\n{leak_log}");
+    }
+    assert!(!leak_log.contains("NET-CONNECTED"), "a graded patch reached the host:\n{leak_log}");
+    assert_no_connection(&listener);
     if backend == "local" {
         assert!(leak_log.contains("'/etc/shadow': \"FileNotFoundError"), "/etc/shadow is not there:\n{leak_log}");
     }
@@ -278,12 +310,7 @@ fn agent_commands_are_contained(backend: &str) {
     let host_secret = tmp.path().join("host-secret.txt");
     let secret_text = format!("host-secret-{}", std::process::id());
     std::fs::write(&host_secret, &secret_text).unwrap();
-    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut addresses = vec!["127.0.0.1".to_string(), "172.17.0.1".to_string()];
-    let host_ips = std::process::Command::new("hostname").arg("-I").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
-    addresses.extend(host_ips.split_whitespace().filter(|a| a.contains('.')).map(str::to_string));
+    let (listener, port, addresses) = host_listener();
     let connect = format!(
         "import socket\nfor a in {addresses:?}:\n    try:\n        socket.create_connection((a, {port}), 2); print('NET-CONNECTED', a)\n    except OSError as e:\n        print('net-refused', a, type(e).__name__)\n"
     );
@@ -345,7 +372,7 @@ fn agent_commands_are_contained(backend: &str) {
         assert!(all.contains(&format!("net-refused {a} ")), "no refusal for {a}:\n{all}");
     }
     assert!(!all.contains("NET-CONNECTED"), "the sandbox reached the host:\n{all}");
-    assert!(matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "a connection reached the host's listener");
+    assert_no_connection(&listener);
     // Processes: the pids limit stopped the forks well before the host's.
     let forks: usize = all.lines().find_map(|l| l.strip_prefix("FORKS ")).and_then(|n| n.trim().parse().ok()).expect("the fork step printed its count");
     assert!(all.contains("FORK-STOPPED") && forks < 1024, "{forks} forks:\n{all}");

@@ -398,6 +398,11 @@ impl GgufFile {
             .map(Some)
     }
 
+    /// Where a tensor's bytes start in the file.
+    pub fn tensor_file_offset(&self, info: &TensorInfo) -> u64 {
+        self.data_offset + info.offset
+    }
+
     /// The raw bytes of a tensor.
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + info.offset) as usize;

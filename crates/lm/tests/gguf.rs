@@ -145,3 +145,33 @@ fn gguf_without_model_metadata_fails_by_key() {
     let err = Tokenizer::from_gguf(&f).unwrap_err().to_string();
     assert!(err.contains("quant_types.gguf") && err.contains("tokenizer.ggml.model: missing"), "{err}");
 }
+
+/// A GGUF whose tensor data is corrupt (NaN written into an f32 norm of the real SmolLM2
+/// file) fails at load naming the file and the tensor, instead of loading and giving NaN
+/// logits.
+#[test]
+fn corrupt_gguf_tensor_data_fails_by_name() {
+    let Some(path) = smollm2_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("corrupt.gguf");
+    std::fs::copy(&path, &copy).unwrap();
+    let name = "blk.3.attn_norm.weight";
+    let offset = {
+        let f = GgufFile::open(&copy).unwrap();
+        let info = f.tensor_info(name).unwrap();
+        assert_eq!(info.ty, GgmlType::F32, "{name} is stored as f32 in this file");
+        f.tensor_file_offset(info)
+    };
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+        file.seek(SeekFrom::Start(offset + 4 * 10)).unwrap();
+        for _ in 0..2 {
+            file.write_all(&f32::NAN.to_le_bytes()).unwrap();
+        }
+    }
+    let f = GgufFile::open(&copy).unwrap();
+    let err = CausalLm::from_gguf(&f, Dtype::F32, tch::Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("corrupt.gguf") && err.contains("not all finite numbers (2 NaN or infinite)"), "{err}");
+    assert!(err.contains("layers.3.input_layernorm.weight") || err.contains(name), "the tensor is named: {err}");
+}
