@@ -129,19 +129,18 @@ fn copy_stage(src_root: &Path, dst_root: &Path, folder: &str, stage: Stage) -> a
 /// Fills `dst` (a folder that has no `run.json` yet) with the stages of `src` that come
 /// before the fork point. `new_config` is the new run's resolved config.
 pub fn fork(src: &Path, dst: &Path, new_config: &serde_json::Value) -> anyhow::Result<ForkedFrom> {
-    let bad = |msg: String| anyhow::Error::from(crate::exit::Exit::bad_input(msg));
+    let bad = crate::exit::Exit::bad_input;
     let src_info: RunInfo = read_json(&src.join("run.json")).map_err(|_| bad(format!("--fork-from {}: not a run folder (it has no readable run.json)", src.display())))?;
     let src_config: serde_json::Value = read_json(&src.join("config.json")).map_err(|_| bad(format!("--fork-from {}: its config.json is missing or unreadable", src.display())))?;
     let changed = config_diff_all(&src_config, new_config);
     let point = fork_point(&src_config, new_config, &changed).map_err(|e| bad(format!("--fork-from {}: {e}", src.display())))?;
     // Every stage before the fork point must be finished in the source: a fork never
     // copies half an iteration's inputs.
-    let before = |it: u32, stage: Stage| point.is_none_or(|p| (it, ITERATION_STAGES.iter().position(|s| *s == stage).unwrap_or(0)) < p.rank());
+    let before = |iteration: u32, stage: Stage| point.is_none_or(|p| ForkPoint { iteration, stage }.rank() < p.rank());
     if let Some(p) = point {
         let needed = ITERATION_STAGES.iter().take_while(|s| before(p.iteration, **s)).copied().collect::<Vec<_>>();
-        // The stages the source ran before the point in that iteration (score and
-        // warm_start are optional): the last stage the source ran before the point must
-        // be done, which we check on `filter` / `export` / `train` as they always run.
+        // The last stage before the point that every run has (warm_start, sample and score
+        // are optional) must be done in the source.
         let last_required = needed.iter().rev().find(|s| matches!(s, Stage::Filter | Stage::Export | Stage::Train | Stage::Eval));
         if let Some(s) = last_required {
             if !RunDir::manifest_path(&src.join(format!("iter-{:03}", p.iteration)), *s).exists() {
