@@ -26,6 +26,30 @@ fn assert_no_connection(listener: &std::net::TcpListener) {
     assert!(matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "a connection reached the host's listener");
 }
 
+/// A file in the host user's home folder (where `~/.ssh`, cloud credentials and tokens
+/// live) holding a secret, removed when dropped. The local sandbox binds one folder under
+/// the home (the Python it runs); nothing else of it may be readable inside.
+struct HomeCanary {
+    path: std::path::PathBuf,
+    text: String,
+}
+
+impl HomeCanary {
+    fn new(tag: &str) -> HomeCanary {
+        let home = std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"));
+        let path = home.join(format!(".swegym-trust-canary-{tag}-{}", std::process::id()));
+        let text = format!("home-secret-{tag}-{}", std::process::id());
+        std::fs::write(&path, &text).unwrap();
+        HomeCanary { path, text }
+    }
+}
+
+impl Drop for HomeCanary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// marshmallow-1359 as a JSON object (the real SWE-bench Lite dev row).
 fn marshmallow_task() -> serde_json::Value {
     let text = std::fs::read_to_string(repo_root().join("datasets/swebench-lite-marshmallow/tasks.jsonl")).unwrap();
@@ -48,15 +72,18 @@ fn jsonl(rows: &[serde_json::Value]) -> String {
 const NO_OP_PATCH: &str = "diff --git a/src/marshmallow/_note.py b/src/marshmallow/_note.py\nnew file mode 100644\n--- /dev/null\n+++ b/src/marshmallow/_note.py\n@@ -0,0 +1 @@\n+NOTE = \"nothing to see here\"\n";
 
 /// A patch to marshmallow's `__init__.py` (3.0.0), imported before any test runs, that
-/// gathers every process's environment and host secret files it can open, tries to write
-/// outside the workspace and to connect to `port` on `addresses`, and puts what it found in
-/// the test log (as the message of an import error, so pytest shows it whatever it captures).
-fn leaking_patch(port: u16, addresses: &[String]) -> String {
+/// gathers every process's environment and the host secret files it can open (`host_files`
+/// besides the usual ones), tries to write outside the workspace and to connect to `port`
+/// on `addresses`, forks until something stops it (capped at 3000, then kills what it
+/// made), fills 6 GiB in a child process, and puts what it found in the test log (as the
+/// message of an import error, so pytest shows it whatever it captures).
+fn leaking_patch(port: u16, addresses: &[String], host_files: &[String]) -> String {
     let (connect, try_connect) = (format!("for _a in {addresses:?}:"), format!("        _socket.create_connection((_a, {port}), 2)"));
+    let read = format!("for _f in _glob.glob('/proc/*/environ') + ['/etc/shadow', '/etc/gshadow', '/root/.ssh/id_rsa'] + {host_files:?}:");
     let leak = [
         "import glob as _glob, os as _os",
         "_seen = {'self': dict(_os.environ)}",
-        "for _f in _glob.glob('/proc/*/environ') + ['/etc/shadow', '/etc/gshadow', '/root/.ssh/id_rsa']:",
+        read.as_str(),
         "    try:",
         "        _seen[_f] = open(_f, 'rb').read().decode(errors='replace')",
         "    except OSError as _e:",
@@ -74,6 +101,22 @@ fn leaking_patch(port: u16, addresses: &[String]) -> String {
         "        _seen['net ' + _a] = 'NET-CONNECTED'",
         "    except OSError as _e:",
         "        _seen['net ' + _a] = repr(_e)",
+        "import signal as _signal, subprocess as _sp, sys as _sys, time as _time",
+        "_kids = []",
+        "try:",
+        "    while len(_kids) != 3000:",
+        "        _pid = _os.fork()",
+        "        if _pid == 0:",
+        "            _time.sleep(30)",
+        "            _os._exit(0)",
+        "        _kids.append(_pid)",
+        "    _seen['forks'] = 'FORKS-UNSTOPPED'",
+        "except OSError as _e:",
+        "    _seen['forks'] = 'FORK-STOPPED %d %s' % (len(_kids), type(_e).__name__)",
+        "for _k in _kids:",
+        "    _os.kill(_k, _signal.SIGKILL)",
+        "    _os.waitpid(_k, 0)",
+        "_seen['memory'] = 'MEMORY-EXIT %d' % _sp.run([_sys.executable, '-c', \"x = b'x' * (6 << 30)\"]).returncode",
         "raise RuntimeError('LEAK ' + repr(_seen))",
     ];
     let mut patch = format!(
@@ -106,7 +149,8 @@ fn graded_attacks_are_contained_docker() {
 /// One `evaluate` run over three graded attacks (real marshmallow environment): a no-op
 /// patch on a task whose FAIL_TO_PASS is empty is never resolved; a patch printing every
 /// environment the sandbox can read shows no trace of the API key in swegym's environment,
-/// and no host secret; a task with no environment is an env_error while the run finishes
+/// no host secret (the home folder's included), and cannot fork or fill memory past the
+/// sandbox's limits; a task with no environment is an env_error while the run finishes
 /// and reports it.
 fn graded_attacks_are_contained(backend: &str) {
     let before = common::leftovers(backend);
@@ -123,8 +167,10 @@ fn graded_attacks_are_contained(backend: &str) {
         serde_json::json!({"instance_id": t["instance_id"], "model_name_or_path": "attacker", "model_patch": patch})
     };
     let (listener, port, addresses) = host_listener();
+    let home = HomeCanary::new(&format!("graded-{backend}"));
+    let host_files = [home.path.display().to_string()];
     let preds = tmp.path().join("preds.jsonl");
-    std::fs::write(&preds, jsonl(&[prediction(&no_f2p, NO_OP_PATCH), prediction(&leak, &leaking_patch(port, &addresses)), prediction(&no_env, NO_OP_PATCH)])).unwrap();
+    std::fs::write(&preds, jsonl(&[prediction(&no_f2p, NO_OP_PATCH), prediction(&leak, &leaking_patch(port, &addresses, &host_files)), prediction(&no_env, NO_OP_PATCH)])).unwrap();
 
     // Without the flag the task with no FAIL_TO_PASS is a bad row, named.
     let out = run_ok(swegym().args(["dataset", "stats", "--json"]).arg(&dataset));
@@ -174,6 +220,14 @@ fn graded_attacks_are_contained(backend: &str) {
     if backend == "local" {
         assert!(leak_log.contains("'/etc/shadow': \"FileNotFoundError"), "/etc/shadow is not there:\n{leak_log}");
     }
+    // The home folder: ~/.ssh is not there, and neither is a file beside it.
+    assert!(leak_log.contains("'/root/.ssh/id_rsa': \"FileNotFoundError"), "{leak_log}");
+    assert!(leak_log.contains(&format!("'{}': \"FileNotFoundError", home.path.display())) && !leak_log.contains(&home.text), "a file in the host's home was read:\n{leak_log}");
+    // Processes and memory: the pids limit stopped the forks well before the host's, and a
+    // child filling 6 GiB under the 4 GiB limit did not exit normally.
+    let forks: usize = leak_log.split("FORK-STOPPED ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("the forks were not stopped:\n{leak_log}"));
+    assert!(forks < 1024, "{forks} forks:\n{leak_log}");
+    assert!(leak_log.contains("'memory': 'MEMORY-EXIT ") && !leak_log.contains("MEMORY-EXIT 0'"), "6 GiB were filled under a 4 GiB limit:\n{leak_log}");
     // (A container's /etc/shadow is its image's own.) No password hash of the host's shows.
     let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
     for hash in host_shadow.lines().filter_map(|l| l.split(':').nth(1)).filter(|h| h.len() > 3) {
@@ -310,6 +364,7 @@ fn agent_commands_are_contained(backend: &str) {
     let host_secret = tmp.path().join("host-secret.txt");
     let secret_text = format!("host-secret-{}", std::process::id());
     std::fs::write(&host_secret, &secret_text).unwrap();
+    let home = HomeCanary::new(&format!("agent-{backend}"));
     let (listener, port, addresses) = host_listener();
     let connect = format!(
         "import socket\nfor a in {addresses:?}:\n    try:\n        socket.create_connection((a, {port}), 2); print('NET-CONNECTED', a)\n    except OSError as e:\n        print('net-refused', a, type(e).__name__)\n"
@@ -321,7 +376,7 @@ fn agent_commands_are_contained(backend: &str) {
         // The whole of pid 1's environment and the shell's, and a search of every process's
         // (a count of 0 means: found nowhere), so no truncation can hide a leak.
         bash("echo '== /proc/1/environ'; tr '\\0' '\\n' < /proc/1/environ; echo '== env'; env; echo canary-count-$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c -e SWEGYM_TEST_CANARY -e OPENAI_API_KEY)"),
-        bash(&format!("cat /etc/shadow /etc/gshadow; ls /root/.ssh /root/.cache/swegym 2>&1; cat {} 2>&1; echo read-done", host_secret.display())),
+        bash(&format!("cat /etc/shadow /etc/gshadow; ls /root/.ssh /root/.cache/swegym 2>&1; cat {} {} 2>&1; echo read-done", host_secret.display(), home.path.display())),
         bash("for p in /etc/pwned /usr/pwned /opt/venv/pwned /pwned; do touch $p 2>/dev/null && echo WROTE $p; done; echo write-done"),
         bash(&format!("cat > /tmp/net.py <<'EOF'\n{connect}EOF\npython3 /tmp/net.py; echo net-done")),
         bash(&format!("(sleep {marker} &) ; echo left-a-process")),
@@ -366,7 +421,7 @@ fn agent_commands_are_contained(backend: &str) {
     assert!(all.contains("== /proc/1/environ") && all.contains("== env") && all.contains("canary-count-0"), "{all}");
     assert!(!all.contains("WROTE"), "a write outside the workspace succeeded:\n{all}");
     // Host files: the cache (libtorch, the models) and a file the agent named by its path.
-    assert!(!all.contains(&secret_text) && !all.contains("libtorch-") && !all.contains(".gguf"), "a host file was read:\n{all}");
+    assert!(!all.contains(&secret_text) && !all.contains(&home.text) && !all.contains("libtorch-") && !all.contains(".gguf"), "a host file was read:\n{all}");
     // The network: every address tried, none connected, and the listener saw nothing.
     for a in &addresses {
         assert!(all.contains(&format!("net-refused {a} ")), "no refusal for {a}:\n{all}");
