@@ -75,9 +75,11 @@ const NO_OP_PATCH: &str = "diff --git a/src/marshmallow/_note.py b/src/marshmall
 /// gathers every process's environment and the host secret files it can open (`host_files`
 /// besides the usual ones), tries to write outside the workspace and to connect to `port`
 /// on `addresses`, forks until something stops it (capped at 3000, then kills what it
-/// made), fills 6 GiB in a child process, and puts what it found in the test log (as the
-/// message of an import error, so pytest shows it whatever it captures).
-fn leaking_patch(port: u16, addresses: &[String], host_files: &[String]) -> String {
+/// made), fills 6 GiB in a child process, leaves `sleep MARKER` running in a session of its
+/// own, and puts what it found in the test log (as the message of an import error, so
+/// pytest shows it whatever it captures).
+fn leaking_patch(port: u16, addresses: &[String], host_files: &[String], marker: &str) -> String {
+    let leave = format!("_seen['left'] = 'LEFT-PID %d' % _sp.Popen(['sleep', '{marker}'], start_new_session=True).pid");
     let (connect, try_connect) = (format!("for _a in {addresses:?}:"), format!("        _socket.create_connection((_a, {port}), 2)"));
     let read = format!("for _f in _glob.glob('/proc/*/environ') + ['/etc/shadow', '/etc/gshadow', '/root/.ssh/id_rsa'] + {host_files:?}:");
     let leak = [
@@ -117,6 +119,7 @@ fn leaking_patch(port: u16, addresses: &[String], host_files: &[String]) -> Stri
         "    _os.kill(_k, _signal.SIGKILL)",
         "    _os.waitpid(_k, 0)",
         "_seen['memory'] = 'MEMORY-EXIT %d' % _sp.run([_sys.executable, '-c', \"x = b'x' * (6 << 30)\"]).returncode",
+        leave.as_str(),
         "raise RuntimeError('LEAK ' + repr(_seen))",
     ];
     let mut patch = format!(
@@ -149,8 +152,8 @@ fn graded_attacks_are_contained_docker() {
 /// One `evaluate` run over three graded attacks (real marshmallow environment): a no-op
 /// patch on a task whose FAIL_TO_PASS is empty is never resolved; a patch printing every
 /// environment the sandbox can read shows no trace of the API key in swegym's environment,
-/// no host secret (the home folder's included), and cannot fork or fill memory past the
-/// sandbox's limits; a task with no environment is an env_error while the run finishes
+/// no host secret (the home folder's included), cannot fork or fill memory past the
+/// sandbox's limits and leaves no process behind; a task with no environment is an env_error while the run finishes
 /// and reports it.
 fn graded_attacks_are_contained(backend: &str) {
     let before = common::leftovers(backend);
@@ -169,8 +172,10 @@ fn graded_attacks_are_contained(backend: &str) {
     let (listener, port, addresses) = host_listener();
     let home = HomeCanary::new(&format!("graded-{backend}"));
     let host_files = [home.path.display().to_string()];
+    // A sleep length no other process has (the two backends' tests run side by side).
+    let marker = format!("{}{}", 700_000 + std::process::id() % 99_999, if backend == "local" { 1 } else { 2 });
     let preds = tmp.path().join("preds.jsonl");
-    std::fs::write(&preds, jsonl(&[prediction(&no_f2p, NO_OP_PATCH), prediction(&leak, &leaking_patch(port, &addresses, &host_files)), prediction(&no_env, NO_OP_PATCH)])).unwrap();
+    std::fs::write(&preds, jsonl(&[prediction(&no_f2p, NO_OP_PATCH), prediction(&leak, &leaking_patch(port, &addresses, &host_files, &marker)), prediction(&no_env, NO_OP_PATCH)])).unwrap();
 
     // Without the flag the task with no FAIL_TO_PASS is a bad row, named.
     let out = run_ok(swegym().args(["dataset", "stats", "--json"]).arg(&dataset));
@@ -229,6 +234,10 @@ fn graded_attacks_are_contained(backend: &str) {
     let forks: usize = leak_log.split("FORK-STOPPED ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("the forks were not stopped:\n{leak_log}"));
     assert!(forks < 1024, "{forks} forks:\n{leak_log}");
     assert!(leak_log.contains("'memory': 'MEMORY-EXIT ") && !leak_log.contains("MEMORY-EXIT 0'"), "6 GiB were filled under a 4 GiB limit:\n{leak_log}");
+    // Nothing the patch started outlives its sandbox.
+    assert!(leak_log.contains("'left': 'LEFT-PID "), "the patch started its process:\n{leak_log}");
+    let left = std::process::Command::new("pgrep").args(["-f", &format!("sleep {marker}")]).output().unwrap();
+    assert!(left.stdout.is_empty(), "a process the graded patch left runs on: {}", String::from_utf8_lossy(&left.stdout));
     // (A container's /etc/shadow is its image's own.) No password hash of the host's shows.
     let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
     for hash in host_shadow.lines().filter_map(|l| l.split(':').nth(1)).filter(|h| h.len() > 3) {
