@@ -7,7 +7,7 @@
 #   2. a LoRA verifier on the base model (`swegym verifier train`, the paper's recipe, or
 #      VERIFIER_TRAIN_CONFIG's keys over it);
 #   3. the run's last adapter on the run's held-out split, K rollouts a task with the run's
-#      own agent settings (RUN/config.json): rollout 0 greedy (the run's eval), rollouts
+#      own agent settings (RUN/config.json): rollout 0 greedy (as the run's eval samples it), rollouts
 #      1..K-1 at the run's sampling temperature;
 #   4. p(YES) of every held-out rollout, then Pass@1, Pass@k, Best@k and Random@k with
 #      bootstrap intervals, AUC and accuracy (`swegym verifier eval --ks 1 2 .. K`).

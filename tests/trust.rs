@@ -153,8 +153,8 @@ fn graded_attacks_are_contained_docker() {
 /// patch on a task whose FAIL_TO_PASS is empty is never resolved; a patch printing every
 /// environment the sandbox can read shows no trace of the API key in swegym's environment,
 /// no host secret (the home folder's included), cannot fork or fill memory past the
-/// sandbox's limits and leaves no process behind; a task with no environment is an env_error while the run finishes
-/// and reports it.
+/// sandbox's limits and leaves no process behind; a task with no environment is an
+/// env_error while the run finishes and reports it.
 fn graded_attacks_are_contained(backend: &str) {
     let before = common::leftovers(backend);
     let tmp = tempfile::tempdir().unwrap();
