@@ -50,6 +50,10 @@ pub struct ModelArgs {
     /// Fold the adapter into the base weights instead of keeping it as separate layers.
     #[arg(long, requires = "adapter")]
     pub merge_adapter: bool,
+    /// What decoding steps multiply by: f32 (the model's own weights) or q8 (8-bit copies
+    /// of f32 weights; see `swegym sample --weights`). Default: the model's own.
+    #[arg(long)]
+    pub weights: Option<swegym_lm::DecodeWeights>,
 }
 
 impl ModelArgs {
@@ -62,6 +66,11 @@ impl ModelArgs {
             swegym_lm::load_model(&self.model, self.dtype.dtype(), device).map_err(|e| Exit::bad_input(e.to_string()))?;
         if let Some(dir) = &self.adapter {
             swegym_lm::lora::load_adapter(&mut model, dir, self.merge_adapter).map_err(|e| Exit::bad_input(e.to_string()))?;
+        }
+        if let Some(w) = self.weights {
+            if model.set_decode_weights(w) != w {
+                tracing::warn!("--weights {w}: not for this model here (q8 needs f32 weights on a CPU with AVX2); decoding uses the model's own weights");
+            }
         }
         Ok((model, tokenizer))
     }

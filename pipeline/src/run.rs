@@ -553,7 +553,7 @@ impl Runner {
         let p = &self.cfg.policy;
         match p.kind {
             PolicyKind::Local => {
-                let dtypes = ModelDtypes { weights: p.dtype, kv: p.kv_dtype, prefill: p.prefill_dtype };
+                let dtypes = ModelDtypes { weights: p.dtype, kv: p.kv_dtype, prefill: p.prefill_dtype, decode: p.weights };
                 crate::sample::warn_slow_bf16_prefill(&dtypes);
                 let (model, device, threads, merge, jobs) = (p.model.clone(), p.device_choice(), p.threads, p.merge_adapter, self.cfg.sandbox.jobs);
                 let policy = tokio::task::spawn_blocking(move || {
@@ -686,7 +686,7 @@ impl Runner {
             swegym_lm::Dtype::Bf16 => crate::lm::DtypeArg::Bf16,
             swegym_lm::Dtype::F16 => crate::lm::DtypeArg::F16,
         };
-        crate::lm::ModelArgs { model: v.model.clone(), dtype, device: p.device_choice(), threads: p.threads, adapter: Some(v.adapter.clone()), merge_adapter: true }
+        crate::lm::ModelArgs { model: v.model.clone(), dtype, device: p.device_choice(), threads: p.threads, adapter: Some(v.adapter.clone()), merge_adapter: true, weights: None }
     }
 
     /// Scores `rollouts` with the verifier into `out` (atomically); the manifest's numbers.

@@ -76,6 +76,13 @@ pub struct SampleArgs {
     /// AMX), at bf16's rounding of the prompt's keys, values and first logits.
     #[arg(long)]
     pub prefill_dtype: Option<swegym_lm::Dtype>,
+    /// What the local model's decoding steps multiply by: f32 (its own weights) or q8
+    /// (8-bit copies, int8 in blocks of 32 with a scale each, remade after an adapter
+    /// merge): a step streams every weight once, and q8 streams 0.28 of f32's bytes.
+    /// Prefills stay in the weights' (or --prefill-dtype's) dtype. q8 needs f32 weights on
+    /// a CPU with AVX2 (elsewhere the model's own weights are used).
+    #[arg(long)]
+    pub weights: Option<swegym_lm::DecodeWeights>,
     /// Device of the local model: auto (CUDA when libtorch has it), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: swegym_lm::DeviceChoice,
@@ -210,7 +217,7 @@ pub(crate) fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>>
                 return Err(Exit::bad_input(format!("--adapter {}: no adapter_config.json there (a PEFT adapter folder)", dir.display())));
             }
             let adapter = adapter.map(|dir| AdapterLoad { dir, merge: true });
-            let dtypes = ModelDtypes { weights: args.dtype, kv: args.kv_dtype, prefill: args.prefill_dtype };
+            let dtypes = ModelDtypes { weights: args.dtype, kv: args.kv_dtype, prefill: args.prefill_dtype, decode: args.weights };
             dtypes.check_prefill().map_err(|e| Exit::bad_input(format!("--prefill-dtype: {e}")))?;
             warn_slow_bf16_prefill(&dtypes);
             Arc::new(

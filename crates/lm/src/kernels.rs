@@ -28,6 +28,9 @@ use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 
+mod q8_weights;
+pub(crate) use q8_weights::{matmul_rows_q8, Q8Matrix};
+
 /// A raw pointer the jobs of one [`parallel`] call share (each writes a disjoint part).
 struct Shared<T>(*mut T);
 impl<T> Clone for Shared<T> {
@@ -81,6 +84,20 @@ fn parallel<F: Fn(usize) + Sync>(n: usize, job: F) {
         Some(parallel) if threads > 1 => unsafe { parallel(run::<F>, data, threads as u32, 0) },
         _ => run::<F>(data),
     }
+}
+
+/// Rows up to which decoding products read the 8-bit weights (when the model keeps them);
+/// more rows take the f32 weights. Without VNNI each input row costs the 8-bit product
+/// about as much arithmetic as the f32 one's memory time saves: on a 2-vCPU AMD EPYC
+/// (Zen 3, AVX2; `matmul_timing`, SmolLM2's 121 products of a step) 1, 2, 3, 4 and 8 rows
+/// took 9.7, 11.9, 17.0, 20.6 and 39.8 ms from 8-bit weights against 21.4, 22.1, 24.0, 25.7
+/// and 30.8 from f32, and whole decoding steps of 4 rows were already slower (`bench
+/// generate`: 97.7 against 107.9 tokens/s).
+pub(crate) const Q8_MAX_ROWS: i64 = 3;
+
+/// Whether [`matmul_rows_q8`] runs on this CPU (it needs AVX2).
+pub(crate) fn q8_products_run_here() -> bool {
+    avx2()
 }
 
 /// Rows of `x` up to which [`matmul_rows`] applies.
@@ -1629,10 +1646,12 @@ mod tests {
         }
         shapes.push((49152, 576));
         let weights: Vec<Tensor> = shapes.iter().map(|&(n, k)| Tensor::randn([n, k], (Kind::Float, Device::Cpu))).collect();
+        let q8: Vec<Q8Matrix> = weights.iter().map(|w| Q8Matrix::quantize(w).expect("multiples of 32")).collect();
         let paths: Vec<Isa> = isas().filter(|&isa| isa != Isa::Scalar).collect();
-        for rows in [1i64, 2, 3, 4] {
+        for rows in [1i64, 2, 3, 4, 8] {
             let xs: Vec<Tensor> = shapes.iter().map(|&(_, k)| Tensor::randn([rows, k], (Kind::Float, Device::Cpu))).collect();
-            let mut times = vec![Vec::new(); paths.len()];
+            // the f32 paths, then the q8 path (last)
+            let mut times = vec![Vec::new(); paths.len() + 1];
             for _ in 0..15 {
                 for (isa, times) in paths.iter().zip(&mut times) {
                     let t = std::time::Instant::now();
@@ -1641,10 +1660,16 @@ mod tests {
                     }
                     times.push(t.elapsed().as_secs_f64() * 1e3);
                 }
+                let t = std::time::Instant::now();
+                for (x, w) in xs.iter().zip(&q8) {
+                    let _ = matmul_rows_q8(x, w, None).expect("the kernel applies");
+                }
+                times[paths.len()].push(t.elapsed().as_secs_f64() * 1e3);
             }
-            for (isa, times) in paths.iter().zip(&mut times) {
+            let names = paths.iter().map(|isa| format!("{isa:?} f32")).chain(["q8".to_string()]);
+            for (name, times) in names.zip(&mut times) {
                 times.sort_by(f64::total_cmp);
-                eprintln!("{isa:?}, {rows} row(s), 121 products, 540 MB of weights: median {:.2} ms (min {:.2})", times[7], times[0]);
+                eprintln!("{name}, {rows} row(s), 121 products: median {:.2} ms (min {:.2})", times[7], times[0]);
             }
         }
     }

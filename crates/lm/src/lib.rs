@@ -27,7 +27,7 @@ pub use generate::{
 };
 pub use gguf::{GgmlType, GgufError, GgufFile, MetadataValue, TensorInfo};
 pub use lora::{AdapterConfig, LoraConfig, LoraTarget};
-pub use model::{auto_kv_dtype, CausalLm, Dtype, KvCache, KvDtype, RowKv, TrainStep};
+pub use model::{auto_kv_dtype, CausalLm, DecodeWeights, Dtype, KvCache, KvDtype, RowKv, TrainStep};
 pub use tokenizer::{PreTokenizer, Tokenizer, TokenizerError};
 pub use weights::Weights;
 

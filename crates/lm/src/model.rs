@@ -119,6 +119,37 @@ impl KvDtype {
     }
 }
 
+/// The weights decoding steps multiply by: the model's own (`F32`), or an 8-bit copy of
+/// every projection and of the output head (`Q8`: int8 values in blocks of 32 with an f32
+/// scale each, made at load and again after each adapter merge; see
+/// [`CausalLm::set_decode_weights`]). Prefills and training keep the model's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DecodeWeights {
+    #[default]
+    F32,
+    Q8,
+}
+
+impl std::str::FromStr for DecodeWeights {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(DecodeWeights::F32),
+            "q8" | "int8" => Ok(DecodeWeights::Q8),
+            other => Err(format!("unknown decoding weights {other:?} (expected f32 or q8)")),
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DecodeWeights::F32 => "f32",
+            DecodeWeights::Q8 => "q8",
+        })
+    }
+}
+
 /// `y = x W^T (+ b)`, plus a LoRA delta when adapters are attached. A fused projection
 /// (q/k/v, gate/up) records its parts (which projection, how many output rows) so LoRA
 /// and adapters address each part by its HF name.
@@ -130,19 +161,30 @@ pub struct Linear {
     lora: Option<LoraLayer>,
     /// A bf16 copy of `weight` for prefill-sized products ([`CausalLm::set_prefill_dtype`]).
     prefill: Option<Tensor>,
+    /// An 8-bit copy of `weight` for decoding-sized products ([`CausalLm::set_decode_weights`]).
+    decode: Option<kernels::Q8Matrix>,
 }
 
 impl Linear {
     fn load(w: &mut Weights, prefix: &str, target: LoraTarget, (out, inp): (i64, i64), bias: bool) -> Result<Self, ModelError> {
         let weight = w.take(&format!("{prefix}.weight"), &[out, inp])?;
         let bias = if bias { Some(w.take(&format!("{prefix}.bias"), &[out])?) } else { None };
-        Ok(Self { weight, bias, parts: vec![(target, out)], lora: None, prefill: None })
+        Ok(Self { weight, bias, parts: vec![(target, out)], lora: None, prefill: None, decode: None })
     }
 
     /// `x W^T + b`, plus the LoRA delta (`train` switches LoRA dropout on). With a bf16
     /// copy of the weight ([`CausalLm::set_prefill_dtype`]), a product of more rows than a
     /// decoding step feeds, outside training, multiplies in bf16 (f32 sums) and returns f32.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        if let Some(y) = self.decode.as_ref().filter(|_| !train).and_then(|q| decode_product(x, q, self.bias.as_ref())) {
+            return match &self.lora {
+                None => y,
+                Some(lora) => {
+                    let sizes: Vec<i64> = self.parts.iter().map(|p| p.1).collect();
+                    lora.add_to(y, x, &sizes, train)
+                }
+            };
+        }
         let y = match &self.prefill {
             Some(w16) if !train && is_prefill_product(x, w16) => {
                 let y = x.to_kind(Kind::BFloat16).linear::<Tensor>(w16, None).to_kind(Kind::Float);
@@ -173,17 +215,22 @@ impl Linear {
             None
         };
         let fused_parts = parts.iter().flat_map(|l| l.parts.iter().copied()).collect();
-        Linear { weight, bias, parts: fused_parts, lora: None, prefill: None }
+        Linear { weight, bias, parts: fused_parts, lora: None, prefill: None, decode: None }
     }
 
     fn cast(self, device: Device, kind: Kind) -> Linear {
         let cast = |t: Tensor| t.to_device(device).to_kind(kind);
-        Linear { weight: cast(self.weight), bias: self.bias.map(cast), prefill: None, ..self }
+        Linear { weight: cast(self.weight), bias: self.bias.map(cast), prefill: None, decode: None, ..self }
     }
 
     /// Keeps (or drops) the bf16 copy of the weight that prefill-sized products use.
     fn set_prefill_copy(&mut self, keep: bool) {
         self.prefill = keep.then(|| self.weight.to_kind(Kind::BFloat16));
+    }
+
+    /// Keeps (or drops) the 8-bit copy of the weight that decoding-sized products use.
+    fn set_decode_copy(&mut self, keep: bool) {
+        self.decode = if keep { kernels::Q8Matrix::quantize(&self.weight) } else { None };
     }
 
     /// Folds the LoRA delta into the weight rows of each part and drops the LoRA layer.
@@ -201,7 +248,25 @@ impl Linear {
         if self.prefill.is_some() {
             self.set_prefill_copy(true);
         }
+        if self.decode.is_some() {
+            self.set_decode_copy(true);
+        }
     }
+}
+
+/// `x W^T + b` from the 8-bit weight `q` for a decoding-sized `x: [..., in]` (f32, at most
+/// [`kernels::Q8_MAX_ROWS`] rows, no gradient, on the CPU); `None` for anything else (the
+/// f32 weights, which the model keeps, take it).
+fn decode_product(x: &Tensor, q: &kernels::Q8Matrix, bias: Option<&Tensor>) -> Option<Tensor> {
+    let (out, in_dim) = q.shape();
+    let rows = x.numel() as i64 / (in_dim as i64).max(1);
+    if x.kind() != Kind::Float || x.requires_grad() || rows > kernels::Q8_MAX_ROWS || rows == 0 || x.device() != Device::Cpu {
+        return None;
+    }
+    let y = kernels::matmul_rows_q8(&x.reshape([rows, in_dim as i64]), q, bias)?;
+    let mut shape = x.size();
+    *shape.last_mut()? = out as i64;
+    Some(y.view(shape.as_slice()))
 }
 
 /// Whether `x` (f32, no gradient) is a product for a bf16 weight copy: more rows than
@@ -701,6 +766,10 @@ pub struct CausalLm {
     kv_dtype: KvDtype,
     /// The dtype prefills compute in, when not `dtype` ([`CausalLm::set_prefill_dtype`]).
     prefill_dtype: Option<Dtype>,
+    /// What decoding steps multiply by ([`CausalLm::set_decode_weights`]).
+    decode_weights: DecodeWeights,
+    /// The output head's 8-bit copy when `decode_weights` is `Q8`.
+    lm_head_q8: Option<kernels::Q8Matrix>,
 }
 
 impl CausalLm {
@@ -751,6 +820,8 @@ impl CausalLm {
             dtype,
             kv_dtype: dtype.into(),
             prefill_dtype: None,
+            decode_weights: DecodeWeights::F32,
+            lm_head_q8: None,
         })
     }
 
@@ -819,6 +890,44 @@ impl CausalLm {
             }
         }
         self.prefill_dtype = keep.then_some(Dtype::Bf16);
+    }
+
+    /// Makes decoding steps (products of at most [`kernels::MATMUL_MAX_ROWS`] positions,
+    /// outside training) multiply by 8-bit copies of the projection weights and of the
+    /// output head (`Q8`), or by the model's own (`F32`). A step streams every weight once,
+    /// so its time follows the weights' bytes: int8 with a scale per 32 values is 0.28 of
+    /// f32. Each input row is quantized the same way inside the product, so the logits move
+    /// by about 1% of their spread (the crate's tests bound it against the f32 model). `Q8`
+    /// applies to an f32 model on the CPU (whose products it replaces) with AVX2, to
+    /// weights whose input size is a multiple of 32; elsewhere the model keeps its own
+    /// weights and this returns `F32`. Returns what decoding now uses. Adapter merges
+    /// ([`CausalLm::merge_lora`]) refresh the copies; attached adapters add their delta in
+    /// f32 as before.
+    pub fn set_decode_weights(&mut self, weights: DecodeWeights) -> DecodeWeights {
+        let keep = weights == DecodeWeights::Q8 && self.dtype == Dtype::F32 && self.device == Device::Cpu && kernels::q8_products_run_here();
+        let _guard = tch::no_grad_guard();
+        for (_, linear) in self.linears_mut() {
+            linear.set_decode_copy(keep);
+        }
+        self.lm_head_q8 = if keep { kernels::Q8Matrix::quantize(&self.lm_head) } else { None };
+        self.decode_weights = if keep { DecodeWeights::Q8 } else { DecodeWeights::F32 };
+        self.decode_weights
+    }
+
+    /// What decoding steps multiply by ([`CausalLm::set_decode_weights`]).
+    pub fn decode_weights(&self) -> DecodeWeights {
+        self.decode_weights
+    }
+
+    /// Bytes of the weights one decoding step streams: the 8-bit copies where they are
+    /// kept, else the model's own projection and output-head weights.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let own = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        let mut total = self.lm_head_q8.as_ref().map_or_else(|| own(&self.lm_head), kernels::Q8Matrix::bytes);
+        for (_, lin) in self.linears() {
+            total += lin.decode.as_ref().map_or_else(|| own(&lin.weight), kernels::Q8Matrix::bytes);
+        }
+        total
     }
 
     /// The dtype prefills compute in: [`CausalLm::set_prefill_dtype`]'s, else the weights'.
@@ -947,6 +1056,9 @@ impl CausalLm {
 
     /// lm_head; f32 logits.
     fn logits(&self, hidden: &Tensor) -> Tensor {
+        if let Some(y) = self.lm_head_q8.as_ref().and_then(|q| decode_product(hidden, q, None)) {
+            return y;
+        }
         linear(hidden, &self.lm_head, None).to_kind(Kind::Float)
     }
 

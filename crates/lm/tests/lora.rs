@@ -9,7 +9,7 @@ mod common;
 
 use common::fixture_path;
 use swegym_lm::lora::{load_adapter, read_adapter_config, save_adapter, AdapterConfig, LoraConfig, LoraTarget};
-use swegym_lm::{CausalLm, Dtype};
+use swegym_lm::{CausalLm, DecodeWeights, Dtype};
 use tch::{Device, Kind, Tensor};
 
 fn tiny(name: &str) -> CausalLm {
@@ -93,6 +93,46 @@ fn merged_equals_unmerged_and_save_load_round_trips() {
             let d = max_diff(&with_lora, &loaded.forward(&input()));
             assert!(d < 1e-5, "{fixture} merge={merge}: logits differ by {d}");
         }
+    }
+}
+
+/// Three positions: a product of at most `Q8_MAX_ROWS` rows, which reads the 8-bit copies.
+fn decoding_input() -> Tensor {
+    Tensor::from_slice(&[5i64, 17, 99]).unsqueeze(0)
+}
+
+/// The 8-bit copies decoding reads are remade when an adapter is merged: a model set to
+/// q8 before the merge gives exactly the logits of one quantized after it (bias and all,
+/// on the Qwen2 fixture), and an unmerged adapter on q8 copies adds its f32 delta, near
+/// the merged result.
+#[test]
+fn q8_decoding_copies_follow_a_merge() {
+    for fixture in ["tiny-llama", "tiny-qwen2"] {
+        let mut model = tiny(fixture);
+        let lora = LoraConfig { r: 4, alpha: 8.0, target_modules: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down], ..LoraConfig::default() };
+        model.add_lora(&lora, 1);
+        randomize_b(&model);
+        let dir = tempfile::tempdir().unwrap();
+        save_adapter(&model, &adapter_config(&lora), dir.path()).unwrap();
+        let q8_after = {
+            let mut m = tiny(fixture);
+            load_adapter(&mut m, dir.path(), true).unwrap();
+            assert_eq!(m.set_decode_weights(DecodeWeights::Q8), DecodeWeights::Q8);
+            m.forward(&decoding_input())
+        };
+        let q8_before = |merge: bool| {
+            let mut m = tiny(fixture);
+            assert_eq!(m.set_decode_weights(DecodeWeights::Q8), DecodeWeights::Q8);
+            load_adapter(&mut m, dir.path(), merge).unwrap();
+            assert_eq!(m.decode_weights(), DecodeWeights::Q8);
+            m.forward(&decoding_input())
+        };
+        assert_eq!(max_diff(&q8_after, &q8_before(true)), 0.0, "{fixture}: a merge must remake the 8-bit copies");
+        let f32_merged = model.forward(&decoding_input());
+        let (unmerged, q8_error) = (max_diff(&q8_after, &q8_before(false)), max_diff(&q8_after, &f32_merged));
+        assert!(q8_error > 0.0 && unmerged < 2.0 * q8_error, "{fixture}: unmerged on q8 {unmerged}, q8 vs f32 {q8_error}");
+        let f32_logit_range = f64::try_from(f32_merged.max() - f32_merged.min()).unwrap();
+        assert!(q8_error < 0.05 * f32_logit_range, "{fixture}: q8 logits off by {q8_error} of a range {f32_logit_range}");
     }
 }
 

@@ -1,6 +1,9 @@
-//! `swegym bench generate`: prefill and decode tokens/s of our runtime per dtype and batch,
-//! with peak RSS, beside transformers run in the same session by the peer's own script
-//! (`scripts/baselines/bench_generate.py`), or its committed results when it cannot run.
+//! `swegym bench generate`: prefill and decode tokens/s of our runtime per dtype, decoding
+//! weights (f32, q8) and batch, with peak RSS, beside transformers run in the same session
+//! by the peer's own script (`scripts/baselines/bench_generate.py`), or its committed
+//! results when it cannot run, and beside llama.cpp on the same GGUF
+//! (`scripts/baselines/llamacpp_bench.py`, batch 1) when llama-cpp-python is installed.
+//! `--json FILE` writes one object per measured configuration.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,6 +32,24 @@ pub struct GenerateBenchArgs {
     pub no_transformers: bool,
     #[arg(long, value_enum, num_args = 1.., default_values = ["f32", "bf16"])]
     pub dtypes: Vec<DtypeArg>,
+    /// Decoding weights to measure for f32 models: f32 (the model's own) and q8 (8-bit
+    /// copies; see `swegym sample --weights`). Other dtypes decode from their own weights.
+    #[arg(long, num_args = 1.., default_values = ["f32", "q8"])]
+    pub weights: Vec<swegym_lm::DecodeWeights>,
+    /// llama.cpp's side: a Python with llama-cpp-python (default:
+    /// <cache>/venv-llamacpp/bin/python, made by stages/sample/scripts/install-llamacpp-server.sh).
+    #[arg(long)]
+    pub llamacpp_python: Option<PathBuf>,
+    /// The llama.cpp side's script (relative paths are from the clone's root).
+    #[arg(long, default_value = "scripts/baselines/llamacpp_bench.py")]
+    pub llamacpp_script: PathBuf,
+    /// Skip llama.cpp even when it is installed.
+    #[arg(long)]
+    pub no_llamacpp: bool,
+    /// Also write the results here as a JSON list, one object per measured configuration:
+    /// `{"engine", "weights", "batch", "decode_tok_s", "prefill_tok_s"}` (medians).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     /// dtype of our KV cache (default: each run's weights dtype).
     #[arg(long, value_enum)]
     pub kv_dtype: Option<DtypeArg>,
@@ -60,6 +81,10 @@ struct SideResult {
 struct GenerateBench {
     bench: &'static str,
     dtype: String,
+    /// What decoding steps multiplied by (`CausalLm::decode_weights`).
+    weights: String,
+    /// MiB of weights a one-row decoding step streams (`CausalLm::decode_weight_bytes`).
+    decode_weight_mib: f64,
     kv_dtype: String,
     batch: usize,
     prompt_len: usize,
@@ -98,8 +123,10 @@ pub async fn bench_generate(ctx: &crate::context::Context, args: GenerateBenchAr
             args.baseline_dir.display()
         );
     }
+    let llamacpp = if args.no_llamacpp { None } else { llamacpp_side(ctx, &args) };
     tokio::task::spawn_blocking(move || {
         let mut rows = Vec::new();
+        let mut summary = Vec::new();
         for &dtype in &args.dtypes {
             tch::set_num_threads(args.threads);
             let (mut lm, tokenizer) = swegym_lm::load_model(&model, dtype.dtype(), tch::Device::Cpu)
@@ -108,56 +135,156 @@ pub async fn bench_generate(ctx: &crate::context::Context, args: GenerateBenchAr
                 lm.set_kv_dtype(kv.dtype());
             }
             let peak_load = proc_status_mib("VmHWM");
+            let weights: Vec<swegym_lm::DecodeWeights> = if dtype == DtypeArg::F32 { args.weights.clone() } else { vec![swegym_lm::DecodeWeights::F32] };
             for &batch in &args.batches {
                 let theirs = if transformers_here {
                     Some(run_transformers(&args, &python, &hf_model, dtype, batch)?)
                 } else {
                     baseline_file(&args.baseline_dir, dtype, batch)
                 };
-                reset_peak_rss();
-                let ours = run_ours(&lm, &tokenizer, &args, batch, peak_load);
-                let ratio = |a: &Stat, b: Option<&Stat>| b.map(|b| a.median / b.median);
-                let row = GenerateBench {
-                    bench: "generate",
-                    dtype: dtype.dtype().to_string(),
-                    kv_dtype: lm.kv_dtype().to_string(),
-                    batch,
-                    prompt_len: args.prompt_len,
-                    new_tokens: args.new_tokens,
-                    threads: args.threads,
-                    decode_ratio: ratio(&ours.decode_tok_s, theirs.as_ref().map(|t| &t.decode_tok_s)),
-                    prefill_ratio: ratio(&ours.prefill_tok_s, theirs.as_ref().map(|t| &t.prefill_tok_s)),
-                    swegym: ours,
-                    transformers: theirs,
-                };
-                println!("{}", serde_json::to_string(&row)?);
-                rows.push(row);
+                for &w in &weights {
+                    let used = lm.set_decode_weights(w);
+                    if used != w {
+                        eprintln!("{w} decoding weights do not apply here (they need f32 weights and AVX2): skipped");
+                        continue;
+                    }
+                    reset_peak_rss();
+                    let ours = run_ours(&lm, &tokenizer, &args, batch, peak_load);
+                    let ratio = |a: &Stat, b: Option<&Stat>| b.map(|b| a.median / b.median);
+                    let weights_label = if used == swegym_lm::DecodeWeights::Q8 { "q8".to_string() } else { dtype.dtype().to_string() };
+                    summary.push(EngineRow { engine: "swegym", weights: weights_label.clone(), batch, decode_tok_s: ours.decode_tok_s.median, prefill_tok_s: ours.prefill_tok_s.median });
+                    let row = GenerateBench {
+                        bench: "generate",
+                        dtype: dtype.dtype().to_string(),
+                        weights: weights_label,
+                        decode_weight_mib: lm.decode_weight_bytes() as f64 / (1 << 20) as f64,
+                        kv_dtype: lm.kv_dtype().to_string(),
+                        batch,
+                        prompt_len: args.prompt_len,
+                        new_tokens: args.new_tokens,
+                        threads: args.threads,
+                        decode_ratio: ratio(&ours.decode_tok_s, theirs.as_ref().map(|t| &t.decode_tok_s)),
+                        prefill_ratio: ratio(&ours.prefill_tok_s, theirs.as_ref().map(|t| &t.prefill_tok_s)),
+                        swegym: ours,
+                        transformers: theirs.clone(),
+                    };
+                    println!("{}", serde_json::to_string(&row)?);
+                    rows.push(row);
+                }
+                if let Some(t) = theirs.as_ref().filter(|t| t.source == "measured") {
+                    summary.push(EngineRow { engine: "transformers", weights: dtype.dtype().to_string(), batch, decode_tok_s: t.decode_tok_s.median, prefill_tok_s: t.prefill_tok_s.median });
+                }
             }
+            drop(lm);
         }
-        eprintln!("\n| dtype | batch | prefill tok/s ours / transformers (×) | decode tok/s ours / transformers (×) | peak RSS MiB gen ours / transformers | transformers from |");
-        eprintln!("|---|---|---|---|---|---|");
-        for r in &rows {
-            let t = r.transformers.as_ref();
-            let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
-            eprintln!(
-                "| {} | {} | {:.0} / {} ({}) | {:.1} / {} ({}) | {:.0} / {} | {} |",
-                if r.kv_dtype == r.dtype { r.dtype.clone() } else { format!("{} (KV cache {})", r.dtype, r.kv_dtype) },
-                r.batch,
-                r.swegym.prefill_tok_s.median,
-                f(t.map(|t| t.prefill_tok_s.median)),
-                r.prefill_ratio.map_or("-".into(), |v| format!("{v:.2}×")),
-                r.swegym.decode_tok_s.median,
-                f(t.map(|t| t.decode_tok_s.median)),
-                r.decode_ratio.map_or("-".into(), |v| format!("{v:.2}×")),
-                r.swegym.peak_rss_generate_mib,
-                f(t.map(|t| t.peak_rss_generate_mib)),
-                t.map_or("-", |t| t.source.as_str()),
-            );
+        if let Some((python, script)) = &llamacpp {
+            let theirs = run_llamacpp(&args, python, script, &model)?;
+            println!("{}", serde_json::to_string(&theirs)?);
+            summary.push(theirs);
+        }
+        print_table(&rows, &summary);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
         }
         Ok(())
     })
     .await
     .context("bench thread")?
+}
+
+/// One measured configuration, as `--json` writes it (medians).
+#[derive(Debug, Clone, Serialize)]
+struct EngineRow {
+    engine: &'static str,
+    /// f32, bf16 or f16 (the model's own weights), q8, or the GGUF's type (llama.cpp).
+    weights: String,
+    batch: usize,
+    decode_tok_s: f64,
+    prefill_tok_s: f64,
+}
+
+fn print_table(rows: &[GenerateBench], summary: &[EngineRow]) {
+    eprintln!("\n| dtype | decoding weights | batch | prefill tok/s ours / transformers (×) | decode tok/s ours / transformers (×) | peak RSS MiB gen ours / transformers | transformers from |");
+    eprintln!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        let t = r.transformers.as_ref();
+        let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
+        eprintln!(
+            "| {} | {} | {} | {:.0} / {} ({}) | {:.1} / {} ({}) | {:.0} / {} | {} |",
+            if r.kv_dtype == r.dtype { r.dtype.clone() } else { format!("{} (KV cache {})", r.dtype, r.kv_dtype) },
+            r.weights,
+            r.batch,
+            r.swegym.prefill_tok_s.median,
+            f(t.map(|t| t.prefill_tok_s.median)),
+            r.prefill_ratio.map_or("-".into(), |v| format!("{v:.2}×")),
+            r.swegym.decode_tok_s.median,
+            f(t.map(|t| t.decode_tok_s.median)),
+            r.decode_ratio.map_or("-".into(), |v| format!("{v:.2}×")),
+            r.swegym.peak_rss_generate_mib,
+            f(t.map(|t| t.peak_rss_generate_mib)),
+            t.map_or("-", |t| t.source.as_str()),
+        );
+    }
+    let ours = |w: &str, batch: usize| summary.iter().find(|r| r.engine == "swegym" && r.weights == w && r.batch == batch).map(|r| r.decode_tok_s);
+    let llama = summary.iter().find(|r| r.engine == "llama.cpp");
+    let batches: std::collections::BTreeSet<usize> = summary.iter().filter(|r| r.engine == "swegym").map(|r| r.batch).collect();
+    for batch in batches {
+        if let (Some(q8), Some(f32)) = (ours("q8", batch), ours("f32", batch)) {
+            let vs_llama = llama.map_or(String::new(), |l| {
+                let bar = if batch == 1 { l.decode_tok_s } else { 4.0 * l.decode_tok_s };
+                format!("; {:.2}× llama.cpp {} ({})", q8 / bar, l.weights, if batch == 1 { format!("{:.1} tok/s at batch 1", l.decode_tok_s) } else { format!("4 × its batch-1 {:.1} tok/s", l.decode_tok_s) })
+            });
+            eprintln!("decode at batch {batch}: q8 {q8:.1} tok/s, {:.2}× f32 ({f32:.1}){vs_llama}", q8 / f32);
+        }
+    }
+}
+
+/// llama.cpp's side when it can run here: its Python (with llama-cpp-python) and script.
+fn llamacpp_side(ctx: &crate::context::Context, args: &GenerateBenchArgs) -> Option<(PathBuf, PathBuf)> {
+    let python = args.llamacpp_python.clone().unwrap_or_else(|| ctx.cache_root.join("venv-llamacpp/bin/python"));
+    let ready = python.exists()
+        && args.llamacpp_script.is_file()
+        && std::process::Command::new(&python).args(["-c", "import llama_cpp"]).output().is_ok_and(|o| o.status.success());
+    if !ready {
+        eprintln!(
+            "llama.cpp is not measured: {} cannot import llama_cpp or {} is missing (stages/sample/scripts/install-llamacpp-server.sh installs it)",
+            python.display(),
+            args.llamacpp_script.display()
+        );
+    }
+    ready.then_some((python, args.llamacpp_script.clone()))
+}
+
+/// llama.cpp at batch 1 on `model` (its own random prompt of the same length), by the
+/// peer-side script: its thin `eval` + argmax loop, medians of `--runs`.
+fn run_llamacpp(args: &GenerateBenchArgs, python: &std::path::Path, script: &std::path::Path, model: &std::path::Path) -> anyhow::Result<EngineRow> {
+    let out = tempfile::tempdir()?;
+    let json = out.path().join("llamacpp.json");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(model)
+        .env("PROMPT_LEN", args.prompt_len.to_string())
+        .env("NEW_TOKENS", args.new_tokens.to_string())
+        .env("RUNS", args.runs.max(1).to_string())
+        .env("THREADS", args.threads.to_string())
+        .env("REF_JSON", "-")
+        .env("OUT_JSON", &json)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        let tail: String = String::from_utf8_lossy(&output.stderr).lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        return Err(Exit::infra(format!("{} {} failed ({}):\n{tail}", script.display(), model.display(), output.status)));
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let median = |k: &str| v["raw"][k]["median"].as_f64().ok_or_else(|| Exit::infra(format!("{}: no raw.{k}.median", json.display())));
+    Ok(EngineRow { engine: "llama.cpp", weights: gguf_type(model), batch: 1, decode_tok_s: median("decode_tok_s")?, prefill_tok_s: median("prefill_tok_s")? })
+}
+
+/// The GGUF's main weight type as its file name says it (`…Q4_1.gguf` → `Q4_1`), else "gguf".
+fn gguf_type(model: &std::path::Path) -> String {
+    let stem = model.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    stem.rsplit('.').next().filter(|t| t.starts_with('Q') || t.starts_with('F') || t.starts_with("BF")).unwrap_or("gguf").to_string()
 }
 
 fn run_ours(lm: &CausalLm, tokenizer: &Tokenizer, args: &GenerateBenchArgs, batch: usize, peak_load: f64) -> SideResult {

@@ -26,6 +26,10 @@ pub struct SampleBenchArgs {
     /// Concurrencies to compare; ratios are to the first.
     #[arg(long = "compare-jobs", num_args = 1.., default_values = ["1", "4"])]
     pub compare_jobs: Vec<usize>,
+    /// The local policy's decoding weights to compare (f32, q8), each at every -j, in the
+    /// same run (default: --weights alone). Ratios are to the first weights' first -j.
+    #[arg(long = "compare-weights", num_args = 1..)]
+    pub compare_weights: Vec<swegym_lm::DecodeWeights>,
     /// Runs per concurrency, interleaved (-j 1, -j 4, -j 1, …); the summary gives medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub repeats: u64,
@@ -35,6 +39,9 @@ pub struct SampleBenchArgs {
 struct SampleBenchRow {
     bench: &'static str,
     policy_id: String,
+    /// The local policy's decoding weights (`--weights`; absent for other policies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weights: Option<String>,
     jobs: usize,
     /// 1-based run of this concurrency (`--repeats`).
     run: usize,
@@ -72,17 +79,20 @@ async fn bench_run(
     provisioner: &Arc<Provisioner>,
     args: &SampleBenchArgs,
     dir: &Path,
-    jobs: usize,
+    (weights, jobs): (Option<swegym_lm::DecodeWeights>, usize),
     run: usize,
     first: &mut Option<(f64, f64)>,
 ) -> anyhow::Result<SampleBenchRow> {
-    let out = dir.join(format!("j{jobs}.parquet"));
+    let out = match weights {
+        Some(w) => dir.join(format!("{w}-j{jobs}.parquet")),
+        None => dir.join(format!("j{jobs}.parquet")),
+    };
     for stale in [out.clone(), swegym_sample::partial_path(&out)] {
         if stale.exists() {
             std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
         }
     }
-    let sample_args = SampleArgs { jobs, ..args.sample.clone() };
+    let sample_args = SampleArgs { jobs, weights: weights.or(args.sample.weights), ..args.sample.clone() };
     let policy = build_policy(&sample_args)?;
     let config = SampleConfig { jobs, ..base_config.clone() };
     let bar = output::progress(tasks.len() * config.k as usize, &format!("sampling -j {jobs}"));
@@ -108,6 +118,7 @@ async fn bench_run(
     let row = SampleBenchRow {
         bench: "sample",
         policy_id: rollouts.first().map(|r| r.policy_id.clone()).unwrap_or_default(),
+        weights: (args.sample.policy == crate::sample::PolicyArg::Local).then(|| sample_args.weights.unwrap_or_default().to_string()),
         jobs,
         run,
         rollouts: outcome.ran,
@@ -123,14 +134,15 @@ async fn bench_run(
         exit_reasons,
         engine,
     };
+    let label = row.weights.as_ref().map_or_else(String::new, |w| format!("{w} "));
     eprintln!(
-        "-j {jobs} (run {run}): {} rollouts in {:.1} s (the last started at {:.1} s) = {:.0} rollouts/hour ({:.2}x -j {}); {} turns, {} completion tokens = {:.0}/hour ({:.2}x)",
+        "{label}-j {jobs} (run {run}): {} rollouts in {:.1} s (the last started at {:.1} s) = {:.0} rollouts/hour ({:.2}x -j {}); {} turns, {} completion tokens = {:.0}/hour ({:.2}x)",
         row.rollouts,
         row.wall_seconds,
         row.last_start_seconds,
         row.rollouts_per_hour,
         row.ratio,
-        args.compare_jobs[0],
+        first_label(args),
         row.turns,
         row.completion_tokens,
         row.completion_tokens_per_hour,
@@ -164,31 +176,38 @@ pub async fn bench(ctx: &Context, args: SampleBenchArgs) -> anyhow::Result<()> {
         let w = swegym_evaluate::runner::workspace_ref(task);
         provisioner.prepare(&w).await.map_err(|e| Exit::infra(e.to_string()))?;
     }
+    let weights: Vec<Option<swegym_lm::DecodeWeights>> =
+        if args.compare_weights.is_empty() { vec![None] } else { args.compare_weights.iter().copied().map(Some).collect() };
+    let configs: Vec<(Option<swegym_lm::DecodeWeights>, usize)> = weights.iter().flat_map(|&w| args.compare_jobs.iter().map(move |&j| (w, j.max(1)))).collect();
     let mut first: Option<(f64, f64)> = None;
-    let mut runs: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configs.len()];
     for run in 1..=args.repeats as usize {
-        for &jobs in &args.compare_jobs {
-            let row = bench_run(&tasks, &base_config, &provisioner, &args, &dir, jobs.max(1), run, &mut first).await?;
-            runs.entry(row.jobs).or_default().push((row.rollouts_per_hour, row.completion_tokens_per_hour));
+        for (config, runs) in configs.iter().zip(&mut runs) {
+            let row = bench_run(&tasks, &base_config, &provisioner, &args, &dir, *config, run, &mut first).await?;
+            runs.push((row.rollouts_per_hour, row.completion_tokens_per_hour));
             println!("{}", serde_json::to_string(&row)?);
         }
     }
     if args.repeats > 1 {
         let median = |mut v: Vec<f64>| super::median(&mut v);
-        let medians: Vec<(usize, f64, f64)> = runs
-            .into_iter()
-            .map(|(jobs, r)| (jobs, median(r.iter().map(|x| x.0).collect()), median(r.iter().map(|x| x.1).collect())))
-            .collect();
-        let base = medians.iter().find(|m| m.0 == args.compare_jobs[0].max(1)).copied().unwrap_or(medians[0]);
-        for (jobs, rate, tokens) in &medians {
+        let medians: Vec<(f64, f64)> = runs.into_iter().map(|r| (median(r.iter().map(|x| x.0).collect()), median(r.iter().map(|x| x.1).collect()))).collect();
+        let base = medians[0];
+        for ((w, jobs), (rate, tokens)) in configs.iter().zip(&medians) {
+            let w = w.map_or_else(String::new, |w| format!("{w} "));
             eprintln!(
-                "median of {} runs, -j {jobs}: {rate:.0} rollouts/hour ({:.2}x -j {}), {tokens:.0} completion tokens/hour ({:.2}x)",
+                "median of {} runs, {w}-j {jobs}: {rate:.0} rollouts/hour ({:.2}x {}), {tokens:.0} completion tokens/hour ({:.2}x)",
                 args.repeats,
-                rate / base.1,
-                base.0,
-                tokens / base.2
+                rate / base.0,
+                first_label(&args),
+                tokens / base.1
             );
         }
     }
     Ok(())
+}
+
+/// The configuration the ratios are to: the first weights (when compared) at the first -j.
+fn first_label(args: &SampleBenchArgs) -> String {
+    let jobs = format!("-j {}", args.compare_jobs[0].max(1));
+    args.compare_weights.first().map_or(jobs.clone(), |w| format!("{w} {jobs}"))
 }

@@ -101,6 +101,7 @@ struct RawPolicy {
     dtype: Option<String>,
     kv_dtype: Option<String>,
     prefill_dtype: Option<String>,
+    weights: Option<String>,
     device: Option<String>,
     threads: Option<i32>,
     temperature: Option<f64>,
@@ -312,6 +313,11 @@ pub struct PolicySection {
     /// `swegym_lm::CausalLm::set_prefill_dtype`). Left out of the config hash when unset.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_some")]
     pub prefill_dtype: Option<Dtype>,
+    /// What the local model's decoding steps multiply by (None: its own weights; `q8`:
+    /// 8-bit copies, see `swegym_lm::CausalLm::set_decode_weights`). Left out of the config
+    /// hash when unset.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display_some")]
+    pub weights: Option<swegym_lm::DecodeWeights>,
     pub device: String,
     pub threads: Option<i32>,
     pub temperature: f64,
@@ -785,7 +791,14 @@ impl Resolver {
             None => None,
             Some(s) => Some(s.parse::<Dtype>().map_err(|e| self.err("[policy] prefill_dtype", e))?),
         };
-        let dtypes = swegym_sample::policy::local::ModelDtypes { weights: dtype, kv: kv_dtype, prefill: prefill_dtype };
+        let weights = match p.weights.as_deref() {
+            None => None,
+            Some(s) => Some(s.parse::<swegym_lm::DecodeWeights>().map_err(|e| self.err("[policy] weights", e))?),
+        };
+        if weights == Some(swegym_lm::DecodeWeights::Q8) && dtype != Dtype::F32 {
+            return Err(self.err("[policy] weights", format!("q8 decoding weights are made from f32 weights, and dtype is {dtype}; set dtype = \"f32\" or leave weights unset")));
+        }
+        let dtypes = swegym_sample::policy::local::ModelDtypes { weights: dtype, kv: kv_dtype, prefill: prefill_dtype, decode: weights };
         dtypes.check_prefill().map_err(|e| self.err("[policy] prefill_dtype", e))?;
         let device = p.device.unwrap_or_else(|| "auto".into());
         device.parse::<DeviceChoice>().map_err(|e| self.err("[policy] device", e))?;
@@ -824,6 +837,7 @@ impl Resolver {
             dtype,
             kv_dtype,
             prefill_dtype,
+            weights,
             device,
             threads: p.threads,
             temperature,
@@ -1234,6 +1248,22 @@ max_steps = 2
             let (dir, cfg) = fixture(&GOOD.replace("[policy]\n", &format!("[policy]\nprefill_dtype = \"{bad}\"\n")));
             let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
             assert!(err.contains("[policy] prefill_dtype"), "{err}");
+        }
+    }
+
+    #[test]
+    fn decoding_weights_are_the_models_own_unless_set() {
+        let (dir, cfg) = fixture(GOOD);
+        let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        assert!(c.policy.weights.is_none() && c.to_json()["policy"].get("weights").is_none(), "unset: out of the config hash");
+        let (dir, cfg) = fixture(&GOOD.replace("[policy]\n", "[policy]\nweights = \"q8\"\n"));
+        let (c, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        assert_eq!(c.policy.weights, Some(swegym_lm::DecodeWeights::Q8));
+        assert_eq!(c.to_json()["policy"]["weights"], "q8");
+        for (lines, says) in [("weights = \"q4\"\n", "expected f32 or q8"), ("weights = \"q8\"\ndtype = \"bf16\"\n", "made from f32 weights")] {
+            let (dir, cfg) = fixture(&GOOD.replace("[policy]\n", &format!("[policy]\n{lines}")));
+            let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
+            assert!(err.contains("[policy] weights") && err.contains(says), "{err}");
         }
     }
 

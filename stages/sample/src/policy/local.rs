@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use swegym_lm::chat::{ChatMessage, ChatTemplate};
-use swegym_lm::{chat_template_for, load_model, DeviceChoice, Dtype, Engine, EngineOptions, GenerateError, GenerationRequest, KvDtype};
+use swegym_lm::{chat_template_for, load_model, DecodeWeights, DeviceChoice, Dtype, Engine, EngineOptions, GenerateError, GenerationRequest, KvDtype};
 use swegym_schema::{Message, Role};
 
 use super::{Completion, Policy, PolicyError, PolicyRequest};
@@ -107,12 +107,14 @@ pub struct AdapterLoad<'a> {
 
 /// The dtypes of a local model: its weights; its KV cache (None:
 /// [`swegym_lm::auto_kv_dtype`]); its prefills (None: the weights'; bf16 for an f32 model:
-/// [`swegym_lm::CausalLm::set_prefill_dtype`]).
+/// [`swegym_lm::CausalLm::set_prefill_dtype`]); what its decoding steps multiply by (None:
+/// the model's own weights; see [`swegym_lm::CausalLm::set_decode_weights`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelDtypes {
     pub weights: Dtype,
     pub kv: Option<KvDtype>,
     pub prefill: Option<Dtype>,
+    pub decode: Option<DecodeWeights>,
 }
 
 impl ModelDtypes {
@@ -129,7 +131,7 @@ impl ModelDtypes {
 
 impl From<Dtype> for ModelDtypes {
     fn from(weights: Dtype) -> Self {
-        ModelDtypes { weights, kv: None, prefill: None }
+        ModelDtypes { weights, kv: None, prefill: None, decode: None }
     }
 }
 
@@ -163,6 +165,12 @@ impl LocalPolicy {
             }
             model.set_kv_dtype(dtypes.kv.unwrap_or_else(|| swegym_lm::auto_kv_dtype(dtypes.weights, device).into()));
             model.set_prefill_dtype(dtypes.prefill.unwrap_or(dtypes.weights));
+            // after the adapter: the 8-bit copies are made from the merged weights
+            let wanted = dtypes.decode.unwrap_or_default();
+            let used = model.set_decode_weights(wanted);
+            if used != wanted {
+                tracing::warn!("{wanted} decoding weights do not apply to this model here (they need f32 weights on a CPU with AVX2): decoding from its {} weights", dtypes.weights);
+            }
             Ok((model, tokenizer))
         })?;
         let tokenizer = engine.tokenizer();
@@ -258,7 +266,7 @@ mod tests {
 
     #[test]
     fn a_prefill_dtype_the_model_would_ignore_is_refused() {
-        let ok = |weights, prefill| ModelDtypes { weights, kv: None, prefill }.check_prefill();
+        let ok = |weights, prefill| ModelDtypes { weights, kv: None, prefill, decode: None }.check_prefill();
         assert!(ok(Dtype::F32, None).is_ok() && ok(Dtype::F32, Some(Dtype::Bf16)).is_ok() && ok(Dtype::Bf16, Some(Dtype::Bf16)).is_ok());
         let err = ok(Dtype::F32, Some(Dtype::F16)).unwrap_err();
         assert!(err.contains("f16 prefill with f32 weights") && err.contains("use bf16"), "{err}");
