@@ -136,7 +136,7 @@ async fn bench_run(
     };
     let label = row.weights.as_ref().map_or_else(String::new, |w| format!("{w} "));
     eprintln!(
-        "{label}-j {jobs} (run {run}): {} rollouts in {:.1} s (the last started at {:.1} s) = {:.0} rollouts/hour ({:.2}x -j {}); {} turns, {} completion tokens = {:.0}/hour ({:.2}x)",
+        "{label}-j {jobs} (run {run}): {} rollouts in {:.1} s (the last started at {:.1} s) = {:.0} rollouts/hour ({:.2}x {}); {} turns, {} completion tokens = {:.0}/hour ({:.2}x)",
         row.rollouts,
         row.wall_seconds,
         row.last_start_seconds,

@@ -190,6 +190,8 @@ unsafe fn q8_chunk(x: &Q8Rows, w: &Q8Matrix, rows: std::ops::Range<usize>, y: *m
     unsafe {
         match x.m {
             1 => q8_block::<1, 4>(x, w, rows, y, bias),
+            2 => q8_block::<2, 4>(x, w, rows, y, bias),
+            3 => q8_block::<3, 2>(x, w, rows, y, bias),
             _ => q8_block::<2, 4>(x, w, rows, y, bias),
         }
     }
