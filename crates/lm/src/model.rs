@@ -121,7 +121,7 @@ impl KvDtype {
 
 /// The weights decoding steps multiply by: the model's own (`F32`), or an 8-bit copy of
 /// every projection and of the output head (`Q8`: int8 values in blocks of 32 with an f32
-/// scale each, made at load and again after each adapter merge; see
+/// center and step each, made at load and again after each adapter merge; see
 /// [`CausalLm::set_decode_weights`]). Prefills and training keep the model's weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DecodeWeights {
@@ -172,9 +172,11 @@ impl Linear {
         Ok(Self { weight, bias, parts: vec![(target, out)], lora: None, prefill: None, decode: None })
     }
 
-    /// `x W^T + b`, plus the LoRA delta (`train` switches LoRA dropout on). With a bf16
-    /// copy of the weight ([`CausalLm::set_prefill_dtype`]), a product of more rows than a
-    /// decoding step feeds, outside training, multiplies in bf16 (f32 sums) and returns f32.
+    /// `x W^T + b`, plus the LoRA delta (`train` switches LoRA dropout on). With an 8-bit
+    /// copy of the weight ([`CausalLm::set_decode_weights`]), a product of at most
+    /// [`kernels::Q8_MAX_ROWS`] rows outside training reads it; with a bf16 copy
+    /// ([`CausalLm::set_prefill_dtype`]), a product of more rows than a decoding step
+    /// feeds, outside training, multiplies in bf16 (f32 sums) and returns f32.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         if let Some(y) = self.decode.as_ref().filter(|_| !train).and_then(|q| decode_product(x, q, self.bias.as_ref())) {
             return match &self.lora {
@@ -892,17 +894,19 @@ impl CausalLm {
         self.prefill_dtype = keep.then_some(Dtype::Bf16);
     }
 
-    /// Makes decoding steps (products of at most [`kernels::MATMUL_MAX_ROWS`] positions,
+    /// Makes decoding steps (products of at most [`kernels::Q8_MAX_ROWS`] positions,
     /// outside training) multiply by 8-bit copies of the projection weights and of the
     /// output head (`Q8`), or by the model's own (`F32`). A step streams every weight once,
-    /// so its time follows the weights' bytes: int8 with a scale per 32 values is 0.28 of
-    /// f32. Each input row is quantized the same way inside the product, so the logits move
-    /// by about 1% of their spread (the crate's tests bound it against the f32 model). `Q8`
-    /// applies to an f32 model on the CPU (whose products it replaces) with AVX2, to
-    /// weights whose input size is a multiple of 32; elsewhere the model keeps its own
-    /// weights and this returns `F32`. Returns what decoding now uses. Adapter merges
-    /// ([`CausalLm::merge_lora`]) refresh the copies; attached adapters add their delta in
-    /// f32 as before.
+    /// so its time follows the weights' bytes: int8 with a center and a step per 32 values
+    /// is 0.31 of f32 (a Q4_1 GGUF's weights are kept exactly; see `kernels/q8_weights.rs`).
+    /// Each input row is quantized to 16 bits inside the product: SmolLM2's logits moved by
+    /// up to 0.25 (the crate's tests bound it against the f32 weights). Steps of more rows
+    /// read the f32 weights, which the model keeps (on an AVX2 CPU the 8-bit product's
+    /// arithmetic per row outgrows what its smaller reads save). `Q8` applies to an f32
+    /// model on the CPU with AVX2, to weights whose input size is a multiple of 32;
+    /// elsewhere the model keeps its own weights and this returns `F32`. Returns what
+    /// decoding now uses. Adapter merges ([`CausalLm::merge_lora`]) remake the copies;
+    /// attached adapters add their delta in f32 as before.
     pub fn set_decode_weights(&mut self, weights: DecodeWeights) -> DecodeWeights {
         let keep = weights == DecodeWeights::Q8 && self.dtype == Dtype::F32 && self.device == Device::Cpu && kernels::q8_products_run_here();
         let _guard = tch::no_grad_guard();
