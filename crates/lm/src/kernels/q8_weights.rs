@@ -312,12 +312,12 @@ mod tests {
         }
         tch::manual_seed(7);
         for (n, k) in [(1usize, 32usize), (7, 64), (131, 96), (200, 576)] {
-            let mut weight = Tensor::randn([n as i64, k as i64], (Kind::Float, Device::Cpu));
+            let weight = Tensor::randn([n as i64, k as i64], (Kind::Float, Device::Cpu));
             let _ = weight.narrow(0, 0, 1).g_mul_scalar_(1000.0);
             let q = Q8Matrix::quantize(&weight).expect("k is a multiple of 32");
             let bias = Tensor::randn([n as i64], (Kind::Float, Device::Cpu));
             for m in [1i64, 2, 3, 4, 5, 8, 16] {
-                let mut x = Tensor::randn([m, k as i64], (Kind::Float, Device::Cpu));
+                let x = Tensor::randn([m, k as i64], (Kind::Float, Device::Cpu));
                 let _ = x.narrow(1, 0, BLOCK as i64).g_mul_scalar_(1e-3);
                 for b in [None, Some(&bias)] {
                     let got = matmul_rows_q8_with(Isa::best(), &x, &q, b);
