@@ -79,7 +79,7 @@ pub struct SampleArgs {
     /// What the local model's decoding steps multiply by: f32 (its own weights) or q8
     /// (8-bit copies, int8 in blocks of 32 with a center and step each, exact for a Q4_1
     /// GGUF, remade after an adapter merge): a step streams every weight once, and q8
-    /// streams 0.31 of f32's bytes. Steps of 1-3 rows read the copies (1.85x tokens/s at
+    /// streams 0.31 of f32's bytes. Steps of 1-4 rows read the copies (1.85x tokens/s at
     /// batch 1 on an AVX2 EPYC), larger ones the f32 weights. Prefills stay in the weights'
     /// (or --prefill-dtype's) dtype. q8 needs f32 weights on a CPU with AVX2 (elsewhere the
     /// model's own weights are used, with a warning).

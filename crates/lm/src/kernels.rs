@@ -88,12 +88,12 @@ fn parallel<F: Fn(usize) + Sync>(n: usize, job: F) {
 
 /// Rows up to which decoding products read the 8-bit weights (when the model keeps them);
 /// more rows take the f32 weights. Without VNNI each input row costs the 8-bit product
-/// about as much arithmetic as the f32 one's memory time saves: on a 2-vCPU AMD EPYC
-/// (Zen 3, AVX2; `matmul_timing`, SmolLM2's 121 products of a step) 1, 2, 3, 4 and 8 rows
-/// took 9.7, 11.9, 17.0, 20.6 and 39.8 ms from 8-bit weights against 21.4, 22.1, 24.0, 25.7
-/// and 30.8 from f32, and whole decoding steps of 4 rows were already slower (`bench
-/// generate`: 97.7 against 107.9 tokens/s).
-pub(crate) const Q8_MAX_ROWS: i64 = 3;
+/// about 3x the arithmetic of the f32 one, which pays for itself up to a few rows: on a
+/// 2-vCPU AMD EPYC (Zen 3, AVX2; `matmul_timing`, SmolLM2's 121 products of a step) 1, 2,
+/// 3, 4 and 8 rows took 9.7, 11.9, 17.0, 20.6 and 39.8 ms from 8-bit weights against 21.4,
+/// 22.1, 24.0, 25.7 and 30.8 from f32; whole decoding steps (`bench generate`) of 3 rows
+/// ran 1.28x f32's tokens/s and of 4 rows 1.07x.
+pub(crate) const Q8_MAX_ROWS: i64 = 4;
 
 /// Whether [`matmul_rows_q8`] runs on this CPU (it needs AVX2).
 pub(crate) fn q8_products_run_here() -> bool {

@@ -600,7 +600,7 @@ fn smollm2_q8_weights_stay_near_f32() {
     let reqs = requests(&prompts, |_| SamplingParams { ignore_eos: true, ..SamplingParams::greedy(32) });
     let mut greedy_with = |weights: DecodeWeights| {
         model.set_decode_weights(weights);
-        // each alone: steps of one row, which read the 8-bit copies (more than 3 rows would not)
+        // each alone: steps of one row, which read the 8-bit copies (more than 4 rows would not)
         tokens(&alone(&model, &tok, &reqs))
     };
     let (f32_replies, q8_replies) = (greedy_with(DecodeWeights::F32), greedy_with(DecodeWeights::Q8));
