@@ -221,6 +221,7 @@ pub(crate) fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>>
             let adapter = adapter.map(|dir| AdapterLoad { dir, merge: true });
             let dtypes = ModelDtypes { weights: args.dtype, kv: args.kv_dtype, prefill: args.prefill_dtype, decode: args.weights };
             dtypes.check_prefill().map_err(|e| Exit::bad_input(format!("--prefill-dtype: {e}")))?;
+            dtypes.check_decode().map_err(|e| Exit::bad_input(format!("--weights: {e} (--dtype f32)")))?;
             warn_slow_bf16_prefill(&dtypes);
             Arc::new(
                 LocalPolicy::load_with_adapter(path, adapter, dtypes, args.device, args.jobs.max(1), None)

@@ -8,6 +8,8 @@
 //!   projections took 37 ms for 1 row in `x Wᵀ` form but 91 ms for 4, and 75–87 ms for
 //!   both in `(W xᵀ)ᵀ` form). Here the weight's rows are shared out, each streamed once,
 //!   and every input row is multiplied against it while it is in cache.
+//! - [`matmul_rows_q8`] (`q8_weights`): the same products from 8-bit copies of the weights
+//!   (`--weights q8`), for steps of at most [`Q8_MAX_ROWS`] rows.
 //! - [`decode_attention`]: through libtorch a batch of rows at different positions attends
 //!   as one `[rows, …, longest]` matmul with a mask, so every row pays for the longest
 //!   row's keys, in a handful of small ops per layer. Here each (row, key/value head) pair

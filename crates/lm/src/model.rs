@@ -178,17 +178,10 @@ impl Linear {
     /// ([`CausalLm::set_prefill_dtype`]), a product of more rows than a decoding step
     /// feeds, outside training, multiplies in bf16 (f32 sums) and returns f32.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        if let Some(y) = self.decode.as_ref().filter(|_| !train).and_then(|q| decode_product(x, q, self.bias.as_ref())) {
-            return match &self.lora {
-                None => y,
-                Some(lora) => {
-                    let sizes: Vec<i64> = self.parts.iter().map(|p| p.1).collect();
-                    lora.add_to(y, x, &sizes, train)
-                }
-            };
-        }
-        let y = match &self.prefill {
-            Some(w16) if !train && is_prefill_product(x, w16) => {
+        let decoded = self.decode.as_ref().filter(|_| !train).and_then(|q| decode_product(x, q, self.bias.as_ref()));
+        let y = match (decoded, &self.prefill) {
+            (Some(y), _) => y,
+            (None, Some(w16)) if !train && is_prefill_product(x, w16) => {
                 let y = x.to_kind(Kind::BFloat16).linear::<Tensor>(w16, None).to_kind(Kind::Float);
                 match &self.bias {
                     Some(b) => y + b,

@@ -270,6 +270,7 @@ fn run_llamacpp(args: &GenerateBenchArgs, python: &std::path::Path, script: &std
         .env("NEW_TOKENS", args.new_tokens.to_string())
         .env("RUNS", args.runs.max(1).to_string())
         .env("THREADS", args.threads.to_string())
+        // a path that does not exist: the script then skips its reference cross-check
         .env("REF_JSON", "-")
         .env("OUT_JSON", &json)
         .output()

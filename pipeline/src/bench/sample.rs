@@ -168,6 +168,9 @@ async fn bench_run(
 
 pub async fn bench(ctx: &Context, args: SampleBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.compare_jobs.is_empty(), "--compare-jobs needs at least one value");
+    if !args.compare_weights.is_empty() && args.sample.policy != crate::sample::PolicyArg::Local {
+        return Err(Exit::bad_input("--compare-weights compares the local policy's decoding weights: use it with --policy local"));
+    }
     let dir = args.sample.out.clone();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (tasks, base_config, provisioner) = prepare(ctx, &args.sample).await?;

@@ -795,11 +795,9 @@ impl Resolver {
             None => None,
             Some(s) => Some(s.parse::<swegym_lm::DecodeWeights>().map_err(|e| self.err("[policy] weights", e))?),
         };
-        if weights == Some(swegym_lm::DecodeWeights::Q8) && dtype != Dtype::F32 {
-            return Err(self.err("[policy] weights", format!("q8 decoding weights are made from f32 weights, and dtype is {dtype}; set dtype = \"f32\" or leave weights unset")));
-        }
         let dtypes = swegym_sample::policy::local::ModelDtypes { weights: dtype, kv: kv_dtype, prefill: prefill_dtype, decode: weights };
         dtypes.check_prefill().map_err(|e| self.err("[policy] prefill_dtype", e))?;
+        dtypes.check_decode().map_err(|e| self.err("[policy] weights", e))?;
         let device = p.device.unwrap_or_else(|| "auto".into());
         device.parse::<DeviceChoice>().map_err(|e| self.err("[policy] device", e))?;
         let temperature = p.temperature.unwrap_or(1.0);

@@ -127,6 +127,18 @@ impl ModelDtypes {
             Some(p) => Err(format!("{p} prefill with {} weights is not supported; use bf16 with f32 weights, or leave it unset", self.weights)),
         }
     }
+
+    /// Decoding weights the model can use: 8-bit copies are made from f32 weights only
+    /// ([`swegym_lm::CausalLm::set_decode_weights`] would ignore them), so q8 with other
+    /// weights is refused.
+    pub fn check_decode(&self) -> Result<(), String> {
+        match self.decode {
+            Some(DecodeWeights::Q8) if self.weights != Dtype::F32 => {
+                Err(format!("q8 decoding weights are made from f32 weights, and the weights are {}; use f32 weights or leave it unset", self.weights))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl From<Dtype> for ModelDtypes {
