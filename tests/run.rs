@@ -87,7 +87,7 @@ fn bad_configs_fail_before_any_work() {
         (
             "verifier submit with one held-out rollout",
             Box::new(move |t: String| t + &format!("[verifier]\nadapter = \"{adapter}\"\nselect_submit = true\n")),
-            vec!["[verifier] select_submit".into(), "eval_rollouts_per_task".into()],
+            vec!["[verifier] select_submit".into(), "[eval] rollouts_per_task".into()],
         ),
     ];
     for (what, edit, want) in cases {
@@ -441,11 +441,12 @@ fn smoke_run_with_a_verifier_keeps_and_submits_its_picks() {
     let smoke_text = std::fs::read_to_string(repo_root().join("configs/smoke.toml")).unwrap();
     let text = smoke_text
         .replace("iterations = 2 ", "iterations = 1 ")
-        .replace("eval_rollouts_per_task = 1 ", "eval_rollouts_per_task = 2 ")
+        .replace("rollouts_per_task = 1       # rollouts per held-out task", "rollouts_per_task = 2       # rollouts per held-out task")
         .replace("max_per_instance = 2 ", "max_per_instance = 1 ")
         .replace("rollouts_per_task = 1     # oracle", "rollouts_per_task = 2     # oracle")
         .replace("\"../datasets", &format!("\"{}/datasets", repo_root().display()))
         + &format!("\n[verifier]\nadapter = \"{}\"\nselect_keep = true\nselect_submit = true\n", adapter.display());
+    assert!(text.contains("rollouts_per_task = 2       # rollouts per held-out task") && text.contains("rollouts_per_task = 2     # oracle"), "the smoke config changed: {text}");
     let cfg = tmp.path().join("verified.toml");
     std::fs::write(&cfg, &text).unwrap();
     let run = tmp.path().join("v");
@@ -564,7 +565,7 @@ fn smoke_run_with_a_task_budget_and_the_warm_start_ablation() {
     let own = std::fs::read_to_string(repo_root().join("configs/smoke.toml"))
         .unwrap()
         .replace("seed = 0 ", "seed = 0\nadapters = \"continue\" ")
-        .replace("rollouts_per_task = 1       #", "rollouts_per_task = 1\ntasks_per_iteration = 1\ncurriculum = \"skip_solved\" #")
+        .replace("rollouts_per_task = 1       # rollouts per train task", "rollouts_per_task = 1\ntasks_per_iteration = 1\ncurriculum = \"skip_solved\" # rollouts per train task")
         .replace("keep = \"resolved\"", "keep = \"all\"")
         .replace("path = \"../datasets/", &format!("path = \"{}/datasets/", repo_root().display()))
         .replace("${SWEGYM_CACHE}", &cache_root().display().to_string());

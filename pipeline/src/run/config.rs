@@ -10,7 +10,14 @@
 //! file, a verifier's adapter folder. A failure names the key (`[policy] model`) and the
 //! path.
 //!
-//! Sections added after runs existed (`[verifier]`, `[sampling] best_of_temperature`) are
+//! The defaults are written once, in `configs/reference.toml` (compiled in as [`REFERENCE`]).
+//! `[eval]` holds the held-out split's knobs; their old names (`[policy] eval_temperature`,
+//! `[agent] eval_max_turns`, `[sampling] eval_rollouts_per_task`, `best_of_temperature`)
+//! are still read, with a warning. The resolved config keeps those values where they were
+//! (`policy.eval_temperature`, …), so its JSON and hash — and every run folder's — are
+//! unchanged.
+//!
+//! Sections added after runs existed (`[verifier]`, `[eval] best_of_temperature`) are
 //! left out of the resolved JSON when unset, so older runs keep their config hash.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +27,7 @@ use sha2::{Digest, Sha256};
 use swegym_filter::{FilterConfig, FilterRule, Preference, RawFilterConfig};
 use swegym_lm::{DeviceChoice, Dtype};
 use swegym_sample::prompt::Scaffold;
+use swegym_sample::policy::local::ModelDtypes;
 use swegym_sample::{EpisodeConfig, SampleConfig, SamplingParams};
 use swegym_schema::Task;
 use swegym_train::{RawTrainConfig, TrainConfig};
@@ -49,6 +57,7 @@ struct RawConfig {
     train: Option<RawTrainConfig>,
     warm_start: Option<RawWarmStart>,
     verifier: Option<RawVerifier>,
+    eval: Option<RawEval>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +116,7 @@ struct RawPolicy {
     temperature: Option<f64>,
     top_p: Option<f64>,
     max_new_tokens: Option<u32>,
+    /// Old name of `[eval] temperature`.
     eval_temperature: Option<f64>,
     merge_adapter: Option<bool>,
     base_url: Option<String>,
@@ -121,6 +131,7 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawAgent {
     max_turns: Option<u32>,
+    /// Old name of `[eval] max_turns`.
     eval_max_turns: Option<u32>,
     max_context_tokens: Option<usize>,
     max_observation_chars: Option<usize>,
@@ -133,10 +144,21 @@ struct RawAgent {
 #[serde(deny_unknown_fields)]
 struct RawSampling {
     rollouts_per_task: Option<u32>,
+    /// Old names of `[eval] rollouts_per_task` and `best_of_temperature`.
     eval_rollouts_per_task: Option<u32>,
     best_of_temperature: Option<f64>,
     curriculum: Option<String>,
     tasks_per_iteration: Option<usize>,
+}
+
+/// `[eval]`: how the held-out split is sampled.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEval {
+    temperature: Option<f64>,
+    max_turns: Option<u32>,
+    rollouts_per_task: Option<u32>,
+    best_of_temperature: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +180,122 @@ struct RawVerifier {
     model: Option<String>,
     select_keep: Option<bool>,
     select_submit: Option<bool>,
+}
+
+// ---------------------------------------------------------------- defaults
+
+/// `configs/reference.toml`, compiled in: the one place the run config's defaults are
+/// written (a `# key = ...` line there is a key without a default value).
+pub const REFERENCE: &str = include_str!("../../../configs/reference.toml");
+
+/// The defaults, read from [`REFERENCE`] (tests check that it parses, that its [train],
+/// [filter] and [agent] are those stages' own defaults, and that it names every key).
+static DEFAULTS: std::sync::LazyLock<Defaults> = std::sync::LazyLock::new(|| toml::from_str(REFERENCE).expect("configs/reference.toml parses (a unit test checks it)"));
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    run: RunDefaults,
+    dataset: DatasetDefaults,
+    sandbox: SandboxDefaults,
+    policy: PolicyDefaults,
+    agent: AgentDefaults,
+    sampling: SamplingDefaults,
+    eval: EvalDefaults,
+    /// `[filter]` and `[train]`: the filter's and the trainer's own defaults, written out (a test
+    /// checks they resolve alike); read by that test only.
+    #[cfg_attr(not(test), allow(dead_code))]
+    filter: RawFilterConfig,
+    #[cfg_attr(not(test), allow(dead_code))]
+    train: RawTrainConfig,
+    warm_start: WarmStartDefaults,
+    verifier: VerifierDefaults,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunDefaults {
+    iterations: u32,
+    seed: u64,
+    adapters: String,
+    rft_data: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetDefaults {
+    select: Select,
+    env_specs: Vec<String>,
+    /// `[dataset.train]` / `[dataset.test]`: every key commented (no defaults); read by a test.
+    #[cfg_attr(not(test), allow(dead_code))]
+    train: toml::Table,
+    #[cfg_attr(not(test), allow(dead_code))]
+    test: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SandboxDefaults {
+    backend: Backend,
+    jobs: usize,
+    memory_gib: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDefaults {
+    kind: PolicyKind,
+    dtype: String,
+    kv_dtype: String,
+    device: String,
+    temperature: f64,
+    top_p: f64,
+    max_new_tokens: u32,
+    merge_adapter: bool,
+    request_timeout_s: u64,
+    max_retries: u32,
+    load_adapters: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentDefaults {
+    scaffold: String,
+    max_turns: u32,
+    max_context_tokens: usize,
+    max_observation_chars: usize,
+    max_format_errors: u32,
+    command_timeout_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamplingDefaults {
+    rollouts_per_task: u32,
+    curriculum: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvalDefaults {
+    temperature: f64,
+    rollouts_per_task: u32,
+    best_of_temperature: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmStartDefaults {
+    rollouts_per_task: u32,
+    max_turns: u32,
+    sample_base: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifierDefaults {
+    select_keep: bool,
+    select_submit: bool,
 }
 
 // ---------------------------------------------------------------- resolved
@@ -323,6 +461,7 @@ pub struct PolicySection {
     pub temperature: f64,
     pub top_p: f64,
     pub max_new_tokens: u32,
+    /// `[eval] temperature` (kept here: the config's JSON and hash stay as runs wrote them).
     pub eval_temperature: f64,
     pub merge_adapter: bool,
     pub openai: Option<OpenAiSection>,
@@ -337,6 +476,7 @@ impl PolicySection {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentSection {
     pub max_turns: u32,
+    /// `[eval] max_turns` (kept here for the hash, as `eval_temperature`).
     pub eval_max_turns: u32,
     pub max_context_tokens: usize,
     pub max_observation_chars: usize,
@@ -351,9 +491,11 @@ pub struct AgentSection {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SamplingSection {
     pub rollouts_per_task: u32,
+    /// `[eval] rollouts_per_task` (kept here for the hash, as `eval_temperature`).
     pub eval_rollouts_per_task: u32,
-    /// With `eval_rollouts_per_task` = k > 1: held-out rollouts 1..k are sampled at this
-    /// temperature, rollout 0 at `[policy] eval_temperature` (the paper: 0.5 and 0). None
+    /// `[eval] best_of_temperature`: with `eval_rollouts_per_task` = k > 1, held-out
+    /// rollouts 1..k are sampled at this temperature, rollout 0 at `[eval] temperature`
+    /// (the paper: 0.5 and 0). None
     /// when k = 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub best_of_temperature: Option<f64>,
@@ -596,90 +738,14 @@ impl Resolver {
         Ok(normalize(&p))
     }
 
-    fn resolve(&self, raw: RawConfig, name: Option<&str>, default_name: &str) -> Result<RunConfig, ConfigError> {
-        let run_raw = raw.run.unwrap_or_default();
-        let name = name.map(str::to_string).or(run_raw.name).unwrap_or_else(|| default_name.to_string());
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(self.err("[run] name", format!("{name:?} is not a folder name")));
-        }
-        let iterations = run_raw.iterations.unwrap_or(2);
-        if iterations == 0 {
-            return Err(self.err("[run] iterations", "must be at least 1"));
-        }
-        let adapters = match run_raw.adapters.as_deref() {
-            None | Some("from_base") => Adapters::FromBase,
-            Some("continue") => Adapters::Continue,
-            Some(other) => return Err(self.err("[run] adapters", format!("unknown value {other:?}; one of: from_base, continue"))),
-        };
-        let rft_data = match run_raw.rft_data.as_deref() {
-            None | Some("own") => RftData::Own,
-            Some("warm_start") => RftData::WarmStart,
-            Some(other) => return Err(self.err("[run] rft_data", format!("unknown value {other:?}; one of: own, warm_start"))),
-        };
-        let about = run_raw.about.map(|a| a.trim().to_string()).filter(|a| !a.is_empty());
-        let run = RunSection { name, iterations, seed: run_raw.seed.unwrap_or(0), adapters, rft_data, about };
-
-        let policy = self.policy(raw.policy.ok_or_else(|| self.err("[policy]", "missing (the model to train is required)"))?)?;
+    fn resolve(&self, mut raw: RawConfig, name: Option<&str>, default_name: &str) -> Result<RunConfig, ConfigError> {
+        let eval = self.eval_keys(&mut raw);
+        let run = self.run(raw.run.unwrap_or_default(), name, default_name)?;
+        let policy = self.policy(raw.policy.ok_or_else(|| self.err("[policy]", "missing (the model to train is required)"))?, &eval)?;
         let dataset = self.dataset(raw.dataset.ok_or_else(|| self.err("[dataset]", "missing"))?, run.seed)?;
-
-        let sb = raw.sandbox.unwrap_or_default();
-        let jobs = sb.jobs.unwrap_or(2);
-        if jobs == 0 {
-            return Err(self.err("[sandbox] jobs", "must be at least 1"));
-        }
-        let memory_gib = sb.memory_gib.unwrap_or(4.0);
-        if memory_gib <= 0.0 {
-            return Err(self.err("[sandbox] memory_gib", "must be positive"));
-        }
-        let sandbox = SandboxSection { backend: sb.backend.unwrap_or(Backend::Local), jobs, memory_gib, test_timeout_s: sb.test_timeout_s };
-
-        let a = raw.agent.unwrap_or_default();
-        let d = EpisodeConfig::default();
-        let max_turns = a.max_turns.unwrap_or(d.max_turns);
-        let agent = AgentSection {
-            max_turns,
-            eval_max_turns: a.eval_max_turns.unwrap_or(max_turns),
-            max_context_tokens: a.max_context_tokens.unwrap_or(d.max_context_tokens),
-            max_observation_chars: a.max_observation_chars.unwrap_or(d.max_observation_chars),
-            max_format_errors: a.max_format_errors.unwrap_or(d.max_format_errors).max(1),
-            command_timeout_s: a.command_timeout_s.unwrap_or(d.command_timeout.as_secs()),
-            scaffold: match a.scaffold.as_deref() {
-                None => Scaffold::default(),
-                Some(name) => Scaffold::parse(name).ok_or_else(|| self.err("[agent] scaffold", format!("unknown scaffold {name:?}; one of: openhands, compact")))?,
-            },
-        };
-        if agent.max_turns == 0 || agent.eval_max_turns == 0 {
-            return Err(self.err("[agent] max_turns", "must be at least 1"));
-        }
-
-        let s = raw.sampling.unwrap_or_default();
-        let (rollouts_per_task, eval_rollouts_per_task) = (s.rollouts_per_task.unwrap_or(4), s.eval_rollouts_per_task.unwrap_or(1));
-        if rollouts_per_task == 0 || eval_rollouts_per_task == 0 {
-            return Err(self.err("[sampling]", "rollouts_per_task and eval_rollouts_per_task must be at least 1"));
-        }
-        let best_of_temperature = match (s.best_of_temperature, eval_rollouts_per_task) {
-            (Some(_), 1) => {
-                return Err(self.err("[sampling] best_of_temperature", "only with eval_rollouts_per_task > 1 (rollout 0 is sampled at [policy] eval_temperature)"))
-            }
-            (None, 1) => None,
-            (t, _) => {
-                let t = t.unwrap_or(0.5);
-                if !(0.0..=5.0).contains(&t) {
-                    return Err(self.err("[sampling] best_of_temperature", format!("{t} is outside [0, 5]")));
-                }
-                Some(t)
-            }
-        };
-        let curriculum = match s.curriculum.as_deref() {
-            None | Some("all") => Curriculum::All,
-            Some("skip_solved") => Curriculum::SkipSolved,
-            Some(other) => return Err(self.err("[sampling] curriculum", format!("unknown value {other:?}; one of: all, skip_solved"))),
-        };
-        if s.tasks_per_iteration == Some(0) {
-            return Err(self.err("[sampling] tasks_per_iteration", "must be at least 1 (leave it out to sample every train task)"));
-        }
-        let sampling = SamplingSection { rollouts_per_task, eval_rollouts_per_task, best_of_temperature, curriculum, tasks_per_iteration: s.tasks_per_iteration };
-
+        let sandbox = self.sandbox(raw.sandbox.unwrap_or_default())?;
+        let agent = self.agent(raw.agent.unwrap_or_default(), &eval)?;
+        let sampling = self.sampling(raw.sampling.unwrap_or_default(), &eval)?;
         let mut filter = raw.filter.unwrap_or_default().resolve(&format!("{}: [filter]", self.file)).map_err(|e| ConfigError {
             file: self.file.clone(),
             key: format!("[filter] {}: ", e.key),
@@ -703,7 +769,6 @@ impl Resolver {
             .clone()
             .resolve(&format!("[train] of {}", self.file))
             .map_err(|e| ConfigError { file: self.file.clone(), key: String::new(), problem: e.to_string() })?;
-
         let warm_start = match raw.warm_start {
             None => None,
             Some(w) => Some(self.warm_start(w, &raw_train)?),
@@ -712,6 +777,127 @@ impl Resolver {
             return Err(self.err("[run] rft_data", "\"warm_start\" needs [warm_start] source = \"oracle\" (its trajectories replace the kept rollouts)"));
         }
         Ok(RunConfig { run, dataset, sandbox, policy, agent, sampling, filter, train, warm_start, verifier })
+    }
+
+    /// `[eval]`, with the keys it took over from other sections (`[policy] eval_temperature`,
+    /// `[agent] eval_max_turns`, `[sampling] eval_rollouts_per_task` and
+    /// `best_of_temperature`) read into it with a warning; where both are set, `[eval]`'s wins.
+    fn eval_keys(&self, raw: &mut RawConfig) -> RawEval {
+        let mut eval = raw.eval.take().unwrap_or_default();
+        let (policy, agent, mut sampling) = (raw.policy.as_mut(), raw.agent.as_mut(), raw.sampling.as_mut());
+        let mut moved = Vec::new();
+        let mut fold = |new: &mut Option<f64>, old: Option<f64>, from: &str, to: &str| {
+            if let Some(v) = old {
+                moved.push(format!("{from} is now [eval] {to}"));
+                new.get_or_insert(v);
+            }
+        };
+        fold(&mut eval.temperature, policy.and_then(|p| p.eval_temperature.take()), "[policy] eval_temperature", "temperature");
+        fold(&mut eval.best_of_temperature, sampling.as_mut().and_then(|s| s.best_of_temperature.take()), "[sampling] best_of_temperature", "best_of_temperature");
+        let mut fold_int = |new: &mut Option<u32>, old: Option<u32>, from: &str, to: &str| {
+            if let Some(v) = old {
+                moved.push(format!("{from} is now [eval] {to}"));
+                new.get_or_insert(v);
+            }
+        };
+        fold_int(&mut eval.max_turns, agent.and_then(|a| a.eval_max_turns.take()), "[agent] eval_max_turns", "max_turns");
+        fold_int(&mut eval.rollouts_per_task, sampling.and_then(|s| s.eval_rollouts_per_task.take()), "[sampling] eval_rollouts_per_task", "rollouts_per_task");
+        if !moved.is_empty() {
+            tracing::warn!("{}: {} (read as such; move the keys, the old names will go)", self.file, moved.join(", "));
+        }
+        eval
+    }
+
+    fn run(&self, r: RawRun, name: Option<&str>, default_name: &str) -> Result<RunSection, ConfigError> {
+        let d = &DEFAULTS.run;
+        let name = name.map(str::to_string).or(r.name).unwrap_or_else(|| default_name.to_string());
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(self.err("[run] name", format!("{name:?} is not a folder name")));
+        }
+        let iterations = r.iterations.unwrap_or(d.iterations);
+        if iterations == 0 {
+            return Err(self.err("[run] iterations", "must be at least 1"));
+        }
+        let adapters = match r.adapters.as_deref().unwrap_or(&d.adapters) {
+            "from_base" => Adapters::FromBase,
+            "continue" => Adapters::Continue,
+            other => return Err(self.err("[run] adapters", format!("unknown value {other:?}; one of: from_base, continue"))),
+        };
+        let rft_data = match r.rft_data.as_deref().unwrap_or(&d.rft_data) {
+            "own" => RftData::Own,
+            "warm_start" => RftData::WarmStart,
+            other => return Err(self.err("[run] rft_data", format!("unknown value {other:?}; one of: own, warm_start"))),
+        };
+        let about = r.about.map(|a| a.trim().to_string()).filter(|a| !a.is_empty());
+        Ok(RunSection { name, iterations, seed: r.seed.unwrap_or(d.seed), adapters, rft_data, about })
+    }
+
+    fn sandbox(&self, sb: RawSandbox) -> Result<SandboxSection, ConfigError> {
+        let d = &DEFAULTS.sandbox;
+        let jobs = sb.jobs.unwrap_or(d.jobs);
+        if jobs == 0 {
+            return Err(self.err("[sandbox] jobs", "must be at least 1"));
+        }
+        let memory_gib = sb.memory_gib.unwrap_or(d.memory_gib);
+        if memory_gib <= 0.0 {
+            return Err(self.err("[sandbox] memory_gib", "must be positive"));
+        }
+        Ok(SandboxSection { backend: sb.backend.unwrap_or(d.backend), jobs, memory_gib, test_timeout_s: sb.test_timeout_s })
+    }
+
+    fn agent(&self, a: RawAgent, eval: &RawEval) -> Result<AgentSection, ConfigError> {
+        let d = &DEFAULTS.agent;
+        let max_turns = a.max_turns.unwrap_or(d.max_turns);
+        let scaffold = a.scaffold.as_deref().unwrap_or(&d.scaffold);
+        let agent = AgentSection {
+            max_turns,
+            eval_max_turns: eval.max_turns.unwrap_or(max_turns),
+            max_context_tokens: a.max_context_tokens.unwrap_or(d.max_context_tokens),
+            max_observation_chars: a.max_observation_chars.unwrap_or(d.max_observation_chars),
+            max_format_errors: a.max_format_errors.unwrap_or(d.max_format_errors).max(1),
+            command_timeout_s: a.command_timeout_s.unwrap_or(d.command_timeout_s),
+            scaffold: Scaffold::parse(scaffold).ok_or_else(|| self.err("[agent] scaffold", format!("unknown scaffold {scaffold:?}; one of: openhands, compact")))?,
+        };
+        if agent.max_turns == 0 {
+            return Err(self.err("[agent] max_turns", "must be at least 1"));
+        }
+        if agent.eval_max_turns == 0 {
+            return Err(self.err("[eval] max_turns", "must be at least 1"));
+        }
+        Ok(agent)
+    }
+
+    fn sampling(&self, s: RawSampling, eval: &RawEval) -> Result<SamplingSection, ConfigError> {
+        let d = (&DEFAULTS.sampling, &DEFAULTS.eval);
+        let rollouts_per_task = s.rollouts_per_task.unwrap_or(d.0.rollouts_per_task);
+        if rollouts_per_task == 0 {
+            return Err(self.err("[sampling] rollouts_per_task", "must be at least 1"));
+        }
+        let eval_rollouts_per_task = eval.rollouts_per_task.unwrap_or(d.1.rollouts_per_task);
+        if eval_rollouts_per_task == 0 {
+            return Err(self.err("[eval] rollouts_per_task", "must be at least 1"));
+        }
+        // Used with k > 1 only (rollout 0 is sampled at [eval] temperature); with k = 1 it is
+        // left unset, so a config that writes the default out is the config without it.
+        let best_of_temperature = match (eval.best_of_temperature, eval_rollouts_per_task) {
+            (_, 1) => None,
+            (t, _) => {
+                let t = t.unwrap_or(d.1.best_of_temperature);
+                if !(0.0..=5.0).contains(&t) {
+                    return Err(self.err("[eval] best_of_temperature", format!("{t} is outside [0, 5]")));
+                }
+                Some(t)
+            }
+        };
+        let curriculum = match s.curriculum.as_deref().unwrap_or(&d.0.curriculum) {
+            "all" => Curriculum::All,
+            "skip_solved" => Curriculum::SkipSolved,
+            other => return Err(self.err("[sampling] curriculum", format!("unknown value {other:?}; one of: all, skip_solved"))),
+        };
+        if s.tasks_per_iteration == Some(0) {
+            return Err(self.err("[sampling] tasks_per_iteration", "must be at least 1 (leave it out to sample every train task)"));
+        }
+        Ok(SamplingSection { rollouts_per_task, eval_rollouts_per_task, best_of_temperature, curriculum, tasks_per_iteration: s.tasks_per_iteration })
     }
 
     fn verifier(&self, v: RawVerifier, policy: &PolicySection, sampling: &SamplingSection, filter: &FilterConfig) -> Result<VerifierSection, ConfigError> {
@@ -744,12 +930,12 @@ impl Resolver {
                 model
             }
         };
-        let (select_keep, select_submit) = (v.select_keep.unwrap_or(false), v.select_submit.unwrap_or(false));
+        let (select_keep, select_submit) = (v.select_keep.unwrap_or(DEFAULTS.verifier.select_keep), v.select_submit.unwrap_or(DEFAULTS.verifier.select_submit));
         let k = sampling.eval_rollouts_per_task;
         if select_submit && k < 2 {
             return Err(self.err(
                 "[verifier] select_submit",
-                format!("needs [sampling] eval_rollouts_per_task > 1 to pick from (it is {k}): Best@k picks one of k held-out rollouts per task"),
+                format!("needs [eval] rollouts_per_task > 1 to pick from (it is {k}): Best@k picks one of k held-out rollouts per task"),
             ));
         }
         let set_rules = filter.rules.iter().any(|r| matches!(r, FilterRule::DedupPatches | FilterRule::PerInstanceCap { .. }));
@@ -762,16 +948,52 @@ impl Resolver {
         if !select_keep && k < 2 {
             return Err(self.err(
                 "[verifier]",
-                "nothing to do: set select_keep = true, or [sampling] eval_rollouts_per_task > 1 (Best@k is then reported; select_submit = true submits it)",
+                "nothing to do: set select_keep = true, or [eval] rollouts_per_task > 1 (Best@k is then reported; select_submit = true submits it)",
             ));
         }
         Ok(VerifierSection { adapter, adapter_sha256, model, select_keep, select_submit })
     }
 
-    fn policy(&self, p: RawPolicy) -> Result<PolicySection, ConfigError> {
-        let kind = p.kind.unwrap_or(PolicyKind::Local);
-        let raw_model = p.model.ok_or_else(|| self.err("[policy] model", "missing (a GGUF file or an HF folder)"))?;
-        let model = self.path("[policy] model", &raw_model)?;
+    fn policy(&self, p: RawPolicy, eval: &RawEval) -> Result<PolicySection, ConfigError> {
+        let d = &DEFAULTS.policy;
+        let kind = p.kind.unwrap_or(d.kind);
+        let model = self.model(p.model.as_deref())?;
+        let dtypes = self.dtypes(&p)?;
+        let device = p.device.clone().unwrap_or_else(|| d.device.clone());
+        device.parse::<DeviceChoice>().map_err(|e| self.err("[policy] device", e))?;
+        let temperature = p.temperature.unwrap_or(d.temperature);
+        let eval_temperature = eval.temperature.unwrap_or(DEFAULTS.eval.temperature);
+        for (key, t) in [("[policy] temperature", temperature), ("[eval] temperature", eval_temperature)] {
+            if !(0.0..=5.0).contains(&t) {
+                return Err(self.err(key, format!("{t} is outside [0, 5]")));
+            }
+        }
+        let top_p = p.top_p.unwrap_or(d.top_p);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(self.err("[policy] top_p", format!("{top_p} is outside (0, 1]")));
+        }
+        Ok(PolicySection {
+            kind,
+            model,
+            dtype: dtypes.weights,
+            kv_dtype: dtypes.kv,
+            prefill_dtype: dtypes.prefill,
+            weights: dtypes.decode,
+            device,
+            threads: p.threads,
+            temperature,
+            top_p,
+            max_new_tokens: p.max_new_tokens.unwrap_or(d.max_new_tokens).max(1),
+            eval_temperature,
+            merge_adapter: p.merge_adapter.unwrap_or(d.merge_adapter),
+            openai: self.openai(kind, p)?,
+        })
+    }
+
+    /// `[policy] model`: a GGUF file or an HF folder that is there.
+    fn model(&self, raw: Option<&str>) -> Result<PathBuf, ConfigError> {
+        let raw_model = raw.ok_or_else(|| self.err("[policy] model", "missing (a GGUF file or an HF folder)"))?;
+        let model = self.path("[policy] model", raw_model)?;
         if !model.exists() {
             let hint = if raw_model.contains("SmolLM2") { " (`make setup` downloads the SmolLM2 GGUF)" } else { "" };
             return Err(self.err("[policy] model", format!("{}: no such file or folder{hint}", model.display())));
@@ -779,80 +1001,60 @@ impl Resolver {
         if model.is_dir() && !model.join("config.json").exists() {
             return Err(self.err("[policy] model", format!("{}: a folder without config.json (not an HF model folder)", model.display())));
         }
-        let dtype = match p.dtype {
-            Some(s) => s.parse::<Dtype>().map_err(|e| self.err("[policy] dtype", e))?,
-            None => Dtype::F32,
+        Ok(model)
+    }
+
+    /// The local model's dtypes (weights, KV cache, prefill, decoding weights), checked together.
+    fn dtypes(&self, p: &RawPolicy) -> Result<ModelDtypes, ConfigError> {
+        let d = &DEFAULTS.policy;
+        let weights = p.dtype.as_deref().unwrap_or(&d.dtype).parse::<Dtype>().map_err(|e| self.err("[policy] dtype", e))?;
+        let kv = match p.kv_dtype.as_deref().unwrap_or(&d.kv_dtype) {
+            "auto" => None,
+            s => Some(s.parse::<swegym_lm::KvDtype>().map_err(|e| self.err("[policy] kv_dtype", format!("{e} (or \"auto\")")))?),
         };
-        let kv_dtype = match p.kv_dtype.as_deref() {
-            None | Some("auto") => None,
-            Some(s) => Some(s.parse::<swegym_lm::KvDtype>().map_err(|e| self.err("[policy] kv_dtype", format!("{e} (or \"auto\")")))?),
-        };
-        let prefill_dtype = match p.prefill_dtype.as_deref() {
+        let prefill = match p.prefill_dtype.as_deref() {
             None => None,
             Some(s) => Some(s.parse::<Dtype>().map_err(|e| self.err("[policy] prefill_dtype", e))?),
         };
-        let weights = match p.weights.as_deref() {
+        let decode = match p.weights.as_deref() {
             None => None,
             Some(s) => Some(s.parse::<swegym_lm::DecodeWeights>().map_err(|e| self.err("[policy] weights", e))?),
         };
-        let dtypes = swegym_sample::policy::local::ModelDtypes { weights: dtype, kv: kv_dtype, prefill: prefill_dtype, decode: weights };
+        let dtypes = ModelDtypes { weights, kv, prefill, decode };
         dtypes.check_prefill().map_err(|e| self.err("[policy] prefill_dtype", e))?;
         dtypes.check_decode().map_err(|e| self.err("[policy] weights", e))?;
-        let device = p.device.unwrap_or_else(|| "auto".into());
-        device.parse::<DeviceChoice>().map_err(|e| self.err("[policy] device", e))?;
-        let temperature = p.temperature.unwrap_or(1.0);
-        let eval_temperature = p.eval_temperature.unwrap_or(0.0);
-        for (key, t) in [("[policy] temperature", temperature), ("[policy] eval_temperature", eval_temperature)] {
-            if !(0.0..=5.0).contains(&t) {
-                return Err(self.err(key, format!("{t} is outside [0, 5]")));
-            }
-        }
-        let top_p = p.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(self.err("[policy] top_p", format!("{top_p} is outside (0, 1]")));
-        }
-        let openai = match kind {
+        Ok(dtypes)
+    }
+
+    /// The server's settings with `kind = "openai"` (its keys are refused with `local`).
+    fn openai(&self, kind: PolicyKind, p: RawPolicy) -> Result<Option<OpenAiSection>, ConfigError> {
+        let d = &DEFAULTS.policy;
+        match kind {
             PolicyKind::Local => {
                 for (key, set) in [("base_url", p.base_url.is_some()), ("served_model", p.served_model.is_some()), ("api_key_env", p.api_key_env.is_some())] {
                     if set {
                         return Err(self.err(&format!("[policy] {key}"), "only for kind = \"openai\""));
                     }
                 }
-                None
+                Ok(None)
             }
-            PolicyKind::Openai => Some(OpenAiSection {
+            PolicyKind::Openai => Ok(Some(OpenAiSection {
                 base_url: p.base_url.ok_or_else(|| self.err("[policy] base_url", "missing (kind = \"openai\" needs the server's /v1 URL)"))?,
                 served_model: p.served_model.ok_or_else(|| self.err("[policy] served_model", "missing (the base model's name on the server)"))?,
                 api_key_env: p.api_key_env,
-                request_timeout_s: p.request_timeout_s.unwrap_or(600),
-                max_retries: p.max_retries.unwrap_or(5),
-                load_adapters: p.load_adapters.unwrap_or(true),
-            }),
-        };
-        Ok(PolicySection {
-            kind,
-            model,
-            dtype,
-            kv_dtype,
-            prefill_dtype,
-            weights,
-            device,
-            threads: p.threads,
-            temperature,
-            top_p,
-            max_new_tokens: p.max_new_tokens.unwrap_or(1024).max(1),
-            eval_temperature,
-            merge_adapter: p.merge_adapter.unwrap_or(true),
-            openai,
-        })
+                request_timeout_s: p.request_timeout_s.unwrap_or(d.request_timeout_s),
+                max_retries: p.max_retries.unwrap_or(d.max_retries),
+                load_adapters: p.load_adapters.unwrap_or(d.load_adapters),
+            })),
+        }
     }
 
     fn dataset(&self, d: RawDataset, seed: u64) -> Result<DatasetSection, ConfigError> {
-        let select = d.select.unwrap_or(Select::First);
+        let select = d.select.unwrap_or(DEFAULTS.dataset.select);
         let train = self.split("train", d.train.ok_or_else(|| self.err("[dataset.train]", "missing"))?, select, seed)?;
         let test = self.split("test", d.test.ok_or_else(|| self.err("[dataset.test]", "missing"))?, select, seed)?;
         let mut env_specs = Vec::new();
-        for raw in d.env_specs.unwrap_or_default() {
+        for raw in d.env_specs.unwrap_or_else(|| DEFAULTS.dataset.env_specs.clone()) {
             let p = self.path("[dataset] env_specs", &raw)?;
             if !p.is_file() {
                 return Err(self.err("[dataset] env_specs", format!("{}: no such file", p.display())));
@@ -978,15 +1180,15 @@ impl Resolver {
                 if w.path.is_some() {
                     return Err(self.err("[warm_start] path", "only for source = \"sft\""));
                 }
-                let k = w.rollouts_per_task.unwrap_or(1);
+                let k = w.rollouts_per_task.unwrap_or(DEFAULTS.warm_start.rollouts_per_task);
                 if k == 0 {
                     return Err(self.err("[warm_start] rollouts_per_task", "must be at least 1"));
                 }
-                let max_turns = w.max_turns.unwrap_or(30);
+                let max_turns = w.max_turns.unwrap_or(DEFAULTS.warm_start.max_turns);
                 if max_turns == 0 {
                     return Err(self.err("[warm_start] max_turns", "must be at least 1"));
                 }
-                Ok(WarmStart::Oracle { rollouts_per_task: k, max_turns, sample_base: w.sample_base.unwrap_or(true), train })
+                Ok(WarmStart::Oracle { rollouts_per_task: k, max_turns, sample_base: w.sample_base.unwrap_or(DEFAULTS.warm_start.sample_base), train })
             }
             Some(WarmStartSource::Sft) => {
                 if w.rollouts_per_task.is_some() || w.max_turns.is_some() {
@@ -998,7 +1200,7 @@ impl Resolver {
                     return Err(self.err("[warm_start] path", format!("{}: no such file", path.display())));
                 }
                 swegym_schema::read_sft(&path).map_err(|e| self.err("[warm_start] path", e.to_string()))?;
-                Ok(WarmStart::Sft { path, sample_base: w.sample_base.unwrap_or(true), train })
+                Ok(WarmStart::Sft { path, sample_base: w.sample_base.unwrap_or(DEFAULTS.warm_start.sample_base), train })
             }
         }
     }
@@ -1133,6 +1335,118 @@ model = "${SWEGYM_CACHE}/models/m.gguf"
 max_steps = 2
 "#;
 
+    /// The config `fixture` needs, from the reference: its required keys filled in, the
+    /// optional sections ([warm_start], [verifier]) left out.
+    fn reference_as_a_config() -> String {
+        let mut text = String::new();
+        let mut skip = false;
+        for line in REFERENCE.lines() {
+            if line.starts_with('[') {
+                skip = line.starts_with("[warm_start]") || line.starts_with("[verifier]");
+            }
+            if !skip {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text.replace("# path = \"../datasets/synth-pypi-easy\"", "path = \"data\"")
+            .replace("# model = \"${SWEGYM_CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf\"", "model = \"${SWEGYM_CACHE}/models/m.gguf\"")
+    }
+
+    #[test]
+    fn the_reference_config_is_what_an_empty_config_gets() {
+        // It parses into the defaults' structs (every key a default is read from is there,
+        // with no stray key: deny_unknown_fields both ways).
+        let d: Defaults = toml::from_str(REFERENCE).unwrap();
+        assert!(d.dataset.train.is_empty() && d.dataset.test.is_empty(), "[dataset.train|test] have no defaults");
+        // The stages' own defaults: the reference writes them as they are.
+        assert_eq!(d.filter.clone().resolve("ref").unwrap(), RawFilterConfig::default().resolve("ref").unwrap());
+        assert_eq!(d.train.clone().resolve("ref").unwrap(), RawTrainConfig::default().resolve("ref").unwrap());
+        let e = EpisodeConfig::default();
+        let a = &d.agent;
+        assert_eq!(
+            (a.max_turns, a.max_context_tokens, a.max_observation_chars, a.max_format_errors, a.command_timeout_s, Scaffold::parse(&a.scaffold)),
+            (e.max_turns, e.max_context_tokens, e.max_observation_chars, e.max_format_errors, e.command_timeout.as_secs(), Some(e.scaffold))
+        );
+        // The reference, required keys filled in, resolves exactly as a config of the
+        // required keys alone: same config, same hash.
+        let minimal = "[dataset.train]\npath = \"data\"\n[dataset.test]\npath = \"data\"\n[policy]\nmodel = \"${SWEGYM_CACHE}/models/m.gguf\"\n";
+        let (dir, cfg) = fixture(minimal);
+        let (empty, _) = load(&cfg, Some("r"), &env(dir.path())).unwrap();
+        std::fs::write(&cfg, reference_as_a_config()).unwrap();
+        let (full, _) = load(&cfg, Some("r"), &env(dir.path())).unwrap();
+        assert_eq!(full, empty);
+        assert_eq!(full.hash(), empty.hash());
+    }
+
+    #[test]
+    fn the_reference_config_names_every_key() {
+        // Every `# key = value` line uncommented: each is a key the config reads.
+        let uncommented: String = REFERENCE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) => rest.to_string(),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let raw: Result<RawConfig, _> = toml::from_str(&uncommented);
+        assert!(raw.is_ok(), "{}", raw.unwrap_err());
+        // Every key the config reads is in the reference, in its section (serde names the
+        // known keys when it meets an unknown one).
+        for section in ["run", "dataset", "dataset.train", "sandbox", "policy", "agent", "sampling", "eval", "filter", "train", "warm_start", "verifier"] {
+            let probe = format!("[{section}]\nnot_a_key = 1\n");
+            let err = toml::from_str::<RawConfig>(&probe).unwrap_err().to_string();
+            let expected = err.split("expected one of").nth(1).unwrap_or_else(|| panic!("{section}: {err}"));
+            let header = format!("[{section}]\n");
+            let body = uncommented.split(&header).nth(1).unwrap_or_else(|| panic!("no [{section}] in the reference"));
+            let body = body.split("\n[").next().unwrap();
+            for key in expected.split(',').map(|k| k.trim().trim_matches('`')).filter(|k| !k.is_empty()) {
+                let old_name = matches!(key, "eval_temperature" | "eval_max_turns" | "eval_rollouts_per_task") || section == "sampling" && key == "best_of_temperature";
+                let table = matches!((section, key), ("dataset", "train" | "test") | ("warm_start", "train"));
+                if !old_name && !table {
+                    assert!(body.lines().any(|l| l.starts_with(&format!("{key} = "))), "[{section}] {key} is not in configs/reference.toml");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shipped_configs_use_the_eval_section() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") || path.ends_with("reference.toml") {
+                continue;
+            }
+            let raw: RawConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let old = raw.policy.as_ref().is_some_and(|p| p.eval_temperature.is_some())
+                || raw.agent.as_ref().is_some_and(|a| a.eval_max_turns.is_some())
+                || raw.sampling.as_ref().is_some_and(|s| s.eval_rollouts_per_task.is_some() || s.best_of_temperature.is_some());
+            assert!(!old, "{}: an [eval] key under its old name", path.display());
+        }
+    }
+
+    #[test]
+    fn eval_keys_under_their_old_names_resolve_the_same() {
+        let old = format!("{GOOD}[agent]\neval_max_turns = 5\n[sampling]\neval_rollouts_per_task = 3\nbest_of_temperature = 0.7\n");
+        let old = old.replace("[policy]\n", "[policy]\neval_temperature = 0.2\n");
+        let new = format!("{GOOD}[eval]\ntemperature = 0.2\nmax_turns = 5\nrollouts_per_task = 3\nbest_of_temperature = 0.7\n");
+        let (dir, cfg) = fixture(&old);
+        let (a, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        std::fs::write(&cfg, new).unwrap();
+        let (b, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        assert_eq!((a.policy.eval_temperature, a.agent.eval_max_turns, a.sampling.eval_rollouts_per_task, a.sampling.best_of_temperature), (0.2, 5, 3, Some(0.7)));
+        assert_eq!(a, b);
+        assert_eq!(a.hash(), b.hash(), "moving the keys to [eval] keeps a run's config hash");
+        // best_of_temperature with one held-out rollout per task: unused, so unset.
+        std::fs::write(&cfg, GOOD).unwrap();
+        let (plain, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        std::fs::write(&cfg, format!("{GOOD}[eval]\nbest_of_temperature = 0.9\n")).unwrap();
+        let (unused, _) = load(&cfg, None, &env(dir.path())).unwrap();
+        assert_eq!((unused.sampling.best_of_temperature, unused.hash()), (None, plain.hash()));
+    }
+
     #[test]
     fn resolves_defaults_paths_and_selection() {
         let (dir, cfg) = fixture(GOOD);
@@ -1183,6 +1497,10 @@ max_steps = 2
         let (dir2, cfg2) = fixture(&GOOD.replace("limit = 2\n", "tiers = [\"hard\"]\nkinds = [\"wrong_return\"]\n"));
         std::fs::write(dir2.path().join("data/synth_manifest.jsonl"), &manifest).unwrap();
         assert_eq!(load(&cfg2, None, &env(dir2.path())).unwrap().0.dataset.train.instance_ids, ["a-3"]);
+    }
+
+    #[test]
+    fn tiers_kinds_scaffold_and_loop_choices_name_a_bad_value() {
         for (text, want) in [
             (GOOD.replace("limit = 2\n", "tiers = [\"trivial\"]\n"), "[dataset.train] tiers: unknown tier \"trivial\""),
             (GOOD.replace("limit = 2\n", "kinds = [\"typo\"]\n"), "[dataset.train] kinds: unknown mutation kind \"typo\""),
@@ -1198,6 +1516,10 @@ max_steps = 2
             let err = load(&cfg, None, &env(dir.path())).unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
         }
+    }
+
+    #[test]
+    fn loop_choices_left_at_their_defaults_leave_the_json_as_it_was() {
         // The defaults leave the JSON (and so old runs' hashes) as they were.
         let (dir, cfg) = fixture(&format!("{GOOD}[warm_start]\nsource = \"oracle\"\n"));
         let json = load(&cfg, None, &env(dir.path())).unwrap().0.to_json();
@@ -1219,7 +1541,10 @@ max_steps = 2
         let c = load(&cfg, None, &env(dir.path())).unwrap().0;
         assert!(c.to_json()["run"].get("about").is_none(), "left out when not set");
         assert_eq!(c.train_for(0), &c.train, "no [warm_start.train]: [train] everywhere");
+    }
 
+    #[test]
+    fn warm_start_train_is_iteration_zeros_trainer_over_train() {
         // [warm_start.train]: iteration 0's trainer settings over [train]; the rest keep [train].
         let (dir, cfg) = fixture(&format!("{GOOD}[warm_start]\nsource = \"oracle\"\n[warm_start.train]\nepochs = 2.0\nwarmup_steps = 1\n"));
         let c = load(&cfg, None, &env(dir.path())).unwrap().0;
@@ -1320,7 +1645,7 @@ max_steps = 2
             (&format!("{GOOD}[verifier]\nadapter = \"nowhere\"\nselect_keep = true\n"), "[verifier] adapter: "),
             (&format!("{GOOD}[verifier]\nselect_keep = true\n"), "[verifier] adapter: missing"),
             (&format!("{GOOD}[verifier]\nadapter = \"data\"\nselect_keep = true\n"), "[verifier] adapter: "),
-            (&format!("{GOOD}[verifier]\nadapter = \"verifier\"\nselect_submit = true\n"), "[verifier] select_submit: needs [sampling] eval_rollouts_per_task > 1"),
+            (&format!("{GOOD}[verifier]\nadapter = \"verifier\"\nselect_submit = true\n"), "[verifier] select_submit: needs [eval] rollouts_per_task > 1"),
             (&format!("{GOOD}[verifier]\nadapter = \"verifier\"\n"), "[verifier]: nothing to do"),
             (&format!("{GOOD}[verifier]\nadapter = \"verifier\"\nselect_keep = true\nmodel = \"none.gguf\"\n"), "[verifier] model: "),
             (&format!("{GOOD}[verifier]\nadapter = \"verifier\"\nselect_keep = true\nselect_best = true\n"), "unknown field `select_best`"),
@@ -1329,7 +1654,6 @@ max_steps = 2
                 "[verifier] select_keep: the filter keeps every resolved rollout",
             ),
             (&format!("{GOOD}[filter]\nprefer = \"verifier_score\"\n"), "[filter] prefer: "),
-            (&format!("{GOOD}[sampling]\nbest_of_temperature = 0.5\n"), "[sampling] best_of_temperature: only with eval_rollouts_per_task > 1"),
             (&GOOD.replace("[policy]\n", "[policy]\nkv_dtype = \"f8\"\n"), "[policy] kv_dtype: unknown dtype \"f8\""),
         ];
         for (text, want) in cases {
