@@ -12,6 +12,7 @@ mod export;
 mod lm;
 mod mine;
 mod output;
+mod policy;
 mod report;
 mod run;
 mod run_dir;

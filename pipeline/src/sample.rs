@@ -15,10 +15,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 use swegym_evaluate::runner::{Harness, Job, JobKind};
 use swegym_evaluate::EvalOptions;
-use swegym_sample::policy::local::{AdapterLoad, LocalPolicy, ModelDtypes};
-use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
-use swegym_sample::policy::oracle::OraclePolicy;
-use swegym_sample::policy::replay::ReplayPolicy;
+use swegym_sample::policy::local::ModelDtypes;
+use swegym_sample::policy::openai::OpenAiConfig;
 use swegym_sample::prompt::Scaffold;
 use swegym_sample::{EpisodeConfig, ExitReason, Policy, Rollout, SampleConfig, SamplingParams};
 use swegym_sandbox::{Limits, Provisioner};
@@ -27,6 +25,7 @@ use swegym_schema::rollout::write_rollouts;
 use crate::context::{BackendArg, Context};
 use crate::evaluate::load_dataset;
 use crate::output;
+use crate::policy::{openai_config, LocalSpec, PolicySpec};
 use crate::exit::Exit;
 
 /// Which policy writes the agent's messages.
@@ -200,64 +199,40 @@ impl From<ScaffoldArg> for Scaffold {
     }
 }
 
+/// The policy the flags describe (checked here), loaded on this thread.
 pub(crate) fn build_policy(args: &SampleArgs) -> anyhow::Result<Arc<dyn Policy>> {
+    policy_spec(args)?.build_blocking()
+}
+
+fn policy_spec(args: &SampleArgs) -> anyhow::Result<PolicySpec> {
     if args.oracle_slip_rate != 0.0 && args.policy != PolicyArg::Oracle {
         return Err(Exit::bad_input("--oracle-slip-rate applies only to --policy oracle"));
     }
     Ok(match args.policy {
-        PolicyArg::Oracle => Arc::new(
-            OraclePolicy::with_slips(args.oracle_slip_rate).map_err(|e| Exit::bad_input(format!("--oracle-slip-rate: {e}")))?.with_scaffold(args.scaffold.into()),
-        ),
+        PolicyArg::Oracle => PolicySpec::Oracle { slip_rate: args.oracle_slip_rate, scaffold: args.scaffold.into() },
         PolicyArg::Local => {
             let model = args.model.as_ref().ok_or_else(|| Exit::bad_input("--policy local needs --model (a GGUF file or an HF folder)"))?;
-            let path = std::path::Path::new(model);
-            if !path.exists() {
+            if !Path::new(model).exists() {
                 return Err(Exit::bad_input(format!("--model {model}: no such file or folder")));
             }
-            let adapter = args.adapter.as_deref().map(Path::new);
-            if let Some(dir) = adapter.filter(|d| !d.join("adapter_config.json").exists()) {
+            let adapter = args.adapter.as_deref().map(PathBuf::from);
+            if let Some(dir) = adapter.as_ref().filter(|d| !d.join("adapter_config.json").exists()) {
                 return Err(Exit::bad_input(format!("--adapter {}: no adapter_config.json there (a PEFT adapter folder)", dir.display())));
             }
-            let adapter = adapter.map(|dir| AdapterLoad { dir, merge: true });
             let dtypes = ModelDtypes { weights: args.dtype, kv: args.kv_dtype, prefill: args.prefill_dtype, decode: args.weights };
             dtypes.check_prefill().map_err(|e| Exit::bad_input(format!("--prefill-dtype: {e}")))?;
             dtypes.check_decode().map_err(|e| Exit::bad_input(format!("--weights: {e} (--dtype f32)")))?;
-            warn_slow_bf16_prefill(&dtypes);
-            Arc::new(
-                LocalPolicy::load_with_adapter(path, adapter, dtypes, args.device, args.jobs.max(1), None)
-                    .map_err(|e| Exit::bad_input(e.to_string()))?,
-            )
+            PolicySpec::Local(LocalSpec { model: PathBuf::from(model), adapter, merge_adapter: true, dtypes, device: args.device, max_batch: args.jobs, threads: None })
         }
-        PolicyArg::Replay => {
-            let path = args.replay_file.as_ref().ok_or_else(|| Exit::bad_input("--policy replay needs --replay-file"))?;
-            Arc::new(ReplayPolicy::from_file(path).map_err(|e| Exit::bad_input(e.to_string()))?)
-        }
+        PolicyArg::Replay => PolicySpec::Replay { file: args.replay_file.clone().ok_or_else(|| Exit::bad_input("--policy replay needs --replay-file"))? },
         PolicyArg::Openai => {
             let (Some(base_url), Some(model)) = (&args.base_url, &args.model) else {
                 return Err(Exit::bad_input("--policy openai needs --base-url and --model"));
             };
-            let api_key = match &args.api_key_env {
-                None => None,
-                Some(var) => Some(std::env::var(var).map_err(|_| Exit::bad_input(format!("--api-key-env {var}: the variable is not set")))?),
-            };
-            let config = OpenAiConfig {
-                adapter: args.adapter.clone(),
-                api_key,
-                request_timeout: Duration::from_secs(args.request_timeout),
-                max_retries: args.max_retries,
-                ..OpenAiConfig::new(base_url.clone(), model.clone())
-            };
-            Arc::new(OpenAiPolicy::new(config).map_err(|e| Exit::infra(e.to_string()))?)
+            let config = openai_config(base_url, model, args.api_key_env.as_deref(), "--api-key-env", args.request_timeout, args.max_retries)?;
+            PolicySpec::OpenAi(OpenAiConfig { adapter: args.adapter.clone(), ..config })
         }
     })
-}
-
-/// A bf16 prefill where the CPU does not multiply bf16 natively still runs (libtorch
-/// converts), but slower than f32: say so rather than let the flag cost time silently.
-pub(crate) fn warn_slow_bf16_prefill(dtypes: &ModelDtypes) {
-    if dtypes.prefill == Some(swegym_lm::Dtype::Bf16) && dtypes.weights == swegym_lm::Dtype::F32 && !swegym_lm::cpu_multiplies_bf16() {
-        tracing::warn!("prefill dtype bf16: this CPU reports neither avx512_bf16 nor amx_bf16, so bf16 products are emulated and slower than f32; leave the prefill dtype unset here");
-    }
 }
 
 /// The tasks, the stage config and the sandbox provisioner that `args` describe (the policy
@@ -324,43 +299,10 @@ pub async fn run(ctx: &Context, args: SampleArgs) -> anyhow::Result<()> {
         let eval = EvalOptions { test_timeout: args.test_timeout.map(Duration::from_secs), ..EvalOptions::default() };
         resolved = Some(evaluate_rollouts(provisioner, eval, args.jobs, &tasks, &mut rollouts, &args.out).await?);
     }
-
-    let mut exit_reasons = BTreeMap::new();
-    for reason in ExitReason::ALL {
-        exit_reasons.insert(reason.as_str().to_string(), rollouts.iter().filter(|r| r.exit_reason == reason).count());
-    }
-    let summary = SampleSummary {
-        policy_id: policy.id(),
-        tasks: tasks.len(),
-        k: args.k,
-        rollouts: rollouts.len(),
-        ran: outcome.ran,
-        resumed: outcome.resumed,
-        panicked: outcome.panicked,
-        exit_reasons,
-        empty_patch: rollouts.iter().filter(|r| r.empty_patch).count(),
-        resolved,
-        mean_turns: rollouts.iter().map(|r| r.turns as f64).sum::<f64>() / rollouts.len().max(1) as f64,
-        wall_seconds: outcome.wall_seconds,
-        rollouts_per_hour: if outcome.wall_seconds > 0.0 { outcome.ran as f64 * 3600.0 / outcome.wall_seconds } else { 0.0 },
-    };
+    let summary = SampleSummary::of(policy.id(), tasks.len(), args.k, &outcome, &rollouts, resolved);
     let summary_path = summary_path(&args.out);
     output::write_json(&summary_path, &summary)?;
-    println!(
-        "{} rollouts ({} run now, {} resumed) of {} tasks × {} → {}",
-        summary.rollouts,
-        summary.ran,
-        summary.resumed,
-        summary.tasks,
-        summary.k,
-        args.out.display()
-    );
-    let reasons: Vec<String> = summary.exit_reasons.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
-    println!("exit reasons: {}; empty patch {}; mean turns {:.1}", reasons.join(", "), summary.empty_patch, summary.mean_turns);
-    if let Some(n) = resolved {
-        println!("resolved {n}/{}", summary.rollouts);
-    }
-    println!("{:.0} rollouts/hour ({:.1} s wall); summary: {}", summary.rollouts_per_hour, summary.wall_seconds, summary_path.display());
+    summary.print(&args.out, &summary_path);
     if outcome.panicked > 0 {
         return Err(Exit::infra(format!("{} rollouts panicked; rerun the same command to run them", outcome.panicked)));
     }
@@ -370,6 +312,40 @@ pub async fn run(ctx: &Context, args: SampleArgs) -> anyhow::Result<()> {
         return Err(Exit::infra(format!("every rollout failed in the infrastructure (sandbox or policy); first error: {first}")));
     }
     Ok(())
+}
+
+impl SampleSummary {
+    fn of(policy_id: String, tasks: usize, k: u32, outcome: &swegym_sample::SampleOutcome, rollouts: &[Rollout], resolved: Option<usize>) -> SampleSummary {
+        let mut exit_reasons = BTreeMap::new();
+        for reason in ExitReason::ALL {
+            exit_reasons.insert(reason.as_str().to_string(), rollouts.iter().filter(|r| r.exit_reason == reason).count());
+        }
+        SampleSummary {
+            policy_id,
+            tasks,
+            k,
+            rollouts: rollouts.len(),
+            ran: outcome.ran,
+            resumed: outcome.resumed,
+            panicked: outcome.panicked,
+            exit_reasons,
+            empty_patch: rollouts.iter().filter(|r| r.empty_patch).count(),
+            resolved,
+            mean_turns: rollouts.iter().map(|r| r.turns as f64).sum::<f64>() / rollouts.len().max(1) as f64,
+            wall_seconds: outcome.wall_seconds,
+            rollouts_per_hour: if outcome.wall_seconds > 0.0 { outcome.ran as f64 * 3600.0 / outcome.wall_seconds } else { 0.0 },
+        }
+    }
+
+    fn print(&self, out: &Path, summary_path: &Path) {
+        println!("{} rollouts ({} run now, {} resumed) of {} tasks × {} → {}", self.rollouts, self.ran, self.resumed, self.tasks, self.k, out.display());
+        let reasons: Vec<String> = self.exit_reasons.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+        println!("exit reasons: {}; empty patch {}; mean turns {:.1}", reasons.join(", "), self.empty_patch, self.mean_turns);
+        if let Some(n) = self.resolved {
+            println!("resolved {n}/{}", self.rollouts);
+        }
+        println!("{:.0} rollouts/hour ({:.1} s wall); summary: {}", self.rollouts_per_hour, self.wall_seconds, summary_path.display());
+    }
 }
 
 fn summary_path(out: &Path) -> PathBuf {

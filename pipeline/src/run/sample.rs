@@ -11,15 +11,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::json;
 use swegym_evaluate::EvalOptions;
-use swegym_sample::policy::local::{AdapterLoad, LocalPolicy, ModelDtypes};
-use swegym_sample::policy::openai::{OpenAiConfig, OpenAiPolicy};
-use swegym_sample::policy::oracle::OraclePolicy;
+use swegym_sample::policy::local::ModelDtypes;
 use swegym_sample::{Policy, Rollout};
 use swegym_schema::rollout::read_rollouts;
 use swegym_schema::{SplitMetrics, Task};
 
 use super::config::{self, Curriculum, PolicyKind, SplitKind, WarmStart};
 use super::{curriculum, PolicyChoice, Runner};
+use crate::policy::{openai_config, LocalSpec, PolicySpec};
 use crate::run_dir::manifest::SampleDetails;
 use crate::exit::Exit;
 
@@ -158,46 +157,34 @@ impl Runner {
         Ok(per_iteration)
     }
 
+    /// The stage's policy: the oracle, or `[policy]` with the stage's adapter (merged into a
+    /// local model, or registered with the server by name).
     pub(super) async fn build_policy(&self, choice: &PolicyChoice) -> anyhow::Result<Arc<dyn Policy>> {
         let adapter = match choice {
-            PolicyChoice::Oracle => return Ok(Arc::new(OraclePolicy::exact().with_scaffold(self.cfg.agent.scaffold))),
+            PolicyChoice::Oracle => return PolicySpec::Oracle { slip_rate: 0.0, scaffold: self.cfg.agent.scaffold }.build().await,
             PolicyChoice::Model { adapter } => adapter.clone(),
         };
         let p = &self.cfg.policy;
-        match p.kind {
-            PolicyKind::Local => {
-                let dtypes = ModelDtypes { weights: p.dtype, kv: p.kv_dtype, prefill: p.prefill_dtype, decode: p.weights };
-                crate::sample::warn_slow_bf16_prefill(&dtypes);
-                let (model, device, threads, merge, jobs) = (p.model.clone(), p.device_choice(), p.threads, p.merge_adapter, self.cfg.sandbox.jobs);
-                let policy = tokio::task::spawn_blocking(move || {
-                    let adapter = adapter.as_deref().map(|dir| AdapterLoad { dir, merge });
-                    LocalPolicy::load_with_adapter(&model, adapter, dtypes, device, jobs, threads)
-                })
-                .await
-                .context("loading the policy model")?
-                .map_err(|e| Exit::bad_input(e.to_string()))?;
-                Ok(Arc::new(policy))
-            }
+        let spec = match p.kind {
+            PolicyKind::Local => PolicySpec::Local(LocalSpec {
+                model: p.model.clone(),
+                adapter,
+                merge_adapter: p.merge_adapter,
+                dtypes: ModelDtypes { weights: p.dtype, kv: p.kv_dtype, prefill: p.prefill_dtype, decode: p.weights },
+                device: p.device_choice(),
+                max_batch: self.cfg.sandbox.jobs,
+                threads: p.threads,
+            }),
             PolicyKind::Openai => {
                 let o = p.openai.as_ref().expect("validated: kind openai has an [policy] openai part");
-                let api_key = match &o.api_key_env {
-                    None => None,
-                    Some(var) => Some(std::env::var(var).map_err(|_| Exit::bad_input(format!("[policy] api_key_env {var}: the variable is not set")))?),
-                };
-                let adapter_name = match &adapter {
-                    Some(dir) => Some(self.register_adapter(o, api_key.as_deref(), dir).await?),
-                    None => None,
-                };
-                let config = OpenAiConfig {
-                    adapter: adapter_name,
-                    api_key,
-                    request_timeout: Duration::from_secs(o.request_timeout_s),
-                    max_retries: o.max_retries,
-                    ..OpenAiConfig::new(o.base_url.clone(), o.served_model.clone())
-                };
-                Ok(Arc::new(OpenAiPolicy::new(config).map_err(|e| Exit::infra(e.to_string()))?))
+                let mut config = openai_config(&o.base_url, &o.served_model, o.api_key_env.as_deref(), "[policy] api_key_env", o.request_timeout_s, o.max_retries)?;
+                if let Some(dir) = &adapter {
+                    config.adapter = Some(self.register_adapter(o, config.api_key.as_deref(), dir).await?);
+                }
+                PolicySpec::OpenAi(config)
             }
-        }
+        };
+        spec.build().await
     }
 
     /// The adapter's name on the server (`<run>-<iter-NNN>`); with `load_adapters`, asks the
