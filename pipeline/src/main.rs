@@ -94,12 +94,9 @@ enum Command {
 }
 
 fn main() {
-    // bf16 matmuls in libtorch crash on CPUs that report AMX but fault on it (DESIGN.md);
-    // set before any thread starts.
-    if std::env::var_os("ONEDNN_MAX_CPU_ISA").is_none() {
-        // SAFETY: single-threaded at this point (no runtime or thread has started yet).
-        unsafe { std::env::set_var("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16") };
-    }
+    // bf16 matmuls in libtorch crash on CPUs that report AMX but fault on it (DESIGN.md):
+    // the oneDNN cap is set here, before any thread starts, and nowhere else in the process.
+    swegym_lm::init_cpu_runtime();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let _ = output::PLAIN_PROGRESS_EVERY.set(std::time::Duration::from_secs(cli.progress_every));

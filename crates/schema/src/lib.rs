@@ -5,6 +5,7 @@
 //! verdict, a rollout, an SFT record and an iteration's metrics *are* and how they are read
 //! and written (and, in [`patch`], how a patch is read as text).
 
+pub mod dataset_dir;
 pub mod metrics;
 pub mod parquet_io;
 pub mod patch;

@@ -1075,7 +1075,7 @@ impl Resolver {
             vec![path.clone()]
         } else if path.is_dir() {
             let split = s.split.clone().unwrap_or_else(|| which.to_string());
-            split_files(&path, &split).map_err(|problem| self.err(&format!("{table} split"), problem))?
+            swegym_schema::dataset_dir::split_files(&path, &split).map_err(|problem| self.err(&format!("{table} split"), problem))?
         } else {
             return Err(self.err(&format!("{table} path"), format!("{}: no such file or folder", path.display())));
         };
@@ -1204,56 +1204,6 @@ impl Resolver {
             }
         }
     }
-}
-
-/// The task files of `split` in a dataset folder: `<split>.jsonl|.json|.parquet`, or the
-/// shards `<split>-*.parquet` / `data/<split>-*.parquet` (the Hugging Face layout).
-pub fn split_files(dir: &Path, split: &str) -> Result<Vec<PathBuf>, String> {
-    for ext in ["jsonl", "json", "parquet"] {
-        let p = dir.join(format!("{split}.{ext}"));
-        if p.is_file() {
-            return Ok(vec![p]);
-        }
-    }
-    for sub in [dir.to_path_buf(), dir.join("data")] {
-        let mut shards: Vec<PathBuf> = std::fs::read_dir(&sub)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<PathBuf>>())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p: &PathBuf| {
-                let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                name.starts_with(&format!("{split}-")) && name.ends_with(".parquet")
-            })
-            .collect();
-        if !shards.is_empty() {
-            shards.sort();
-            return Ok(shards);
-        }
-    }
-    Err(format!(
-        "dataset {} has no split {split:?} (looked for {split}.jsonl, {split}.json, {split}.parquet, data/{split}-*.parquet); splits there: {}",
-        dir.display(),
-        splits_in(dir).join(", ")
-    ))
-}
-
-/// The split names a dataset folder offers (file stems of its task files).
-fn splits_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| {
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-            matches!(ext, "jsonl" | "json" | "parquet") && !p.file_name().is_some_and(|n| n.to_string_lossy().contains("manifest"))
-        })
-        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()))
-        .collect();
-    names.sort();
-    if names.is_empty() {
-        names.push("none".into());
-    }
-    names
 }
 
 /// A seeded Fisher-Yates shuffle (splitmix64), stable across platforms.
@@ -1662,13 +1612,6 @@ max_steps = 2
             assert!(err.contains(want), "config:\n{text}\nerror {err:?} lacks {want:?}");
             assert!(err.contains("c.toml"), "{err} does not name the file");
         }
-    }
-
-    #[test]
-    fn split_listing_names_what_is_there() {
-        let (dir, _) = fixture(GOOD);
-        let e = split_files(&dir.path().join("data"), "dev").unwrap_err();
-        assert!(e.contains("splits there: test, train"), "{e}");
     }
 
     #[test]

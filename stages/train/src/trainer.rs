@@ -64,7 +64,6 @@ const PICKED_PROB_FLOOR: f64 = 1e-30;
 pub fn train(req: TrainRequest<'_>, on_step: &mut dyn FnMut(&StepLog)) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     let cfg = req.config;
-    swegym_lm::init_cpu_runtime();
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n);
     }

@@ -164,7 +164,6 @@ impl LocalPolicy {
         max_batch: usize,
         threads: Option<i32>,
     ) -> Result<LocalPolicy, PolicyError> {
-        swegym_lm::init_cpu_runtime();
         let device = device.resolve().map_err(|e| PolicyError::Server(e.to_string()))?;
         // the model is made on the engine's thread, the only one that touches libtorch
         // (see `Engine::spawn_with`)
