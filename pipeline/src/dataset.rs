@@ -17,7 +17,7 @@ use swegym_synth::tier::{Manifest, Tier};
 use crate::context::Context;
 use crate::evaluate::{load_dataset, HarnessArgs};
 use crate::output;
-use crate::run::config::split_files;
+use swegym_schema::dataset_dir::split_files;
 use crate::exit::Exit;
 
 #[derive(clap::Subcommand, Debug)]
