@@ -9,7 +9,7 @@
 //! candidate's test runs, kept or not).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,17 +17,18 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde::Serialize;
 use swegym_evaluate::patch::is_test_path;
-use swegym_evaluate::runner::{Job, JobKind, JobResult};
+use swegym_evaluate::runner::{Harness, Job, JobKind, JobResult};
 use swegym_sandbox::spec::DEFAULT_PYTEST_CMD;
-use swegym_schema::{EvalStatus, Task};
-use swegym_synth::mine::{mine, MineOptions};
-use swegym_synth::select::{select, stable, Outcomes};
-use swegym_synth::{DropReason, SelectRules};
+use swegym_schema::Task;
+use swegym_synth::judge::{judge_mined, run_problems, TestRun};
+use swegym_synth::mine::{mine, MineOptions, MinedCommit};
+use swegym_synth::DropReason;
 
 use crate::context::Context;
 use crate::evaluate::HarnessArgs;
 use crate::output;
 use crate::exit::Exit;
+use crate::synth::{jsonl, test_run};
 
 #[derive(clap::Args, Debug)]
 pub struct MineArgs {
@@ -98,20 +99,19 @@ struct CandidateOutcome {
     detail: Option<String>,
 }
 
-fn git(repo: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+/// `git -C repo args…`'s trimmed output; its stderr in the error when it fails.
+fn git(repo: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("git").arg("-C").arg(repo).args(args).output().context("running git")?;
     anyhow::ensure!(out.status.success(), "git {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Mines the repository's history, runs each candidate's tests and writes the kept rows,
+/// the environment and the report.
 pub async fn run(ctx: &Context, args: MineArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let repo = std::fs::canonicalize(&args.repo).map_err(|e| Exit::bad_input(format!("--repo {}: {e}", args.repo.display())))?;
-    let name = match &args.name {
-        Some(n) if n.split('/').count() == 2 => n.clone(),
-        Some(n) => return Err(Exit::bad_input(format!("--name {n:?} must be `owner/name`"))),
-        None => format!("local/{}", repo.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| "repo".into())),
-    };
+    let name = repo_name(&args, &repo)?;
     let opts = MineOptions { since: args.since.clone(), max_commits: args.max_commits, include_merges: args.merges };
     let mined = mine(&repo, &opts, &is_test_path).map_err(|e| Exit::bad_input(e.to_string()))?;
     let env_commit = match &args.env_commit {
@@ -124,97 +124,25 @@ pub async fn run(ctx: &Context, args: MineArgs) -> anyhow::Result<()> {
     eprintln!("{}: {} commits read, {} candidates (source + tests)", repo.display(), mined.commits_seen, mined.candidates.len());
 
     let prefix = name.replace('/', "__");
-    let tasks: Vec<Task> = mined
-        .candidates
-        .iter()
-        .map(|c| Task {
-            instance_id: format!("{prefix}-{}", &c.commit[..12]),
-            repo: name.clone(),
-            base_commit: c.parent.clone(),
-            patch: c.patch.clone(),
-            test_patch: c.test_patch.clone(),
-            problem_statement: c.message.clone(),
-            hints_text: String::new(),
-            fail_to_pass: Vec::new(),
-            pass_to_pass: Vec::new(),
-            version: args.version.clone(),
-            environment_setup_commit: env_commit.clone(),
-            created_at: c.created_at.clone(),
-        })
-        .collect();
-    let mut dropped = mined.skipped.clone();
-    let mut kept = Vec::new();
-    let mut outcomes = Vec::new();
+    let tasks: Vec<Task> = mined.candidates.iter().map(|c| candidate_task(c, &prefix, &name, &args.version, &env_commit)).collect();
+    let mut judged = Judged { kept: Vec::new(), dropped: mined.skipped.clone(), outcomes: Vec::new() };
     if !tasks.is_empty() {
         let harness = args.harness.harness(ctx, &out_dir.join("tasks.jsonl")).await?;
-        // Per candidate: the tests before the fix and after it; then, once every candidate
-        // has run, after it again (the reference is what passes in both runs after: a test
-        // whose id holds the clock would be a PASS_TO_PASS test no later run can find, and
-        // two runs at once could share the clock).
-        let gold = |t: &Arc<Task>, label: &str| Job {
-            task: Arc::clone(t),
-            kind: JobKind::Patch { patch: t.patch.clone(), model_name_or_path: "gold".into() },
-            label: label.into(),
-        };
-        let shared: Vec<Arc<Task>> = tasks.iter().cloned().map(Arc::new).collect();
-        let mut jobs = Vec::new();
-        for t in &shared {
-            jobs.push(Job { task: Arc::clone(t), kind: JobKind::TestsOnly, label: "before".into() });
-            jobs.push(gold(t, "after"));
-        }
-        let again: Vec<Job> = shared.iter().map(|t| gold(t, "after-again")).collect();
-        let bar = output::progress(jobs.len() + again.len(), "mining");
-        let bar2 = bar.clone();
-        let first = harness.run(jobs, move |_| bar2.inc(1)).await;
-        let bar2 = bar.clone();
-        let second = harness.run(again, move |_| bar2.inc(1)).await;
-        bar.finish_and_clear();
-        output::write_logs(&out_dir, &first)?;
-        output::write_logs(&out_dir, &second)?;
+        let (first, second) = run_candidates(&harness, &tasks, &out_dir).await?;
         for (((task, candidate), pair), again) in tasks.iter().zip(&mined.candidates).zip(first.chunks(2)).zip(&second) {
             let [before, after] = pair else { unreachable!("two jobs per candidate") };
-            let mut outcome = CandidateOutcome {
-                instance_id: task.instance_id.clone(),
-                commit: candidate.commit.clone(),
-                subject: candidate.message.lines().next().unwrap_or_default().to_string(),
-                kept: false,
-                dropped: None,
-                fail_to_pass: 0,
-                pass_to_pass: 0,
-                detail: run_problems(&[before, after, again]),
-            };
-            match judge(before, after, again) {
-                Ok(sel) => {
-                    let mut t = task.clone();
-                    t.fail_to_pass = sel.fail_to_pass;
-                    t.pass_to_pass = sel.pass_to_pass;
-                    tracing::info!(instance_id = %t.instance_id, f2p = t.fail_to_pass.len(), p2p = t.pass_to_pass.len(), "kept");
-                    (outcome.kept, outcome.fail_to_pass, outcome.pass_to_pass) = (true, t.fail_to_pass.len(), t.pass_to_pass.len());
-                    kept.push(t);
-                }
-                Err(reason) => {
-                    tracing::info!(instance_id = %task.instance_id, reason = reason.as_str(), "dropped");
-                    *dropped.entry(reason).or_default() += 1;
-                    outcome.dropped = Some(reason);
-                }
-            }
-            outcomes.push(outcome);
+            judged.judge(task, candidate, [before, after, again].map(test_run));
         }
     }
-    let mut text = String::new();
-    for t in &kept {
-        text.push_str(&serde_json::to_string(t)?);
-        text.push('\n');
-    }
-    std::fs::write(out_dir.join("tasks.jsonl"), text).context("writing tasks.jsonl")?;
+    std::fs::write(out_dir.join("tasks.jsonl"), jsonl(&judged.kept)?).context("writing tasks.jsonl")?;
     let report = MineReport {
         repo: name,
         commits_seen: mined.commits_seen,
         candidates: tasks.len(),
-        kept: kept.len(),
-        dropped,
+        kept: judged.kept.len(),
+        dropped: judged.dropped,
         wall_seconds: started.elapsed().as_secs_f64(),
-        outcomes,
+        outcomes: judged.outcomes,
     };
     output::write_json(&out_dir.join("mine_report.json"), &report)?;
     let drops: Vec<String> = report.dropped.iter().map(|(r, n)| format!("{}: {n}", r.as_str())).collect();
@@ -229,47 +157,104 @@ pub async fn run(ctx: &Context, args: MineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// FAIL_TO_PASS / PASS_TO_PASS from the run before the gold patch and the two after it.
-fn judge(before: &JobResult, after: &JobResult, again: &JobResult) -> Result<swegym_synth::Selection, DropReason> {
-    for a in [&after.outcome, &again.outcome] {
-        match a.verdict.status {
-            EvalStatus::TestTimeout => return Err(DropReason::TestTimeout),
-            EvalStatus::PatchApplyFailed | EvalStatus::EnvError if a.grade.is_none() => return Err(DropReason::CandidateError),
-            _ if a.log_problem.is_some() => return Err(DropReason::TestsDidNotRun),
-            _ => {}
-        }
+/// `--name`, which must be `owner/name`, or `local/<directory name>`.
+fn repo_name(args: &MineArgs, repo: &Path) -> anyhow::Result<String> {
+    match &args.name {
+        Some(n) if n.split('/').count() == 2 => Ok(n.clone()),
+        Some(n) => Err(Exit::bad_input(format!("--name {n:?} must be `owner/name`"))),
+        None => Ok(format!("local/{}", repo.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| "repo".into()))),
     }
-    let b = &before.outcome;
-    if b.verdict.status == EvalStatus::TestTimeout {
-        return Err(DropReason::TestTimeout);
-    }
-    if b.verdict.status == EvalStatus::EnvError && b.grade.is_none() {
-        return Err(DropReason::CandidateError);
-    }
-    // A run that stopped early (pytest's exit 2, 4: collection interrupted, a conftest that
-    // cannot import) reports no test at all: its "failures" would be every test named.
-    if b.log_problem.is_some() {
-        return Err(DropReason::TestsDidNotRun);
-    }
-    let passed = |o: &swegym_evaluate::EvalOutcome| -> Outcomes { o.statuses.iter().map(|(id, s)| (id.clone(), s.passes())).collect() };
-    let fixed = stable(&passed(&after.outcome), &passed(&again.outcome));
-    select(&passed(b), &fixed, &SelectRules::mine())
 }
 
-/// What went wrong in a candidate's runs, as the harness saw it (`before: …; after: …`).
-fn run_problems(runs: &[&JobResult]) -> Option<String> {
-    let problems: Vec<String> = runs
-        .iter()
-        .filter_map(|r| {
-            let o = &r.outcome;
-            o.log_problem.as_ref().map(ToString::to_string).or_else(|| o.verdict.error.clone()).map(|p| format!("{}: {p}", r.label))
-        })
-        .collect();
-    (!problems.is_empty()).then(|| problems.join("; "))
+/// The task of one mined commit (its test lists empty until judged).
+fn candidate_task(c: &MinedCommit, prefix: &str, name: &str, version: &str, env_commit: &Option<String>) -> Task {
+    Task {
+        instance_id: c.instance_id(prefix),
+        repo: name.to_string(),
+        base_commit: c.parent.clone(),
+        patch: c.patch.clone(),
+        test_patch: c.test_patch.clone(),
+        problem_statement: c.message.clone(),
+        hints_text: String::new(),
+        fail_to_pass: Vec::new(),
+        pass_to_pass: Vec::new(),
+        version: version.to_string(),
+        environment_setup_commit: env_commit.clone(),
+        created_at: c.created_at.clone(),
+    }
+}
+
+/// Runs every candidate's tests: per candidate, before the fix and after it; then, once
+/// every candidate has run, after it again (the reference is what passes in both runs
+/// after: a test whose id holds the clock would be a PASS_TO_PASS test no later run can
+/// find, and two runs at once could share the clock). Writes the logs; returns the
+/// (before, after) pairs and the runs after again, in candidate order.
+async fn run_candidates(harness: &Arc<Harness>, tasks: &[Task], out_dir: &Path) -> anyhow::Result<(Vec<JobResult>, Vec<JobResult>)> {
+    let gold = |t: &Arc<Task>, label: &str| Job {
+        task: Arc::clone(t),
+        kind: JobKind::Patch { patch: t.patch.clone(), model_name_or_path: "gold".into() },
+        label: label.into(),
+    };
+    let shared: Vec<Arc<Task>> = tasks.iter().cloned().map(Arc::new).collect();
+    let mut jobs = Vec::new();
+    for t in &shared {
+        jobs.push(Job { task: Arc::clone(t), kind: JobKind::TestsOnly, label: "before".into() });
+        jobs.push(gold(t, "after"));
+    }
+    let again: Vec<Job> = shared.iter().map(|t| gold(t, "after-again")).collect();
+    let bar = output::progress(jobs.len() + again.len(), "mining");
+    let bar2 = bar.clone();
+    let first = harness.run(jobs, move |_| bar2.inc(1)).await;
+    let bar2 = bar.clone();
+    let second = harness.run(again, move |_| bar2.inc(1)).await;
+    bar.finish_and_clear();
+    output::write_logs(out_dir, &first)?;
+    output::write_logs(out_dir, &second)?;
+    Ok((first, second))
+}
+
+/// The candidates judged so far: kept tasks, drops by reason (the commits passed over
+/// included), each candidate's outcome.
+struct Judged {
+    kept: Vec<Task>,
+    dropped: BTreeMap<DropReason, u32>,
+    outcomes: Vec<CandidateOutcome>,
+}
+
+impl Judged {
+    /// Keeps or drops one candidate from its runs before, after and after again.
+    fn judge(&mut self, task: &Task, candidate: &MinedCommit, [before, after, again]: [TestRun; 3]) {
+        let mut outcome = CandidateOutcome {
+            instance_id: task.instance_id.clone(),
+            commit: candidate.commit.clone(),
+            subject: candidate.subject().to_string(),
+            kept: false,
+            dropped: None,
+            fail_to_pass: 0,
+            pass_to_pass: 0,
+            detail: run_problems(&[&before, &after, &again]),
+        };
+        match judge_mined(&before, &after, &again) {
+            Ok(sel) => {
+                let mut t = task.clone();
+                t.fail_to_pass = sel.fail_to_pass;
+                t.pass_to_pass = sel.pass_to_pass;
+                tracing::info!(instance_id = %t.instance_id, f2p = t.fail_to_pass.len(), p2p = t.pass_to_pass.len(), "kept");
+                (outcome.kept, outcome.fail_to_pass, outcome.pass_to_pass) = (true, t.fail_to_pass.len(), t.pass_to_pass.len());
+                self.kept.push(t);
+            }
+            Err(reason) => {
+                tracing::info!(instance_id = %task.instance_id, reason = reason.as_str(), "dropped");
+                *self.dropped.entry(reason).or_default() += 1;
+                outcome.dropped = Some(reason);
+            }
+        }
+        self.outcomes.push(outcome);
+    }
 }
 
 /// The environment of the mined rows: a `git` source at the repository itself.
-fn env_toml(args: &MineArgs, name: &str, repo: &std::path::Path) -> String {
+fn env_toml(args: &MineArgs, name: &str, repo: &Path) -> String {
     let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
     let list = |v: &[String]| format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
     let mut t = format!(

@@ -9,7 +9,7 @@
 //! Out: `<out>/train.jsonl`, `<out>/test.jsonl`, `<out>/synth_manifest.jsonl` (kind, file,
 //! function, split per instance), `<out>/synth_report.json` and the yield table printed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -23,10 +23,12 @@ use swegym_evaluate::runner::{Harness, Job, JobKind, JobResult};
 use swegym_sandbox::source;
 use swegym_sandbox::{EnvSpec, SourceSpec};
 use swegym_schema::{EvalStatus, Task};
+use swegym_synth::judge::{judge_mutant, RunEnd, TestRun};
 use swegym_synth::plan::{plan, PlanOptions};
-use swegym_synth::select::{narrow_to_failing_files, select, stable, Outcomes};
+use swegym_synth::select::{narrow_to_failing_files, passing, stable, unstable, Outcomes, Selection};
+use swegym_synth::sources::library_sources;
 use swegym_synth::split::{split_of, Split};
-use swegym_synth::statement::{problem_statement, BugReport, FailingTest, Frame};
+use swegym_synth::statement::{library_traceback, problem_statement, BugReport, FailingTest, Frame};
 use swegym_synth::tier::{difficulty, Difficulty, ManifestRow};
 use swegym_synth::yields::Yields;
 use swegym_synth::{diff, DropReason, Mutation, MutationKind, PythonFile, SelectRules};
@@ -134,14 +136,11 @@ struct Report {
     wall_seconds: f64,
 }
 
+/// Synthesizes tasks in each chosen environment and writes the rows, the manifest and the
+/// report; fails when no mutant was kept.
 pub async fn run(ctx: &Context, args: SynthArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    if args.n == 0 {
-        return Err(Exit::bad_input("--n must be at least 1"));
-    }
-    if !(0.0..1.0).contains(&args.test_fraction) {
-        return Err(Exit::bad_input("--test-fraction must be in [0, 1)"));
-    }
+    check_args(&args)?;
     let out_dir = args.harness.out.clone().unwrap_or_else(|| output::default_out_dir("synth"));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let harness = args.harness.harness(ctx, &out_dir.join("train.jsonl")).await?;
@@ -149,106 +148,28 @@ pub async fn run(ctx: &Context, args: SynthArgs) -> anyhow::Result<()> {
     let kinds = if args.kinds.is_empty() { MutationKind::DEFAULT.to_vec() } else { args.kinds.clone() };
     let rules = SelectRules { max_fail_fraction: args.max_fail_fraction, ..SelectRules::synth() };
 
-    let mut rows: Vec<(Split, Task)> = Vec::new();
-    let mut manifest = Vec::new();
-    let mut reports = Vec::new();
-    let mut total = Yields::default();
+    let mut found = Found::default();
     for spec in &specs {
         let span = tracing::info_span!("synth_env", repo = %spec.repo, version = %spec.version);
         let _enter = span.enter();
-        let mut report = EnvReport {
-            repo: spec.repo.clone(),
-            version: spec.version.clone(),
-            clean_passing_tests: 0,
-            unstable_tests: 0,
-            clean_test_seconds: 0.0,
-            sites: 0,
-            planned: 0,
-            tried: 0,
-            kept: 0,
-            yields: Yields::default(),
-            error: None,
-        };
+        let mut report = EnvReport::new(spec);
         match synth_env(&harness, spec, &args, &kinds, &rules, &mut report).await {
-            Ok(kept) => {
-                for (task, m, sel_counts, hardness) in kept {
-                    let key = match args.split_by {
-                        SplitBy::Function => format!("{}::{}", spec.repo, m.function_key()),
-                        SplitBy::File => format!("{}::{}", spec.repo, m.file),
-                    };
-                    let split = split_of(&key, args.seed, args.test_fraction);
-                    manifest.push(ManifestRow {
-                        instance_id: task.instance_id.clone(),
-                        repo: spec.repo.clone(),
-                        split,
-                        kind: m.kind,
-                        file: m.file.clone(),
-                        function: m.function.clone(),
-                        line: m.line,
-                        fail_to_pass: sel_counts.0,
-                        pass_to_pass: sel_counts.1,
-                        difficulty: Some(hardness),
-                    });
-                    rows.push((split, task));
-                }
-            }
+            Ok(kept) => found.add(spec, kept, &args),
             Err(e) => {
                 eprintln!("error: {} {}: {e:#}; its tasks are left out", spec.repo, spec.version);
                 report.error = Some(format!("{e:#}"));
             }
         }
-        for (kind, y) in &report.yields.by_kind {
-            let t = total.by_kind.entry(*kind).or_default();
-            t.tried += y.tried;
-            t.kept += y.kept;
-            for (r, n) in &y.dropped {
-                *t.dropped.entry(*r).or_default() += n;
-            }
-        }
+        found.total.add(&report.yields);
         eprintln!("{} {}: kept {} of {} tried ({} sites)", spec.repo, spec.version, report.kept, report.tried, report.sites);
-        reports.push(report);
+        found.reports.push(report);
     }
 
-    let write = |split: Split| -> anyhow::Result<usize> {
-        let path = out_dir.join(format!("{}.jsonl", split.as_str()));
-        let mut text = String::new();
-        let mut n = 0;
-        for (s, task) in &rows {
-            if *s == split {
-                text.push_str(&serde_json::to_string(task)?);
-                text.push('\n');
-                n += 1;
-            }
-        }
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(n)
-    };
-    let n_train = write(Split::Train)?;
-    let n_test = write(Split::Test)?;
-    let mut manifest_text = String::new();
-    for m in &manifest {
-        manifest_text.push_str(&serde_json::to_string(m)?);
-        manifest_text.push('\n');
-    }
-    std::fs::write(out_dir.join("synth_manifest.jsonl"), manifest_text).context("writing synth_manifest.jsonl")?;
+    let (n_train, n_test) = found.write(&out_dir)?;
     copy_env_specs(&args.harness.env_specs, &out_dir)?;
-    let report = Report {
-        seed: args.seed,
-        n: args.n,
-        max_per_function: args.max_per_function,
-        test_fraction: args.test_fraction,
-        split_by: args.split_by,
-        max_fail_fraction: args.max_fail_fraction,
-        p2p_scope: args.p2p_scope,
-        kinds,
-        train: n_train,
-        test: n_test,
-        yields: total.clone(),
-        envs: reports,
-        wall_seconds: started.elapsed().as_secs_f64(),
-    };
+    let report = Report::new(&args, kinds, (n_train, n_test), found, started);
     output::write_json(&out_dir.join("synth_report.json"), &report)?;
-    println!("{}", total.to_table());
+    println!("{}", report.yields.to_table());
     println!(
         "{} instances ({} train, {} test) from {} environments in {:.0} s → {}",
         n_train + n_test,
@@ -262,6 +183,117 @@ pub async fn run(ctx: &Context, args: SynthArgs) -> anyhow::Result<()> {
         return Err(Exit::check_failed("no mutant was kept; see the yield table and the warnings above"));
     }
     Ok(())
+}
+
+/// Refuses --n 0 and a --test-fraction outside [0, 1).
+fn check_args(args: &SynthArgs) -> anyhow::Result<()> {
+    if args.n == 0 {
+        return Err(Exit::bad_input("--n must be at least 1"));
+    }
+    if !(0.0..1.0).contains(&args.test_fraction) {
+        return Err(Exit::bad_input("--test-fraction must be in [0, 1)"));
+    }
+    Ok(())
+}
+
+/// What the environments gave: the rows with their split, their manifest rows, each
+/// environment's report and the yields over all of them.
+#[derive(Default)]
+struct Found {
+    rows: Vec<(Split, Task)>,
+    manifest: Vec<ManifestRow>,
+    reports: Vec<EnvReport>,
+    total: Yields,
+}
+
+impl Found {
+    /// Puts one environment's kept tasks into their split (by function or file key).
+    fn add(&mut self, spec: &EnvSpec, kept: Kept, args: &SynthArgs) {
+        for (task, m, (fail_to_pass, pass_to_pass), hardness) in kept {
+            let key = match args.split_by {
+                SplitBy::Function => format!("{}::{}", spec.repo, m.function_key()),
+                SplitBy::File => format!("{}::{}", spec.repo, m.file),
+            };
+            let split = split_of(&key, args.seed, args.test_fraction);
+            self.manifest.push(ManifestRow {
+                instance_id: task.instance_id.clone(),
+                repo: spec.repo.clone(),
+                split,
+                kind: m.kind,
+                file: m.file.clone(),
+                function: m.function.clone(),
+                line: m.line,
+                fail_to_pass,
+                pass_to_pass,
+                difficulty: Some(hardness),
+            });
+            self.rows.push((split, task));
+        }
+    }
+
+    /// Writes `train.jsonl`, `test.jsonl` and `synth_manifest.jsonl`; (train, test) rows.
+    fn write(&self, out_dir: &Path) -> anyhow::Result<(usize, usize)> {
+        let write = |split: Split| -> anyhow::Result<usize> {
+            let path = out_dir.join(format!("{}.jsonl", split.as_str()));
+            let tasks: Vec<&Task> = self.rows.iter().filter(|(s, _)| *s == split).map(|(_, task)| task).collect();
+            std::fs::write(&path, jsonl(&tasks)?).with_context(|| format!("writing {}", path.display()))?;
+            Ok(tasks.len())
+        };
+        let n_train = write(Split::Train)?;
+        let n_test = write(Split::Test)?;
+        std::fs::write(out_dir.join("synth_manifest.jsonl"), jsonl(&self.manifest)?).context("writing synth_manifest.jsonl")?;
+        Ok((n_train, n_test))
+    }
+}
+
+/// One JSON line per item.
+pub(crate) fn jsonl<T: Serialize>(items: &[T]) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for item in items {
+        text.push_str(&serde_json::to_string(item)?);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+impl EnvReport {
+    /// The report of an environment not yet synthesized in.
+    fn new(spec: &EnvSpec) -> EnvReport {
+        EnvReport {
+            repo: spec.repo.clone(),
+            version: spec.version.clone(),
+            clean_passing_tests: 0,
+            unstable_tests: 0,
+            clean_test_seconds: 0.0,
+            sites: 0,
+            planned: 0,
+            tried: 0,
+            kept: 0,
+            yields: Yields::default(),
+            error: None,
+        }
+    }
+}
+
+impl Report {
+    /// The run's report: its settings, the (train, test) row counts and what was found.
+    fn new(args: &SynthArgs, kinds: Vec<MutationKind>, (train, test): (usize, usize), found: Found, started: Instant) -> Report {
+        Report {
+            seed: args.seed,
+            n: args.n,
+            max_per_function: args.max_per_function,
+            test_fraction: args.test_fraction,
+            split_by: args.split_by,
+            max_fail_fraction: args.max_fail_fraction,
+            p2p_scope: args.p2p_scope,
+            kinds,
+            train,
+            test,
+            yields: found.total,
+            envs: found.reports,
+            wall_seconds: started.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 /// The synth environments of the --env-specs files (all, or those named by --env),
@@ -293,6 +325,8 @@ fn chosen_envs(args: &SynthArgs) -> anyhow::Result<Vec<EnvSpec>> {
 /// Kept tasks of one environment with their mutation and (F2P, P2P) counts.
 type Kept = Vec<(Task, Mutation, (usize, usize), Difficulty)>;
 
+/// Synthesizes in one environment: its clean suite twice (the reference), the mutation
+/// plan, then the mutants tried until `--n` are kept or the tries run out.
 async fn synth_env(
     harness: &Arc<Harness>,
     spec: &EnvSpec,
@@ -305,10 +339,20 @@ async fn synth_env(
     let mut probe = blank_task(spec, format!("{prefix}-clean"), String::new(), String::new());
     let (_, prepared, _) = harness.environment(&probe).await.map_err(anyhow::Error::msg)?;
     probe.base_commit = source::head_commit(&prepared.repo_dir)?;
+    let clean = clean_reference(harness, &probe, report).await?;
+    let (sources, planned) = plan_mutants(&prepared.repo_dir, kinds, args, report)?;
+    let max_tries = args.max_tries.unwrap_or(8 * args.n).min(planned.len());
+    tracing::info!(sites = report.sites, planned = report.planned, max_tries, "mutation plan");
+    let mut env = EnvRun { harness, spec, args, rules, prefix, clean_repo: prepared.repo_dir, sources, clean, seen_ids: HashSet::new(), kept: Vec::new(), report };
+    env.try_mutants(&planned[..max_tries]).await;
+    env.report.kept = env.kept.len();
+    Ok(env.kept)
+}
 
-    // The clean suite, run twice, one run after the other: the reference is what passes in
-    // both. A flaky test, or one whose id changes from run to run (a parameter made from the
-    // clock), would otherwise look broken by every mutant and never pass for the gold patch.
+/// The clean suite, run twice, one run after the other: the reference is what passes in
+/// both. A flaky test, or one whose id changes from run to run (a parameter made from the
+/// clock), would otherwise look broken by every mutant and never pass for the gold patch.
+async fn clean_reference(harness: &Arc<Harness>, probe: &Task, report: &mut EnvReport) -> anyhow::Result<Outcomes> {
     let mut runs = Vec::new();
     for _ in 0..2 {
         let clean = run_jobs(harness, vec![probe.clone()]).await.pop().expect("one job");
@@ -320,19 +364,22 @@ async fn synth_env(
         runs.push(outcomes(&clean.outcome.statuses));
     }
     let clean_outcomes: Outcomes = stable(&runs[0], &runs[1]);
-    report.clean_passing_tests = clean_outcomes.values().filter(|p| **p).count();
-    report.unstable_tests = runs[0].values().filter(|p| **p).count().max(runs[1].values().filter(|p| **p).count()) - report.clean_passing_tests;
+    report.clean_passing_tests = passing(&clean_outcomes);
+    report.unstable_tests = unstable(&runs[0], &runs[1], &clean_outcomes);
     if report.unstable_tests > 0 {
         tracing::warn!(tests = report.unstable_tests, "tests flaky or with ids that change between runs are left out of the reference");
     }
     tracing::info!(passing = report.clean_passing_tests, seconds = report.clean_test_seconds, "clean suite");
+    Ok(clean_outcomes)
+}
 
-    // Every mutation site of the library's own (non-test) Python files, then the plan.
-    let files = python_sources(&prepared.repo_dir)?;
+/// Every mutation site of the library's own (non-test) Python files, then the plan; the
+/// files' text by path.
+fn plan_mutants(repo: &Path, kinds: &[MutationKind], args: &SynthArgs, report: &mut EnvReport) -> anyhow::Result<(BTreeMap<String, String>, Vec<Mutation>)> {
     let mut sources: BTreeMap<String, String> = BTreeMap::new();
     let mut sites = Vec::new();
-    for rel in files {
-        let text = match std::fs::read_to_string(prepared.repo_dir.join(&rel)) {
+    for rel in python_sources(repo)? {
+        let text = match std::fs::read_to_string(repo.join(&rel)) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(file = %rel, error = %e, "unreadable; skipped");
@@ -348,118 +395,27 @@ async fn synth_env(
     report.sites = sites.len();
     let planned = plan(sites, &PlanOptions { seed: args.seed, max_per_function: args.max_per_function });
     report.planned = planned.len();
-    let max_tries = args.max_tries.unwrap_or(8 * args.n).min(planned.len());
-    tracing::info!(sites = report.sites, planned = report.planned, max_tries, "mutation plan");
-
-    let mut kept: Kept = Vec::new();
-    let batch = (harness.jobs * 4).max(4);
-    let bar = output::progress(max_tries, &format!("synth {}", spec.repo));
-    let mut next = 0;
-    let mut seen_ids = std::collections::HashSet::new();
-    'batches: while next < max_tries && kept.len() < args.n {
-        let chunk = &planned[next..(next + batch).min(max_tries)];
-        next += chunk.len();
-        let mut tasks = Vec::new();
-        let mut pending = Vec::new();
-        for m in chunk {
-            match candidate(spec, &prefix, &prepared.repo_dir, &sources, m).await {
-                // Two different edits can make the same mutant (`return not x`: the `not`
-                // dropped, or the return value replaced by `x`): the first one stands.
-                Ok(task) if !seen_ids.insert(task.instance_id.clone()) => {
-                    tracing::info!(instance_id = %task.instance_id, kind = %m.kind, "same mutant as an earlier candidate; skipped");
-                    pending.push(Slot::Duplicate);
-                }
-                Ok(task) => {
-                    pending.push(Slot::Task(tasks.len()));
-                    tasks.push(task);
-                }
-                Err(e) => {
-                    tracing::warn!(kind = %m.kind, file = %m.file, function = %m.function, error = %e, reason = "candidate_error", "dropped");
-                    pending.push(Slot::Error);
-                }
-            }
-        }
-        let results = run_jobs(harness, tasks.clone()).await;
-        for (m, slot) in chunk.iter().zip(pending) {
-            bar.inc(1);
-            let idx = match slot {
-                Slot::Duplicate => continue,
-                Slot::Error => {
-                    report.tried += 1;
-                    report.yields.dropped(m.kind, DropReason::CandidateError);
-                    continue;
-                }
-                Slot::Task(idx) => idx,
-            };
-            report.tried += 1;
-            let (task, result) = (&tasks[idx], &results[idx]);
-            match judge(result, &clean_outcomes, rules) {
-                Ok(selection) => {
-                    let selection = match args.p2p_scope {
-                        P2pScope::Files => narrow_to_failing_files(&selection),
-                        P2pScope::Suite => selection,
-                    };
-                    let messages = pytest_failure_messages(&result.outcome.log);
-                    let failing: Vec<FailingTest> = selection
-                        .fail_to_pass
-                        .iter()
-                        .map(|id| FailingTest { id: id.clone(), message: messages.get(id).cloned() })
-                        .collect();
-                    let (traceback, hits_line) = library_traceback(&result.outcome.log, &selection.fail_to_pass, m);
-                    let mut task = task.clone();
-                    task.problem_statement = problem_statement(&BugReport {
-                        file: &m.file,
-                        function: &m.function,
-                        failing: &failing,
-                        wording_key: &task.instance_id,
-                        traceback: &traceback,
-                    });
-                    let hardness = difficulty(&task.patch, &task.problem_statement, &m.file, m.line, hits_line);
-                    let counts = (selection.fail_to_pass.len(), selection.pass_to_pass.len());
-                    task.fail_to_pass = selection.fail_to_pass;
-                    task.pass_to_pass = selection.pass_to_pass;
-                    tracing::info!(instance_id = %task.instance_id, kind = %m.kind, f2p = counts.0, p2p = counts.1, "kept");
-                    report.yields.kept(m.kind);
-                    kept.push((task, m.clone(), counts, hardness));
-                    if kept.len() >= args.n {
-                        // Later results of this batch are not counted: the outcome does not
-                        // depend on the batch size.
-                        for t in &tasks[idx + 1..] {
-                            let _ = source::remove_workspace(&t.instance_id, &harness.provisioner.sources);
-                        }
-                        break 'batches;
-                    }
-                }
-                Err(reason) => {
-                    tracing::info!(instance_id = %task.instance_id, kind = %m.kind, reason = reason.as_str(), "dropped");
-                    report.yields.dropped(m.kind, reason);
-                    let _ = source::remove_workspace(&task.instance_id, &harness.provisioner.sources);
-                }
-            }
-        }
-    }
-    bar.finish_and_clear();
-    report.kept = kept.len();
-    Ok(kept)
+    Ok((sources, planned))
 }
 
-/// The library frames (outside the test files) of the first FAIL_TO_PASS test whose
-/// traceback the log holds, to quote in the statement, and whether any failing test's
-/// traceback passed through the bug's line (`None`: the run had tracebacks off).
-fn library_traceback(log: &str, fail_to_pass: &[String], m: &Mutation) -> (Vec<Frame>, Option<bool>) {
-    let tracebacks = pytest_tracebacks(log);
-    if tracebacks.is_empty() {
-        return (Vec::new(), None);
-    }
-    let at_line = |f: &TracebackFrame| f.file == m.file && f.line == m.line;
-    let hits = fail_to_pass.iter().filter_map(|id| tracebacks.get(&pytest_headline(id))).any(|frames| frames.iter().any(at_line));
-    let quoted = fail_to_pass
-        .iter()
-        .filter_map(|id| tracebacks.get(&pytest_headline(id)))
-        .map(|frames| frames.iter().filter(|f| !is_test_path(&f.file)).map(|f| Frame { file: f.file.clone(), line: f.line, function: f.function.clone(), source: f.source.clone() }).collect::<Vec<_>>())
-        .find(|frames| !frames.is_empty())
-        .unwrap_or_default();
-    (quoted, Some(hits))
+/// One environment's mutants being tried: what they are judged against and what is kept.
+struct EnvRun<'a> {
+    harness: &'a Arc<Harness>,
+    spec: &'a EnvSpec,
+    args: &'a SynthArgs,
+    rules: &'a SelectRules,
+    /// Instance ids are `<prefix>-<digest of the gold patch>`.
+    prefix: String,
+    /// The pristine repository (HEAD = the sdist commit).
+    clean_repo: PathBuf,
+    /// Clean text of each library file, by path.
+    sources: BTreeMap<String, String>,
+    /// The clean suite's reference outcomes.
+    clean: Outcomes,
+    /// Instance ids of the candidates made so far.
+    seen_ids: HashSet<String>,
+    kept: Kept,
+    report: &'a mut EnvReport,
 }
 
 /// What became of one planned mutation in a batch.
@@ -469,29 +425,172 @@ enum Slot {
     Duplicate,
 }
 
+impl EnvRun<'_> {
+    /// Tries the mutants of `planned` in order, in batches the harness runs in parallel,
+    /// until `--n` are kept.
+    async fn try_mutants(&mut self, planned: &[Mutation]) {
+        let batch = (self.harness.jobs * 4).max(4);
+        let bar = output::progress(planned.len(), &format!("synth {}", self.spec.repo));
+        for chunk in planned.chunks(batch) {
+            if self.kept.len() >= self.args.n {
+                break;
+            }
+            let (tasks, slots) = self.candidates(chunk).await;
+            let results = run_jobs(self.harness, tasks.clone()).await;
+            self.judge_batch(chunk, slots, &tasks, &results, &bar);
+        }
+        bar.finish_and_clear();
+    }
+
+    /// The candidate tasks of a batch, and what became of each mutation.
+    async fn candidates(&mut self, chunk: &[Mutation]) -> (Vec<Task>, Vec<Slot>) {
+        let mut tasks = Vec::new();
+        let mut slots = Vec::new();
+        for m in chunk {
+            match self.candidate(m).await {
+                // Two different edits can make the same mutant (`return not x`: the `not`
+                // dropped, or the return value replaced by `x`): the first one stands.
+                Ok(task) if !self.seen_ids.insert(task.instance_id.clone()) => {
+                    tracing::info!(instance_id = %task.instance_id, kind = %m.kind, "same mutant as an earlier candidate; skipped");
+                    slots.push(Slot::Duplicate);
+                }
+                Ok(task) => {
+                    slots.push(Slot::Task(tasks.len()));
+                    tasks.push(task);
+                }
+                Err(e) => {
+                    tracing::warn!(kind = %m.kind, file = %m.file, function = %m.function, error = %e, reason = "candidate_error", "dropped");
+                    slots.push(Slot::Error);
+                }
+            }
+        }
+        (tasks, slots)
+    }
+
+    /// The task of one mutant: gold patch = mutant → clean; base = the deterministic commit
+    /// of the reverse of that patch on the sdist commit (what the harness re-creates).
+    async fn candidate(&self, m: &Mutation) -> anyhow::Result<Task> {
+        let original = self.sources.get(&m.file).context("source of the mutated file")?;
+        let mutant = m.edit.apply(original);
+        let gold = diff::file_diff(&m.file, &mutant, original);
+        let id = format!("{}-{}", self.prefix, diff::patch_digest(&gold));
+        let clean_repo = self.clean_repo.clone();
+        let gold2 = gold.clone();
+        let base = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let tmp = tempfile::tempdir().context("temp dir")?;
+            Ok(source::commit_reverse_patch(&clean_repo, &gold2, &tmp.path().join("repo"))?)
+        })
+        .await??;
+        Ok(blank_task(self.spec, id, base, gold))
+    }
+
+    /// Counts and judges a batch's mutants in plan order, stopping at the `--n`th kept.
+    fn judge_batch(&mut self, chunk: &[Mutation], slots: Vec<Slot>, tasks: &[Task], results: &[JobResult], bar: &indicatif::ProgressBar) {
+        for (m, slot) in chunk.iter().zip(slots) {
+            bar.inc(1);
+            let idx = match slot {
+                Slot::Duplicate => continue,
+                Slot::Error => {
+                    self.report.tried += 1;
+                    self.report.yields.dropped(m.kind, DropReason::CandidateError);
+                    continue;
+                }
+                Slot::Task(idx) => idx,
+            };
+            self.report.tried += 1;
+            if self.judge(m, &tasks[idx], &results[idx]) && self.kept.len() >= self.args.n {
+                // Later results of this batch are not counted: the outcome does not
+                // depend on the batch size.
+                for t in &tasks[idx + 1..] {
+                    let _ = source::remove_workspace(&t.instance_id, &self.harness.provisioner.sources);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Keeps the mutant (true) or drops it with its reason (its workspace removed).
+    fn judge(&mut self, m: &Mutation, task: &Task, result: &JobResult) -> bool {
+        match judge_mutant(&test_run(result), &self.clean, self.rules) {
+            Ok(selection) => {
+                let (task, counts, hardness) = kept_task(task, result, m, selection, self.args.p2p_scope);
+                tracing::info!(instance_id = %task.instance_id, kind = %m.kind, f2p = counts.0, p2p = counts.1, "kept");
+                self.report.yields.kept(m.kind);
+                self.kept.push((task, m.clone(), counts, hardness));
+                true
+            }
+            Err(reason) => {
+                tracing::info!(instance_id = %task.instance_id, kind = %m.kind, reason = reason.as_str(), "dropped");
+                self.report.yields.dropped(m.kind, reason);
+                let _ = source::remove_workspace(&task.instance_id, &self.harness.provisioner.sources);
+                false
+            }
+        }
+    }
+}
+
+/// A kept mutant's task: its test lists (PASS_TO_PASS narrowed to `scope`), the bug
+/// report written from its run's log; with its (F2P, P2P) counts and difficulty.
+fn kept_task(task: &Task, result: &JobResult, m: &Mutation, selection: Selection, scope: P2pScope) -> (Task, (usize, usize), Difficulty) {
+    let selection = match scope {
+        P2pScope::Files => narrow_to_failing_files(&selection),
+        P2pScope::Suite => selection,
+    };
+    let messages = pytest_failure_messages(&result.outcome.log);
+    let failing: Vec<FailingTest> = selection.fail_to_pass.iter().map(|id| FailingTest { id: id.clone(), message: messages.get(id).cloned() }).collect();
+    let tracebacks = failing_tracebacks(&result.outcome.log, &selection.fail_to_pass);
+    let (traceback, hits_line) = library_traceback(tracebacks.as_deref(), &m.file, m.line, &is_test_path);
+    let mut task = task.clone();
+    task.problem_statement = problem_statement(&BugReport { file: &m.file, function: &m.function, failing: &failing, wording_key: &task.instance_id, traceback: &traceback });
+    let hardness = difficulty(&task.patch, &task.problem_statement, &m.file, m.line, hits_line);
+    let counts = (selection.fail_to_pass.len(), selection.pass_to_pass.len());
+    task.fail_to_pass = selection.fail_to_pass;
+    task.pass_to_pass = selection.pass_to_pass;
+    (task, counts, hardness)
+}
+
+/// The tracebacks of the FAIL_TO_PASS tests that the log holds, in their order (`None`:
+/// the log holds no traceback, the run had tracebacks off).
+fn failing_tracebacks(log: &str, fail_to_pass: &[String]) -> Option<Vec<Vec<Frame>>> {
+    let tracebacks = pytest_tracebacks(log);
+    if tracebacks.is_empty() {
+        return None;
+    }
+    let frame = |f: &TracebackFrame| Frame { file: f.file.clone(), line: f.line, function: f.function.clone(), source: f.source.clone() };
+    Some(fail_to_pass.iter().filter_map(|id| tracebacks.get(&pytest_headline(id))).map(|frames| frames.iter().map(frame).collect()).collect())
+}
+
 /// Runs each task's tests (no patch: the task's base is the mutant) through the harness.
 async fn run_jobs(harness: &Arc<Harness>, tasks: Vec<Task>) -> Vec<JobResult> {
     let jobs: Vec<Job> = tasks.into_iter().map(|t| Job { task: Arc::new(t), kind: JobKind::TestsOnly, label: "mutant".into() }).collect();
     harness.run(jobs, |_| {}).await
 }
 
-/// The keep/drop decision for one mutant's test run.
-fn judge(result: &JobResult, clean: &Outcomes, rules: &SelectRules) -> Result<swegym_synth::Selection, DropReason> {
-    let v = &result.outcome.verdict;
-    match v.status {
-        EvalStatus::TestTimeout => return Err(DropReason::TestTimeout),
-        EvalStatus::EnvError if result.outcome.grade.is_some() || result.outcome.log_problem.is_some() => return Err(DropReason::TestsDidNotRun),
-        EvalStatus::EnvError => return Err(DropReason::CandidateError),
-        _ if result.outcome.log_problem.is_some() => return Err(DropReason::TestsDidNotRun),
-        _ => {}
+/// One harness result as the synth stage's decisions read it.
+pub(crate) fn test_run(result: &JobResult) -> TestRun {
+    let o = &result.outcome;
+    let end = match o.verdict.status {
+        EvalStatus::Resolved | EvalStatus::Unresolved | EvalStatus::EmptyPatch => RunEnd::Tests,
+        EvalStatus::TestTimeout => RunEnd::Timeout,
+        EvalStatus::PatchApplyFailed => RunEnd::PatchApplyFailed,
+        EvalStatus::EnvError => RunEnd::EnvError,
+    };
+    TestRun {
+        label: result.label.clone(),
+        end,
+        graded: o.grade.is_some(),
+        log_problem: o.log_problem.as_ref().map(ToString::to_string),
+        error: o.verdict.error.clone(),
+        outcomes: outcomes(&o.statuses),
     }
-    select(&outcomes(&result.outcome.statuses), clean, rules)
 }
 
+/// Test id → passed (PASSED or XFAIL).
 fn outcomes(statuses: &BTreeMap<String, TestStatus>) -> Outcomes {
     statuses.iter().map(|(id, s)| (id.clone(), s.passes())).collect()
 }
 
+/// A task of the environment with the given id, base and gold patch; nothing else set.
 fn blank_task(spec: &EnvSpec, instance_id: String, base_commit: String, patch: String) -> Task {
     Task {
         instance_id,
@@ -509,42 +608,12 @@ fn blank_task(spec: &EnvSpec, instance_id: String, base_commit: String, patch: S
     }
 }
 
-/// The task of one mutant: gold patch = mutant → clean; base = the deterministic commit of
-/// the reverse of that patch on the sdist commit (what the harness re-creates).
-async fn candidate(spec: &EnvSpec, prefix: &str, clean_repo: &Path, sources: &BTreeMap<String, String>, m: &Mutation) -> anyhow::Result<Task> {
-    let original = sources.get(&m.file).context("source of the mutated file")?;
-    let mutant = m.edit.apply(original);
-    let gold = diff::file_diff(&m.file, &mutant, original);
-    let id = format!("{prefix}-{}", diff::patch_digest(&gold));
-    let clean_repo = clean_repo.to_path_buf();
-    let gold2 = gold.clone();
-    let base = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        let tmp = tempfile::tempdir().context("temp dir")?;
-        Ok(source::commit_reverse_patch(&clean_repo, &gold2, &tmp.path().join("repo"))?)
-    })
-    .await??;
-    Ok(blank_task(spec, id, base, gold))
-}
-
-/// Tracked `.py` files that are the library's code: not tests (the harness's rule), not
-/// docs, examples, benchmarks or build scripts. Sorted.
+/// Tracked `.py` files that are the library's code (`swegym_synth::sources`'s rules, with
+/// the harness's test-file rule). Sorted.
 fn python_sources(repo: &Path) -> anyhow::Result<Vec<String>> {
     let out = Command::new("git").arg("-C").arg(repo).args(["ls-files", "-z", "--", "*.py"]).output().context("running git ls-files")?;
     anyhow::ensure!(out.status.success(), "git ls-files failed in {}", repo.display());
-    let skip_dirs = ["docs", "doc", "examples", "example", "benchmarks", "bench", "scripts", "tools", "misc"];
-    let skip_files = ["setup.py", "conftest.py", "noxfile.py", "tasks.py", "fabfile.py", "_version.py", "versioneer.py"];
-    let mut files: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split('\0')
-        .filter(|p| !p.is_empty() && !is_test_path(p))
-        .filter(|p| {
-            let parts: Vec<&str> = p.split('/').collect();
-            let name = parts.last().copied().unwrap_or("");
-            !skip_files.contains(&name) && !parts[..parts.len() - 1].iter().any(|d| skip_dirs.contains(d))
-        })
-        .map(str::to_string)
-        .collect();
-    files.sort();
-    Ok(files)
+    Ok(library_sources(&String::from_utf8_lossy(&out.stdout), &is_test_path))
 }
 
 /// Puts the spec files used beside the rows (`<out>/environments.toml`) unless one is there.

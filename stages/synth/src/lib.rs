@@ -9,7 +9,11 @@
 //! - [`diff`]: the gold patch (mutant → clean) as a `git apply`-able unified diff.
 //! - [`select`]: from test statuses with and without the bug, FAIL_TO_PASS / PASS_TO_PASS
 //!   and the keep/drop decision (with a named reason).
-//! - [`statement`]: a bug-report problem statement from the failing behaviour.
+//! - [`judge`]: that decision on a candidate's test runs as the harness reported them
+//!   (a timeout, an environment error, an untrusted log are drop reasons of their own).
+//! - [`sources`]: which Python files are the library's own code (where mutations go).
+//! - [`statement`]: a bug-report problem statement from the failing behaviour, quoting
+//!   the library frames of the first failure's traceback when the tests ran with them.
 //! - [`split`]: the train / held-out test split, by function, so no function is in both.
 //! - [`mine`]: commits that change both source and tests → candidate instances.
 //! - [`tier`]: difficulty as data (lines changed, whether the statement's traceback shows
@@ -21,10 +25,12 @@
 //! runs the candidates through the evaluate stage's harness in between.
 
 pub mod diff;
+pub mod judge;
 pub mod mine;
 pub mod mutate;
 pub mod plan;
 pub mod select;
+pub mod sources;
 pub mod split;
 pub mod statement;
 pub mod tier;

@@ -37,6 +37,18 @@ pub struct MinedCommit {
     pub test_patch: String,
 }
 
+impl MinedCommit {
+    /// The instance id of its task: `<prefix>-<first 12 hex digits of the commit>`.
+    pub fn instance_id(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", &self.commit[..12])
+    }
+
+    /// The commit message's first line.
+    pub fn subject(&self) -> &str {
+        self.message.lines().next().unwrap_or_default()
+    }
+}
+
 /// Candidates, newest first, and how many commits were passed over and why.
 #[derive(Debug, Clone, Default)]
 pub struct Mined {
@@ -171,6 +183,8 @@ mod tests {
         assert_eq!(m.parent, sh(d, "git rev-parse HEAD~2"));
         assert_eq!(m.commit, sh(d, "git rev-parse HEAD~1"));
         assert_eq!(m.message, "Fix f\n\nf must add one.");
+        assert_eq!(m.subject(), "Fix f");
+        assert_eq!(m.instance_id("local__repo"), format!("local__repo-{}", &m.commit[..12]));
         assert!(m.patch.starts_with("diff --git a/pkg/m.py b/pkg/m.py") && m.patch.contains("+    return a + 1"), "{}", m.patch);
         assert!(m.test_patch.starts_with("diff --git a/tests/test_m.py") && !m.test_patch.contains("pkg/m.py"), "{}", m.test_patch);
         assert!(!m.patch.contains("logo.png"), "a binary file is left out: {}", m.patch);

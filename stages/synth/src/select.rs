@@ -121,6 +121,17 @@ fn stable_on(first: &Outcomes, second: &Outcomes, days: i64) -> Outcomes {
         .collect()
 }
 
+/// How many tests pass in `outcomes`.
+pub fn passing(outcomes: &Outcomes) -> usize {
+    outcomes.values().filter(|p| **p).count()
+}
+
+/// How many tests passing in the better of two runs are not passing in their [`stable`]
+/// `reference`: flaky ones, and ones whose id changed between the runs.
+pub fn unstable(first: &Outcomes, second: &Outcomes, reference: &Outcomes) -> usize {
+    passing(first).max(passing(second)) - passing(reference)
+}
+
 /// Day `days` since 1970-01-01 as strftime would print it in the usual orders
 /// (2026-11-21, 11-21-2026, 21-11-2026, with `-`, `/` or `.`, and 20261121).
 fn date_spellings(days: i64) -> Vec<String> {
@@ -182,8 +193,10 @@ mod tests {
         let first = outcomes(&[("t::a", true), ("t::flaky", true), ("t::at[12:50:59]", true), ("t::b", false)]);
         let second = outcomes(&[("t::a", true), ("t::flaky", false), ("t::at[12:51:03]", true), ("t::b", false)]);
         let both = stable(&first, &second);
-        let passing: Vec<&str> = both.iter().filter(|(_, p)| **p).map(|(id, _)| id.as_str()).collect();
-        assert_eq!(passing, ["t::a"]);
+        let passing_ids: Vec<&str> = both.iter().filter(|(_, p)| **p).map(|(id, _)| id.as_str()).collect();
+        assert_eq!(passing_ids, ["t::a"]);
+        assert_eq!(passing(&first), 3);
+        assert_eq!(unstable(&first, &second, &both), 2, "the flaky test and the one whose id holds the clock");
     }
 
     #[test]

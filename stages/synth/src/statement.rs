@@ -144,6 +144,24 @@ pub fn problem_statement(report: &BugReport) -> String {
     out
 }
 
+/// What a statement quotes from the failing tests' tracebacks, and whether they show the
+/// bug's line. `failing`: the tracebacks of the FAIL_TO_PASS tests the log holds, in their
+/// order (`None`: the run had tracebacks off). Returns the library frames (outside the
+/// test files, `is_test`) of the first of them that has any, and whether any passed
+/// through `file`:`line` (`None` when tracebacks were off).
+pub fn library_traceback(failing: Option<&[Vec<Frame>]>, file: &str, line: usize, is_test: &dyn Fn(&str) -> bool) -> (Vec<Frame>, Option<bool>) {
+    let Some(failing) = failing else {
+        return (Vec::new(), None);
+    };
+    let hits = failing.iter().any(|frames| frames.iter().any(|f| f.file == file && f.line == line));
+    let quoted = failing
+        .iter()
+        .map(|frames| frames.iter().filter(|f| !is_test(&f.file)).cloned().collect::<Vec<_>>())
+        .find(|frames| !frames.is_empty())
+        .unwrap_or_default();
+    (quoted, Some(hits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +211,18 @@ mod tests {
         check("assert 0xff == 255 at 0x", "assert 0xff == 255 at 0x");
         check("box xx 0x 0xabcdefg", "box xx 0x 0xabcdefg");
         check("no address", "no address");
+    }
+
+    #[test]
+    fn the_library_traceback_of_the_first_failure_that_has_one() {
+        let frame = |file: &str, line: usize| Frame { file: file.into(), line, function: "f".into(), source: String::new() };
+        let is_test = |p: &str| p.starts_with("tests/");
+        assert_eq!(library_traceback(None, "pkg/m.py", 7, &is_test), (Vec::new(), None), "tracebacks off");
+        let only_tests = vec![frame("tests/test_m.py", 3)];
+        let through_bug = vec![frame("tests/test_m.py", 5), frame("pkg/a.py", 2), frame("pkg/m.py", 7)];
+        let (quoted, hits) = library_traceback(Some(&[only_tests.clone(), through_bug]), "pkg/m.py", 7, &is_test);
+        assert_eq!(quoted, [frame("pkg/a.py", 2), frame("pkg/m.py", 7)]);
+        assert_eq!(hits, Some(true));
+        assert_eq!(library_traceback(Some(&[only_tests]), "pkg/m.py", 7, &is_test), (Vec::new(), Some(false)));
     }
 }

@@ -15,6 +15,15 @@ pub struct KindYield {
 }
 
 impl KindYield {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &KindYield) {
+        self.tried += other.tried;
+        self.kept += other.kept;
+        for (r, n) in &other.dropped {
+            *self.dropped.entry(*r).or_default() += n;
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         if self.tried == 0 {
             0.0
@@ -46,13 +55,16 @@ impl Yields {
     pub fn total(&self) -> KindYield {
         let mut t = KindYield::default();
         for y in self.by_kind.values() {
-            t.tried += y.tried;
-            t.kept += y.kept;
-            for (r, n) in &y.dropped {
-                *t.dropped.entry(*r).or_default() += n;
-            }
+            t.add(y);
         }
         t
+    }
+
+    /// Adds `other`'s counts (e.g. one environment's) to these, kind by kind.
+    pub fn add(&mut self, other: &Yields) {
+        for (kind, y) in &other.by_kind {
+            self.by_kind.entry(*kind).or_default().add(y);
+        }
     }
 
     /// A markdown table: kind, tried, kept, yield, drops by reason.
@@ -85,5 +97,9 @@ mod tests {
         let t = y.to_table();
         assert!(t.contains("| wrong_return | 2 | 1 | 50% | no_failing_test: 1 |"), "{t}");
         assert!(t.contains("| **all** | 3 | 1 | 33% |"), "{t}");
+        let mut sum = y.clone();
+        sum.add(&y);
+        assert_eq!(sum.by_kind[&MutationKind::WrongReturn].dropped[&DropReason::NoFailingTest], 2);
+        assert_eq!(sum.total().tried, 6);
     }
 }
