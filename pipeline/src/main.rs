@@ -125,7 +125,7 @@ fn main() {
         }
     });
     if let Err(err) = result {
-        let code = err.downcast_ref::<Exit>().map_or(1, |e| e.code);
+        let code = exit::exit_code(&err);
         eprintln!("error: {err:#}");
         std::process::exit(code);
     }
