@@ -203,6 +203,55 @@ fn pipeline_modules_import_in_one_direction() {
     }
 }
 
+/// Each `fn` of a Rust file with its line and length (from the `fn` line to the closing
+/// brace at its indent, inclusive); declarations without a body are left out.
+fn function_lengths(text: &str) -> Vec<(usize, String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let mut rest = trimmed;
+        for prefix in ["pub(crate) ", "pub(super) ", "pub ", "const ", "async ", "unsafe ", "extern \"C\" "] {
+            rest = rest.strip_prefix(prefix).unwrap_or(rest);
+        }
+        let Some(after) = rest.strip_prefix("fn ") else { continue };
+        let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let indent = line.len() - trimmed.len();
+        // The line that opens the body (a `;` first: a declaration).
+        let Some(open) = (start..lines.len()).find(|&j| lines[j].contains('{') || lines[j].trim_end().ends_with(';')) else { continue };
+        if !lines[open].contains('{') || lines[open].matches('{').count() == lines[open].matches('}').count() {
+            continue;
+        }
+        let close = (open + 1..lines.len()).find(|&j| lines[j].len() - lines[j].trim_start().len() == indent && lines[j].trim_start().starts_with('}'));
+        if let Some(close) = close {
+            out.push((start + 1, name, close - start + 1));
+        }
+    }
+    out
+}
+
+/// "The longest function in `pipeline/` is under 60 lines" (issue 27): the binary parses,
+/// dispatches and calls stages in short named steps.
+#[test]
+fn pipeline_functions_are_under_60_lines() {
+    let mut files = Vec::new();
+    collect_rs(&common::repo_root().join("pipeline/src"), &mut files);
+    assert!(files.len() > 20, "{files:?}");
+    let mut long = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (line, name, n) in function_lengths(&text) {
+            if n >= 60 {
+                long.push(format!("{}:{line} {name} ({n} lines)", f.display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "functions of 60 lines or more in pipeline/src: {long:#?}");
+    // The measure itself, on a planted function of 61 lines and a one-line one.
+    let planted = format!("impl X {{\n    fn long() {{\n{}    }}\n    fn short() {{ }}\n}}\n", "        a();\n".repeat(59));
+    assert_eq!(function_lengths(&planted), [(2, "long".to_string(), 61)]);
+}
+
 fn collect_rs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();

@@ -241,30 +241,13 @@ const LABELS: [&str; 3] = ["before", "gold", "empty"];
 
 async fn validate(ctx: &Context, args: ValidateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut splits = load_splits(&args.dataset, ctx.task_load)?;
-    if !args.instance_ids.is_empty() {
-        for split in &mut splits {
-            split.tasks.retain(|t| args.instance_ids.contains(&t.instance_id));
-        }
-        splits.retain(|s| !s.tasks.is_empty());
-        if splits.is_empty() {
-            return Err(Exit::bad_input("none of --instance-ids is in the dataset"));
-        }
-    }
+    let splits = selected_splits(ctx, &args)?;
     let out_dir = args.harness.out.clone().unwrap_or_else(|| output::default_out_dir("validate"));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     // One harness for every split: environments are built once and the splits' jobs share
     // the sandboxes' concurrency. Specs beside the dataset: the folder's, or the file's.
     let harness = args.harness.harness(ctx, &splits[0].files[0]).await?;
-    let mut jobs = Vec::new();
-    for task in splits.iter().flat_map(|s| &s.tasks) {
-        let task = Arc::new(task.clone());
-        jobs.push(Job { task: Arc::clone(&task), kind: JobKind::TestsOnly, label: LABELS[0].into() });
-        let gold = JobKind::Patch { patch: task.patch.clone(), model_name_or_path: "gold".into() };
-        jobs.push(Job { task: Arc::clone(&task), kind: gold, label: LABELS[1].into() });
-        let empty = JobKind::Patch { patch: String::new(), model_name_or_path: "empty".into() };
-        jobs.push(Job { task, kind: empty, label: LABELS[2].into() });
-    }
+    let jobs = validation_jobs(&splits);
     let bar = output::progress(jobs.len(), "validating");
     let bar2 = bar.clone();
     let results = harness
@@ -275,27 +258,12 @@ async fn validate(ctx: &Context, args: ValidateArgs) -> anyhow::Result<()> {
         .await;
     bar.finish_and_clear();
 
-    // Per split: `<out>/<split>/` (or `<out>/` for a file) holds its logs, verdicts and checks.
     let mut per_split = Vec::new();
     let mut rest = results.as_slice();
     for split in &splits {
         let (mine, later) = rest.split_at(3 * split.tasks.len());
         rest = later;
-        let dir = match &split.name {
-            Some(name) => out_dir.join(name),
-            None => out_dir.clone(),
-        };
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let verdicts = output::write_logs(&dir, mine)?;
-        output::write_verdicts(&dir, "verdicts.parquet", &verdicts)?;
-        let checks: Vec<InstanceValidation> = mine.chunks(3).map(check_instance).collect();
-        output::write_json(&dir.join("validation.json"), &checks)?;
-        if let Some(name) = &split.name {
-            println!("split {name} ({})", split.files_label());
-        }
-        print_checks(&checks);
-        let invalid = checks.iter().filter(|c| !c.valid).count();
-        per_split.push(SplitValidation { split: split.label().to_string(), files: split.files.clone(), instances: checks.len(), valid: checks.len() - invalid });
+        per_split.push(write_split_checks(&out_dir, split, mine)?);
     }
     let (total, valid): (usize, usize) = per_split.iter().fold((0, 0), |(t, v), s| (t + s.instances, v + s.valid));
     if splits.len() > 1 || splits[0].name.is_some() {
@@ -314,6 +282,57 @@ async fn validate(ctx: &Context, args: ValidateArgs) -> anyhow::Result<()> {
         return Err(Exit::check_failed(format!("{} instance(s) invalid; see the logs in {}", total - valid, out_dir.display())));
     }
     Ok(())
+}
+
+/// The dataset's splits, holding only `--instance-ids` when given (splits left empty
+/// dropped).
+fn selected_splits(ctx: &Context, args: &ValidateArgs) -> anyhow::Result<Vec<LoadedSplit>> {
+    let mut splits = load_splits(&args.dataset, ctx.task_load)?;
+    if !args.instance_ids.is_empty() {
+        for split in &mut splits {
+            split.tasks.retain(|t| args.instance_ids.contains(&t.instance_id));
+        }
+        splits.retain(|s| !s.tasks.is_empty());
+        if splits.is_empty() {
+            return Err(Exit::bad_input("none of --instance-ids is in the dataset"));
+        }
+    }
+    Ok(splits)
+}
+
+/// Three jobs per instance, in the order of [`LABELS`]: the tests before any patch, with
+/// the gold patch, with an empty patch.
+fn validation_jobs(splits: &[LoadedSplit]) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for task in splits.iter().flat_map(|s| &s.tasks) {
+        let task = Arc::new(task.clone());
+        jobs.push(Job { task: Arc::clone(&task), kind: JobKind::TestsOnly, label: LABELS[0].into() });
+        let gold = JobKind::Patch { patch: task.patch.clone(), model_name_or_path: "gold".into() };
+        jobs.push(Job { task: Arc::clone(&task), kind: gold, label: LABELS[1].into() });
+        let empty = JobKind::Patch { patch: String::new(), model_name_or_path: "empty".into() };
+        jobs.push(Job { task, kind: empty, label: LABELS[2].into() });
+    }
+    jobs
+}
+
+/// One split's results (`results`: three per instance): `<out>/<split>/` (or `<out>/` for a
+/// file) gets its logs, verdicts and checks, and stdout its table.
+fn write_split_checks(out_dir: &Path, split: &LoadedSplit, results: &[JobResult]) -> anyhow::Result<SplitValidation> {
+    let dir = match &split.name {
+        Some(name) => out_dir.join(name),
+        None => out_dir.to_path_buf(),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let verdicts = output::write_logs(&dir, results)?;
+    output::write_verdicts(&dir, "verdicts.parquet", &verdicts)?;
+    let checks: Vec<InstanceValidation> = results.chunks(3).map(check_instance).collect();
+    output::write_json(&dir.join("validation.json"), &checks)?;
+    if let Some(name) = &split.name {
+        println!("split {name} ({})", split.files_label());
+    }
+    print_checks(&checks);
+    let invalid = checks.iter().filter(|c| !c.valid).count();
+    Ok(SplitValidation { split: split.label().to_string(), files: split.files.clone(), instances: checks.len(), valid: checks.len() - invalid })
 }
 
 /// The validation counts of one split (`validation_summary.json` of a folder).

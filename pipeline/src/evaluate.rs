@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use swegym_evaluate::runner::{Harness, Job, JobKind};
 use swegym_evaluate::EvalOptions;
 use swegym_sandbox::Limits;
-use swegym_schema::{load_predictions, Task};
+use swegym_schema::{load_predictions, Prediction, Task};
 
 use crate::context::{BackendArg, Context};
 use crate::output::{self, Summary};
@@ -82,30 +82,8 @@ pub async fn run(ctx: &Context, args: EvaluateArgs) -> anyhow::Result<()> {
     for e in &bad {
         eprintln!("warning: skipping {e}");
     }
-    let by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.instance_id.as_str(), t)).collect();
     let only: HashSet<&str> = args.instance_ids.iter().map(String::as_str).collect();
-    let mut jobs = Vec::new();
-    let mut unknown = Vec::new();
-    let mut seen = HashSet::new();
-    for p in &predictions {
-        if !only.is_empty() && !only.contains(p.instance_id.as_str()) {
-            continue;
-        }
-        let Some(task) = by_id.get(p.instance_id.as_str()) else {
-            unknown.push(p.instance_id.clone());
-            continue;
-        };
-        if !seen.insert(p.instance_id.clone()) {
-            eprintln!("warning: a second prediction for {} is skipped", p.instance_id);
-            continue;
-        }
-        let label = if p.model_name_or_path.is_empty() { "prediction".to_string() } else { p.model_name_or_path.clone() };
-        jobs.push(Job {
-            task: Arc::new((*task).clone()),
-            kind: JobKind::Patch { patch: p.model_patch.clone(), model_name_or_path: p.model_name_or_path.clone() },
-            label,
-        });
-    }
+    let Matched { jobs, unknown, seen } = match_predictions(&tasks, &predictions, &only);
     if jobs.is_empty() {
         return Err(Exit::bad_input(format!(
             "no prediction in {} matches an instance of {}",
@@ -141,6 +119,43 @@ pub async fn run(ctx: &Context, args: EvaluateArgs) -> anyhow::Result<()> {
         return Err(Exit::infra(format!("{why}; no patch was graded (logs in {})", out_dir.display())));
     }
     Ok(())
+}
+
+/// The predictions matched with the dataset's tasks.
+struct Matched {
+    /// One grading job per instance (its first prediction).
+    jobs: Vec<Job>,
+    /// Instance ids of predictions the dataset does not have.
+    unknown: Vec<String>,
+    /// Instance ids that have a job.
+    seen: HashSet<String>,
+}
+
+/// A job for the first prediction of each task of `tasks` (of `only`'s, when not empty);
+/// a later prediction for the same task is skipped with a warning.
+fn match_predictions(tasks: &[Task], predictions: &[Prediction], only: &HashSet<&str>) -> Matched {
+    let by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.instance_id.as_str(), t)).collect();
+    let mut m = Matched { jobs: Vec::new(), unknown: Vec::new(), seen: HashSet::new() };
+    for p in predictions {
+        if !only.is_empty() && !only.contains(p.instance_id.as_str()) {
+            continue;
+        }
+        let Some(task) = by_id.get(p.instance_id.as_str()) else {
+            m.unknown.push(p.instance_id.clone());
+            continue;
+        };
+        if !m.seen.insert(p.instance_id.clone()) {
+            eprintln!("warning: a second prediction for {} is skipped", p.instance_id);
+            continue;
+        }
+        let label = if p.model_name_or_path.is_empty() { "prediction".to_string() } else { p.model_name_or_path.clone() };
+        m.jobs.push(Job {
+            task: Arc::new((*task).clone()),
+            kind: JobKind::Patch { patch: p.model_patch.clone(), model_name_or_path: p.model_name_or_path.clone() },
+            label,
+        });
+    }
+    m
 }
 
 /// When every one of (at least one) verdicts is the infrastructure's failure (`env_error`),

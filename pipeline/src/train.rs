@@ -151,17 +151,7 @@ pub(crate) async fn run_with_config(args: TrainArgs, cfg: TrainConfig) -> anyhow
     let records = swegym_schema::sft::read_sft(&args.data).map_err(|e| Exit::bad_input(e.to_string()))?;
     let device = args.device.resolve().map_err(|e| Exit::bad_input(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
-        let bar = (!args.json).then(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} train [{bar:30}] {pos}/{len} steps {msg} (eta {eta})")
-                    .expect("template")
-                    .progress_chars("=> "),
-            );
-            bar.set_message("loading the model");
-            crate::output::plain_progress_when_piped(&bar, "train");
-            bar
-        });
+        let bar = (!args.json).then(train_bar);
         let mut on_step = |s: &StepLog| match &bar {
             Some(bar) => {
                 bar.set_length(s.total_steps as u64);
@@ -179,23 +169,7 @@ pub(crate) async fn run_with_config(args: TrainArgs, cfg: TrainConfig) -> anyhow
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        let dropped: Vec<String> = summary.examples_dropped.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        eprintln!(
-            "trained {} steps on {} of {} examples (dropped: {}; truncated: {})\n  tokens {} ({} learned), loss {:.4} → {:.4}, {:.0} tok/s, {:.1} s{}\n  adapter: {}",
-            summary.steps,
-            summary.examples_used,
-            summary.examples_total,
-            if dropped.is_empty() { "none".into() } else { dropped.join(", ") },
-            summary.examples_truncated,
-            summary.tokens,
-            summary.loss_tokens,
-            summary.loss_first,
-            summary.loss_last,
-            summary.tokens_per_s,
-            summary.wall_s,
-            if summary.resumed_from_step > 0 { format!(" (resumed after step {})", summary.resumed_from_step) } else { String::new() },
-            args.out.display()
-        );
+        print_summary(&summary, &args.out);
         if args.json {
             println!("{}", serde_json::to_string(&summary)?);
         }
@@ -203,4 +177,38 @@ pub(crate) async fn run_with_config(args: TrainArgs, cfg: TrainConfig) -> anyhow
     })
     .await
     .context("trainer thread")?
+}
+
+/// The training progress bar (steps, loss, learning rate, gradient norm, tokens/s).
+fn train_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} train [{bar:30}] {pos}/{len} steps {msg} (eta {eta})")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("loading the model");
+    crate::output::plain_progress_when_piped(&bar, "train");
+    bar
+}
+
+/// What the training did, on stderr; `out`: the adapter folder.
+fn print_summary(summary: &swegym_train::TrainSummary, out: &std::path::Path) {
+    let dropped: Vec<String> = summary.examples_dropped.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    eprintln!(
+        "trained {} steps on {} of {} examples (dropped: {}; truncated: {})\n  tokens {} ({} learned), loss {:.4} → {:.4}, {:.0} tok/s, {:.1} s{}\n  adapter: {}",
+        summary.steps,
+        summary.examples_used,
+        summary.examples_total,
+        if dropped.is_empty() { "none".into() } else { dropped.join(", ") },
+        summary.examples_truncated,
+        summary.tokens,
+        summary.loss_tokens,
+        summary.loss_first,
+        summary.loss_last,
+        summary.tokens_per_s,
+        summary.wall_s,
+        if summary.resumed_from_step > 0 { format!(" (resumed after step {})", summary.resumed_from_step) } else { String::new() },
+        out.display()
+    );
 }

@@ -127,6 +127,32 @@ pub(crate) fn judge_for(model: &Path) -> anyhow::Result<Judge> {
 }
 
 fn data(args: DataArgs) -> anyhow::Result<()> {
+    let files = data_inputs(&args)?;
+    let judge = judge_for(&args.model)?;
+    let rollouts = read_rollout_files(&files)?;
+    let names = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+    let candidates = candidates(&judge, &rollouts, &args.off_policy)?;
+    let config = DataConfig {
+        max_tokens: args.max_tokens,
+        negatives_per_positive: args.negatives_per_positive,
+        on_policy_share: args.on_policy_share,
+        seed: args.seed,
+    };
+    let outcome = swegym_verifier::build_data(&candidates, &config).map_err(|e| data_error(e, &names))?;
+    let summary = swegym_export::write_records(&args.out, &outcome.records).map_err(|e| Exit::bad_input(e.to_string()))?;
+    let decisions = decisions_json(&files, &rollouts, &candidates, &outcome.decisions);
+    let s = &outcome.summary;
+    let summary_path = args.out.with_extension("summary.json");
+    write_json_atomic(
+        &summary_path,
+        &json!({"inputs": files, "model": args.model, "off_policy": args.off_policy, "summary": s, "export": summary, "decisions": decisions}),
+    )?;
+    print_data_summary(s, summary.instances, &args.out, &summary_path);
+    Ok(())
+}
+
+/// The rollouts files of `--rollouts` and `--run`, once the flags are checked.
+fn data_inputs(args: &DataArgs) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = args.rollouts.clone();
     if let Some(run) = &args.run {
         files.extend(run_rollout_files(run)?);
@@ -142,36 +168,40 @@ fn data(args: DataArgs) -> anyhow::Result<()> {
     if args.negatives_per_positive.is_nan() || args.negatives_per_positive <= 0.0 {
         return Err(Exit::bad_input(format!("--negatives-per-positive must be positive, got {}", args.negatives_per_positive)));
     }
-    let judge = judge_for(&args.model)?;
-    let rollouts = read_rollout_files(&files)?;
-    let names = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+    Ok(files)
+}
+
+/// Each rollout as a judge-example candidate: its origin (`off_policy` policy ids are a
+/// teacher's) and its example's tokens.
+fn candidates<'a>(judge: &Judge, rollouts: &'a [(usize, Rollout)], off_policy: &[String]) -> anyhow::Result<Vec<Candidate<'a>>> {
     let mut candidates = Vec::with_capacity(rollouts.len());
-    for (_, r) in &rollouts {
-        let origin = if args.off_policy.contains(&r.policy_id) { Origin::OffPolicy } else { Origin::OnPolicy };
+    for (_, r) in rollouts {
+        let origin = if off_policy.contains(&r.policy_id) { Origin::OffPolicy } else { Origin::OnPolicy };
         let n_tokens = judge.example_tokens(&r.messages, r.resolved == Some(true)).map_err(|e| Exit::bad_input(e.to_string()))?;
         candidates.push(Candidate { rollout: r, origin, n_tokens });
     }
-    let config = DataConfig {
-        max_tokens: args.max_tokens,
-        negatives_per_positive: args.negatives_per_positive,
-        on_policy_share: args.on_policy_share,
-        seed: args.seed,
+    Ok(candidates)
+}
+
+/// Why no judge examples could be made from the files `names`, and what to do about it.
+fn data_error(e: swegym_verifier::DataError, names: &str) -> anyhow::Error {
+    use swegym_verifier::DataError::*;
+    let todo = match e {
+        NothingGraded(_) => "grade them first: `swegym sample --evaluate`, or the rollouts of a `swegym run`",
+        NoPositives { .. } => "add resolved trajectories, e.g. oracle ones (`swegym sample --policy oracle --evaluate`), as off-policy data",
+        NoNegatives { .. } => "add failed trajectories, e.g. the policy's own (`swegym sample --policy local --evaluate`)",
+        MixInfeasible { .. } => "change --on-policy-share or add rollouts of the scarce source",
     };
-    let outcome = swegym_verifier::build_data(&candidates, &config).map_err(|e| {
-        use swegym_verifier::DataError::*;
-        let todo = match e {
-            NothingGraded(_) => "grade them first: `swegym sample --evaluate`, or the rollouts of a `swegym run`",
-            NoPositives { .. } => "add resolved trajectories, e.g. oracle ones (`swegym sample --policy oracle --evaluate`), as off-policy data",
-            NoNegatives { .. } => "add failed trajectories, e.g. the policy's own (`swegym sample --policy local --evaluate`)",
-            MixInfeasible { .. } => "change --on-policy-share or add rollouts of the scarce source",
-        };
-        Exit::bad_input(format!("{names}: {e}; {todo}"))
-    })?;
-    let summary = swegym_export::write_records(&args.out, &outcome.records).map_err(|e| Exit::bad_input(e.to_string()))?;
-    let decisions: Vec<serde_json::Value> = rollouts
+    Exit::bad_input(format!("{names}: {e}; {todo}"))
+}
+
+/// The per-rollout decisions of the summary file: which file, which rollout, kept or
+/// dropped and why.
+fn decisions_json(files: &[PathBuf], rollouts: &[(usize, Rollout)], candidates: &[Candidate<'_>], decisions: &[Decision]) -> Vec<serde_json::Value> {
+    rollouts
         .iter()
-        .zip(&candidates)
-        .zip(&outcome.decisions)
+        .zip(candidates)
+        .zip(decisions)
         .map(|(((f, r), c), d)| {
             let (decision, reason) = match d {
                 Decision::Keep => ("keep", None),
@@ -180,13 +210,11 @@ fn data(args: DataArgs) -> anyhow::Result<()> {
             json!({"file": files[*f], "instance_id": r.instance_id, "sample_idx": r.sample_idx, "policy_id": r.policy_id,
                    "origin": c.origin, "resolved": r.resolved, "n_tokens": c.n_tokens, "decision": decision, "reason": reason})
         })
-        .collect();
-    let s = &outcome.summary;
-    let summary_path = args.out.with_extension("summary.json");
-    write_json_atomic(
-        &summary_path,
-        &json!({"inputs": files, "model": args.model, "off_policy": args.off_policy, "summary": s, "export": summary, "decisions": decisions}),
-    )?;
+        .collect()
+}
+
+/// What `verifier data` made, kept and dropped, on stdout.
+fn print_data_summary(s: &swegym_verifier::DataSummary, instances: usize, out: &Path, summary_path: &Path) {
     let drops: Vec<String> = s.dropped.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
     let k = &s.kept_by_origin;
     println!(
@@ -195,8 +223,8 @@ fn data(args: DataArgs) -> anyhow::Result<()> {
         s.positives,
         s.negatives,
         s.input,
-        summary.instances,
-        args.out.display(),
+        instances,
+        out.display(),
         k.on_policy_positive,
         k.on_policy_negative,
         k.off_policy_positive,
@@ -204,7 +232,6 @@ fn data(args: DataArgs) -> anyhow::Result<()> {
         if drops.is_empty() { "none".to_string() } else { drops.join(", ") },
         summary_path.display()
     );
-    Ok(())
 }
 
 // --------------------------------------------------------------------------------- train
@@ -391,10 +418,35 @@ pub struct EvalArgs {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let (instances, first_rollout_not_greedy) = read_graded_scores(&args.scores)?;
+    let options = ScalingOptions { ks: args.ks.clone(), subsets: args.subsets, bootstrap: args.bootstrap, seed: args.seed };
+    let report = swegym_verifier::scaling(&instances, &options);
+    let file = swegym_verifier::EvalFile { scores: args.scores.clone(), first_rollout_not_greedy, report };
+    let mut outs = args.out.clone().into_iter().collect::<Vec<_>>();
+    if let Some(run) = &args.run {
+        let root = crate::report::find_run(run)?;
+        let path = crate::run_dir::verifier_eval_path(&root);
+        std::fs::create_dir_all(path.parent().expect("has a parent")).with_context(|| format!("creating {}", path.display()))?;
+        outs.push(path);
+    }
+    for out in &outs {
+        write_json_atomic(out, &file)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&file)?);
+        return Ok(());
+    }
+    print_eval(&file, &outs);
+    Ok(())
+}
+
+/// The scored rollouts of `paths` by task, each rollout once and every one graded, and how
+/// many tasks' first rollout (the lowest sample index) was sampled at t > 0.
+fn read_graded_scores(paths: &[PathBuf]) -> anyhow::Result<(BTreeMap<String, Vec<Scored>>, usize)> {
     let mut instances: BTreeMap<String, Vec<Scored>> = BTreeMap::new();
     let mut first_temperature: BTreeMap<String, (u32, f64)> = BTreeMap::new();
     let mut seen = BTreeMap::new();
-    for path in &args.scores {
+    for path in paths {
         let rows = swegym_verifier::read_scores(path).map_err(|e| Exit::bad_input(e.to_string()))?;
         let ungraded = rows.iter().filter(|r| r.resolved.is_none()).count();
         if ungraded > 0 {
@@ -421,27 +473,11 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             instances.entry(r.instance_id).or_default().push(Scored { sample_idx: r.sample_idx, resolved: r.resolved == Some(true), p_yes: r.p_yes });
         }
     }
-    let options = ScalingOptions { ks: args.ks.clone(), subsets: args.subsets, bootstrap: args.bootstrap, seed: args.seed };
-    let report = swegym_verifier::scaling(&instances, &options);
-    let file = swegym_verifier::EvalFile {
-        scores: args.scores.clone(),
-        first_rollout_not_greedy: first_temperature.values().filter(|(_, t)| *t > 0.0).count(),
-        report,
-    };
-    let mut outs = args.out.clone().into_iter().collect::<Vec<_>>();
-    if let Some(run) = &args.run {
-        let root = crate::report::find_run(run)?;
-        let path = crate::run_dir::verifier_eval_path(&root);
-        std::fs::create_dir_all(path.parent().expect("has a parent")).with_context(|| format!("creating {}", path.display()))?;
-        outs.push(path);
-    }
-    for out in &outs {
-        write_json_atomic(out, &file)?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&file)?);
-        return Ok(());
-    }
+    Ok((instances, first_temperature.values().filter(|(_, t)| *t > 0.0).count()))
+}
+
+/// The scaling table, the verifier's quality and notes on stdout; `outs`: the files written.
+fn print_eval(file: &swegym_verifier::EvalFile, outs: &[PathBuf]) {
     print!("{}", crate::report::scaling_curves(&file.report, "the verifier").table().to_text());
     let c = &file.report.classifier;
     let opt = |v: Option<f64>, scale: f64| v.map_or("-".to_string(), |v| format!("{:.3}", v * scale));
@@ -463,8 +499,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if file.first_rollout_not_greedy > 0 {
         println!("  note: rollout 0 of {} tasks was sampled at t > 0 (the paper's rollout 0 is greedy)", file.first_rollout_not_greedy);
     }
-    for out in &outs {
+    for out in outs {
         println!("  written to {}", out.display());
     }
-    Ok(())
 }

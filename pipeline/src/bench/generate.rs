@@ -124,73 +124,99 @@ pub async fn bench_generate(ctx: &crate::context::Context, args: GenerateBenchAr
         );
     }
     let llamacpp = if args.no_llamacpp { None } else { llamacpp_side(ctx, &args) };
-    tokio::task::spawn_blocking(move || {
-        let mut rows = Vec::new();
-        let mut summary = Vec::new();
-        for &dtype in &args.dtypes {
-            tch::set_num_threads(args.threads);
-            let (mut lm, tokenizer) = swegym_lm::load_model(&model, dtype.dtype(), tch::Device::Cpu)
-                .map_err(|e| Exit::bad_input(e.to_string()))?;
-            if let Some(kv) = args.kv_dtype {
-                lm.set_kv_dtype(kv.dtype());
+    let sides = Sides { model, hf_model, python, transformers_here, llamacpp };
+    tokio::task::spawn_blocking(move || measure(&args, &sides)).await.context("bench thread")?
+}
+
+/// What runs where: our model, the transformers side (its HF folder and Python, when it
+/// can run here) and llama.cpp's (its Python and script, when it can).
+struct Sides {
+    model: PathBuf,
+    hf_model: PathBuf,
+    python: PathBuf,
+    transformers_here: bool,
+    llamacpp: Option<(PathBuf, PathBuf)>,
+}
+
+/// Every configuration of `args` (one JSON line each), llama.cpp's, then the table and
+/// the `--json` file.
+fn measure(args: &GenerateBenchArgs, sides: &Sides) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut summary = Vec::new();
+    for &dtype in &args.dtypes {
+        measure_dtype(args, sides, dtype, &mut rows, &mut summary)?;
+    }
+    if let Some((python, script)) = &sides.llamacpp {
+        let theirs = run_llamacpp(args, python, script, &sides.model)?;
+        println!("{}", serde_json::to_string(&theirs)?);
+        summary.push(theirs);
+    }
+    print_table(&rows, &summary);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The model loaded in `dtype`, measured at every batch and decoding weights, beside
+/// transformers' numbers for the same dtype and batch.
+fn measure_dtype(args: &GenerateBenchArgs, sides: &Sides, dtype: DtypeArg, rows: &mut Vec<GenerateBench>, summary: &mut Vec<EngineRow>) -> anyhow::Result<()> {
+    tch::set_num_threads(args.threads);
+    let (mut lm, tokenizer) = swegym_lm::load_model(&sides.model, dtype.dtype(), tch::Device::Cpu).map_err(|e| Exit::bad_input(e.to_string()))?;
+    if let Some(kv) = args.kv_dtype {
+        lm.set_kv_dtype(kv.dtype());
+    }
+    let peak_load = proc_status_mib("VmHWM");
+    let weights: Vec<swegym_lm::DecodeWeights> = if dtype == DtypeArg::F32 { args.weights.clone() } else { vec![swegym_lm::DecodeWeights::F32] };
+    for &batch in &args.batches {
+        let theirs = if sides.transformers_here {
+            Some(run_transformers(args, &sides.python, &sides.hf_model, dtype, batch)?)
+        } else {
+            baseline_file(&args.baseline_dir, dtype, batch)
+        };
+        for &w in &weights {
+            let used = lm.set_decode_weights(w);
+            if used != w {
+                eprintln!("{w} decoding weights do not apply here (they need f32 weights and AVX2): skipped");
+                continue;
             }
-            let peak_load = proc_status_mib("VmHWM");
-            let weights: Vec<swegym_lm::DecodeWeights> = if dtype == DtypeArg::F32 { args.weights.clone() } else { vec![swegym_lm::DecodeWeights::F32] };
-            for &batch in &args.batches {
-                let theirs = if transformers_here {
-                    Some(run_transformers(&args, &python, &hf_model, dtype, batch)?)
-                } else {
-                    baseline_file(&args.baseline_dir, dtype, batch)
-                };
-                for &w in &weights {
-                    let used = lm.set_decode_weights(w);
-                    if used != w {
-                        eprintln!("{w} decoding weights do not apply here (they need f32 weights and AVX2): skipped");
-                        continue;
-                    }
-                    reset_peak_rss();
-                    let ours = run_ours(&lm, &tokenizer, &args, batch, peak_load);
-                    let ratio = |a: &Stat, b: Option<&Stat>| b.map(|b| a.median / b.median);
-                    let weights_label = if used == swegym_lm::DecodeWeights::Q8 { "q8".to_string() } else { dtype.dtype().to_string() };
-                    summary.push(EngineRow { engine: "swegym", weights: weights_label.clone(), batch, decode_tok_s: ours.decode_tok_s.median, prefill_tok_s: ours.prefill_tok_s.median });
-                    let row = GenerateBench {
-                        bench: "generate",
-                        dtype: dtype.dtype().to_string(),
-                        weights: weights_label,
-                        decode_weight_mib: lm.decode_weight_bytes() as f64 / (1 << 20) as f64,
-                        kv_dtype: lm.kv_dtype().to_string(),
-                        batch,
-                        prompt_len: args.prompt_len,
-                        new_tokens: args.new_tokens,
-                        threads: args.threads,
-                        decode_ratio: ratio(&ours.decode_tok_s, theirs.as_ref().map(|t| &t.decode_tok_s)),
-                        prefill_ratio: ratio(&ours.prefill_tok_s, theirs.as_ref().map(|t| &t.prefill_tok_s)),
-                        swegym: ours,
-                        transformers: theirs.clone(),
-                    };
-                    println!("{}", serde_json::to_string(&row)?);
-                    rows.push(row);
-                }
-                if let Some(t) = theirs.as_ref().filter(|t| t.source == "measured") {
-                    summary.push(EngineRow { engine: "transformers", weights: dtype.dtype().to_string(), batch, decode_tok_s: t.decode_tok_s.median, prefill_tok_s: t.prefill_tok_s.median });
-                }
-            }
-            drop(lm);
+            reset_peak_rss();
+            let ours = run_ours(&lm, &tokenizer, args, batch, peak_load);
+            let weights_label = if used == swegym_lm::DecodeWeights::Q8 { "q8".to_string() } else { dtype.dtype().to_string() };
+            summary.push(EngineRow { engine: "swegym", weights: weights_label.clone(), batch, decode_tok_s: ours.decode_tok_s.median, prefill_tok_s: ours.prefill_tok_s.median });
+            let row = GenerateBench::new(&lm, args, (dtype, weights_label, batch), ours, theirs.clone());
+            println!("{}", serde_json::to_string(&row)?);
+            rows.push(row);
         }
-        if let Some((python, script)) = &llamacpp {
-            let theirs = run_llamacpp(&args, python, script, &model)?;
-            println!("{}", serde_json::to_string(&theirs)?);
-            summary.push(theirs);
+        if let Some(t) = theirs.as_ref().filter(|t| t.source == "measured") {
+            summary.push(EngineRow { engine: "transformers", weights: dtype.dtype().to_string(), batch, decode_tok_s: t.decode_tok_s.median, prefill_tok_s: t.prefill_tok_s.median });
         }
-        print_table(&rows, &summary);
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n").with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+impl GenerateBench {
+    /// The result line of one configuration (`dtype`, decoding weights' label, batch): our
+    /// side, the transformers side and the ratios.
+    fn new(lm: &CausalLm, args: &GenerateBenchArgs, (dtype, weights, batch): (DtypeArg, String, usize), ours: SideResult, theirs: Option<SideResult>) -> GenerateBench {
+        let ratio = |a: &Stat, b: Option<&Stat>| b.map(|b| a.median / b.median);
+        GenerateBench {
+            bench: "generate",
+            dtype: dtype.dtype().to_string(),
+            weights,
+            decode_weight_mib: lm.decode_weight_bytes() as f64 / (1 << 20) as f64,
+            kv_dtype: lm.kv_dtype().to_string(),
+            batch,
+            prompt_len: args.prompt_len,
+            new_tokens: args.new_tokens,
+            threads: args.threads,
+            decode_ratio: ratio(&ours.decode_tok_s, theirs.as_ref().map(|t| &t.decode_tok_s)),
+            prefill_ratio: ratio(&ours.prefill_tok_s, theirs.as_ref().map(|t| &t.prefill_tok_s)),
+            swegym: ours,
+            transformers: theirs,
         }
-        Ok(())
-    })
-    .await
-    .context("bench thread")?
+    }
 }
 
 /// One measured configuration, as `--json` writes it (medians).

@@ -160,65 +160,86 @@ pub async fn bench(ctx: &crate::context::Context, args: TrainBenchArgs) -> anyho
     }
     let text_python = if python.exists() { python.clone() } else { ctx.cache_root.join("venv/bin/python") };
     let text = fixed_text(&text_python)?;
+    let sides = Sides { model, hf_model, python, peft_here };
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         for &dtype in &args.dtypes {
-            let peft = if peft_here { Some(run_peft(&args, &python, &hf_model, dtype)?) } else { None };
-            tch::set_num_threads(args.threads);
-            let (lm, tokenizer) = swegym_lm::load_model(&model, dtype.dtype(), tch::Device::Cpu).map_err(|e| Exit::bad_input(e.to_string()))?;
-            let mut ids = tokenizer.encode(&text, false)?;
-            anyhow::ensure!(ids.len() >= args.seq, "the benchmark text has {} tokens, fewer than --seq {}", ids.len(), args.seq);
-            ids.truncate(args.seq);
-            let example = Example { loss_mask: vec![true; ids.len()], ids, record_idx: 0 };
-            let config_of_model = lm.config().clone();
-            let cfg = TrainConfig {
-                dtype: swegym_train::TrainDtype::Fixed(dtype.dtype()),
-                activation_checkpointing: args.activation_checkpointing,
-                max_grad_norm: 0.0,
-                overlong: Overlong::Truncate,
-                ..RawTrainConfig::default().resolve("bench").expect("defaults")
-            };
-            let limit = args.matmul_gflops.unwrap_or_else(|| measure_matmul_gflops(dtype.dtype().kind()));
-            let mut trainer = Trainer::new(lm, &cfg, 0);
-            super::generate::reset_peak_rss();
-            let (mut times, mut losses) = (Vec::new(), Vec::new());
-            for step in 0..args.steps {
-                let t0 = Instant::now();
-                let out = trainer.step(&[vec![&example]], 1e-4, step as u64);
-                let dt = t0.elapsed().as_secs_f64();
-                eprintln!("  [swegym {}] step {:2} loss {:.4} {:6.2} s {:7.1} tok/s", dtype.dtype(), step + 1, out.loss, dt, args.seq as f64 / dt);
-                times.push(dt);
-                losses.push(out.loss);
-            }
-            let peak = super::generate::proc_status_mib("VmHWM");
-            let rates: Vec<f64> = times.iter().skip(args.warmup).map(|t| args.seq as f64 / t).collect();
-            let mut sorted = times[args.warmup.min(times.len() - 1)..].to_vec();
-            let median_step = super::median(&mut sorted);
-            let flops = step_flops(&config_of_model, args.seq, trainer.n_trainable());
-            let ours = TrainBenchSide {
-                tok_s: Stat::of(rates),
-                peak_rss_mib: peak,
-                loss_first: losses[0],
-                loss_last: *losses.last().expect("steps ≥ 1"),
-                losses,
-            };
-            let row = TrainBenchRow {
-                bench: "train",
-                dtype: dtype.dtype().to_string(),
-                seq: args.seq,
-                steps: args.steps,
-                threads: args.threads,
-                activation_checkpointing: args.activation_checkpointing,
-                n_trainable: trainer.n_trainable(),
-                matmul_limit_gflops: limit,
-                matmul_limit_fraction: flops / median_step / (limit * 1e9),
-                tok_s_ratio: peft.as_ref().map(|p| ours.tok_s.median / p.tok_s.median),
-                swegym: ours,
-                peft,
-            };
+            let row = bench_dtype(&args, &sides, &text, dtype)?;
             println!("{}", serde_json::to_string(&row)?);
         }
         Ok(())
     })
     .await
     .context("bench thread")?
+}
+
+/// What runs where: our model, and the PEFT side's HF folder and Python (`peft_here`: it
+/// can run here).
+struct Sides {
+    model: PathBuf,
+    hf_model: PathBuf,
+    python: PathBuf,
+    peft_here: bool,
+}
+
+/// One dtype's row: PEFT's run (when it can run here), then ours on the first `--seq`
+/// tokens of `text`.
+fn bench_dtype(args: &TrainBenchArgs, sides: &Sides, text: &str, dtype: DtypeArg) -> anyhow::Result<TrainBenchRow> {
+    let peft = if sides.peft_here { Some(run_peft(args, &sides.python, &sides.hf_model, dtype)?) } else { None };
+    tch::set_num_threads(args.threads);
+    let (lm, tokenizer) = swegym_lm::load_model(&sides.model, dtype.dtype(), tch::Device::Cpu).map_err(|e| Exit::bad_input(e.to_string()))?;
+    let mut ids = tokenizer.encode(text, false)?;
+    anyhow::ensure!(ids.len() >= args.seq, "the benchmark text has {} tokens, fewer than --seq {}", ids.len(), args.seq);
+    ids.truncate(args.seq);
+    let example = Example { loss_mask: vec![true; ids.len()], ids, record_idx: 0 };
+    let config_of_model = lm.config().clone();
+    let cfg = TrainConfig {
+        dtype: swegym_train::TrainDtype::Fixed(dtype.dtype()),
+        activation_checkpointing: args.activation_checkpointing,
+        max_grad_norm: 0.0,
+        overlong: Overlong::Truncate,
+        ..RawTrainConfig::default().resolve("bench").expect("defaults")
+    };
+    let limit = args.matmul_gflops.unwrap_or_else(|| measure_matmul_gflops(dtype.dtype().kind()));
+    let mut trainer = Trainer::new(lm, &cfg, 0);
+    super::generate::reset_peak_rss();
+    let (times, losses) = train_steps(&mut trainer, &example, args, dtype);
+    let peak = super::generate::proc_status_mib("VmHWM");
+    let mut sorted = times[args.warmup.min(times.len() - 1)..].to_vec();
+    let median_step = super::median(&mut sorted);
+    let flops = step_flops(&config_of_model, args.seq, trainer.n_trainable());
+    let ours = TrainBenchSide {
+        tok_s: Stat::of(times.iter().skip(args.warmup).map(|t| args.seq as f64 / t).collect()),
+        peak_rss_mib: peak,
+        loss_first: losses[0],
+        loss_last: *losses.last().expect("steps ≥ 1"),
+        losses,
+    };
+    Ok(TrainBenchRow {
+        bench: "train",
+        dtype: dtype.dtype().to_string(),
+        seq: args.seq,
+        steps: args.steps,
+        threads: args.threads,
+        activation_checkpointing: args.activation_checkpointing,
+        n_trainable: trainer.n_trainable(),
+        matmul_limit_gflops: limit,
+        matmul_limit_fraction: flops / median_step / (limit * 1e9),
+        tok_s_ratio: peft.as_ref().map(|p| ours.tok_s.median / p.tok_s.median),
+        swegym: ours,
+        peft,
+    })
+}
+
+/// `--steps` timed training steps on `example`, each logged on stderr: (seconds, loss) per step.
+fn train_steps(trainer: &mut Trainer, example: &Example, args: &TrainBenchArgs, dtype: DtypeArg) -> (Vec<f64>, Vec<f64>) {
+    let (mut times, mut losses) = (Vec::new(), Vec::new());
+    for step in 0..args.steps {
+        let t0 = Instant::now();
+        let out = trainer.step(&[vec![example]], 1e-4, step as u64);
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!("  [swegym {}] step {:2} loss {:.4} {:6.2} s {:7.1} tok/s", dtype.dtype(), step + 1, out.loss, dt, args.seq as f64 / dt);
+        times.push(dt);
+        losses.push(out.loss);
+    }
+    (times, losses)
 }

@@ -134,28 +134,8 @@ pub fn fork(src: &Path, dst: &Path, new_config: &serde_json::Value) -> anyhow::R
     let src_config: serde_json::Value = read_json(&src.join("config.json")).map_err(|_| bad(format!("--fork-from {}: its config.json is missing or unreadable", src.display())))?;
     let changed = config_diff_all(&src_config, new_config);
     let point = fork_point(&src_config, new_config, &changed).map_err(|e| bad(format!("--fork-from {}: {e}", src.display())))?;
-    // Every stage before the fork point must be finished in the source: a fork never
-    // copies half an iteration's inputs.
-    let before = |iteration: u32, stage: Stage| point.is_none_or(|p| ForkPoint { iteration, stage }.rank() < p.rank());
     if let Some(p) = point {
-        let needed = ITERATION_STAGES.iter().take_while(|s| before(p.iteration, **s)).copied().collect::<Vec<_>>();
-        // The last stage before the point that every run has (warm_start, sample and score
-        // are optional) must be done in the source.
-        let last_required = needed.iter().rev().find(|s| matches!(s, Stage::Filter | Stage::Export | Stage::Train | Stage::Eval));
-        if let Some(s) = last_required {
-            if !RunDir::manifest_path(&src.join(format!("iter-{:03}", p.iteration)), *s).exists() {
-                return Err(bad(format!(
-                    "--fork-from {}: the fork starts at {}, and the source has not finished iter-{:03} {} yet; let it get there (resume it), then fork",
-                    src.display(),
-                    p.label(),
-                    p.iteration,
-                    s.name()
-                )));
-            }
-        }
-        if p.iteration > 0 && !src.join(format!("iter-{:03}", p.iteration - 1)).join("metrics.json").exists() {
-            return Err(bad(format!("--fork-from {}: iteration {} is not finished there; resume it first", src.display(), p.iteration - 1)));
-        }
+        check_source_reached(src, p)?;
     }
     std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
     let mut copied = Vec::new();
@@ -168,6 +148,50 @@ pub fn fork(src: &Path, dst: &Path, new_config: &serde_json::Value) -> anyhow::R
     if src.join("zero-shot/metrics.json").exists() {
         copy_path(&src.join("zero-shot/metrics.json"), &dst.join("zero-shot/metrics.json"))?;
     }
+    copy_iterations(src, dst, point, &mut copied)?;
+    Ok(ForkedFrom {
+        run: src.display().to_string(),
+        config_hash: src_info.config_hash,
+        changed,
+        diverges_at: point.map_or_else(|| "none".to_string(), |p| p.label()),
+        copied,
+    })
+}
+
+/// Whether `iteration`'s `stage` comes before the fork point (every stage does when there
+/// is none): such a stage is copied.
+fn before_point(point: Option<ForkPoint>, iteration: u32, stage: Stage) -> bool {
+    point.is_none_or(|p| ForkPoint { iteration, stage }.rank() < p.rank())
+}
+
+/// Every stage before the fork point must be finished in the source: a fork never copies
+/// half an iteration's inputs.
+fn check_source_reached(src: &Path, p: ForkPoint) -> anyhow::Result<()> {
+    let bad = crate::exit::Exit::bad_input;
+    let needed = ITERATION_STAGES.iter().take_while(|s| before_point(Some(p), p.iteration, **s)).copied().collect::<Vec<_>>();
+    // The last stage before the point that every run has (warm_start, sample and score
+    // are optional) must be done in the source.
+    let last_required = needed.iter().rev().find(|s| matches!(s, Stage::Filter | Stage::Export | Stage::Train | Stage::Eval));
+    if let Some(s) = last_required {
+        if !RunDir::manifest_path(&src.join(format!("iter-{:03}", p.iteration)), *s).exists() {
+            return Err(bad(format!(
+                "--fork-from {}: the fork starts at {}, and the source has not finished iter-{:03} {} yet; let it get there (resume it), then fork",
+                src.display(),
+                p.label(),
+                p.iteration,
+                s.name()
+            )));
+        }
+    }
+    if p.iteration > 0 && !src.join(format!("iter-{:03}", p.iteration - 1)).join("metrics.json").exists() {
+        return Err(bad(format!("--fork-from {}: iteration {} is not finished there; resume it first", src.display(), p.iteration - 1)));
+    }
+    Ok(())
+}
+
+/// Copies the source's iteration stages before the fork point (`copied` gets each as
+/// `<folder> <stage>`), and the metrics of each iteration copied whole.
+fn copy_iterations(src: &Path, dst: &Path, point: Option<ForkPoint>, copied: &mut Vec<String>) -> anyhow::Result<()> {
     let mut iterations: Vec<u32> = std::fs::read_dir(src)
         .with_context(|| format!("reading {}", src.display()))?
         .flatten()
@@ -178,7 +202,7 @@ pub fn fork(src: &Path, dst: &Path, new_config: &serde_json::Value) -> anyhow::R
         let folder = format!("iter-{it:03}");
         let mut whole = true;
         for stage in ITERATION_STAGES {
-            if !before(it, stage) {
+            if !before_point(point, it, stage) {
                 whole = false;
                 continue;
             }
@@ -191,13 +215,7 @@ pub fn fork(src: &Path, dst: &Path, new_config: &serde_json::Value) -> anyhow::R
             copy_path(&metrics, &dst.join(&folder).join("metrics.json"))?;
         }
     }
-    Ok(ForkedFrom {
-        run: src.display().to_string(),
-        config_hash: src_info.config_hash,
-        changed,
-        diverges_at: point.map_or_else(|| "none".to_string(), |p| p.label()),
-        copied,
-    })
+    Ok(())
 }
 
 /// The folder a fork fills must be new: an existing run is resumed, not forked into.
