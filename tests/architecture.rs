@@ -203,6 +203,41 @@ fn pipeline_modules_import_in_one_direction() {
     }
 }
 
+/// "Reads no environment variables" (ARCHITECTURE.md's invariants for `sandbox`, `lm`,
+/// `sample`, `train`, `verifier`, and every other stage): the binary reads them and hands
+/// the values in. Two reads are the documented exceptions: `swegym_lm::init_cpu_runtime`
+/// (the oneDNN cap, called by `main` only) and the sandbox's lookup of a host program on
+/// `PATH`. Test modules (after `#[cfg(test)]`) are left out.
+#[test]
+fn library_crates_and_stages_read_no_environment_variables() {
+    let root = common::repo_root();
+    let mut files = Vec::new();
+    for dir in ["crates", "stages"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            collect_rs(&entry.path().join("src"), &mut files);
+        }
+    }
+    assert!(files.len() > 30, "{files:?}");
+    // (file, what the excused line reads): init_cpu_runtime's `key` is ONEDNN_ISA_CAP's.
+    let allowed = [("crates/lm/src/lib.rs", "(key"), ("crates/sandbox/src/docker/images.rs", "var_os(\"PATH\")")];
+    let mut reads = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().to_string();
+        for (n, line) in code.lines().enumerate() {
+            let reads_env = ["env::var(", "env::var_os(", "env::set_var(", "env::vars("].iter().any(|p| line.contains(p));
+            if reads_env && !line.trim_start().starts_with("//") {
+                let excused = allowed.iter().any(|(file, what)| rel == *file && line.contains(what));
+                if !excused {
+                    reads.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(reads.is_empty(), "environment read inside a library crate or stage (hand the value in from the binary): {reads:#?}");
+}
+
 /// Each `fn` of a Rust file with its line and length (from the `fn` line to the closing
 /// brace at its indent, inclusive); declarations without a body are left out.
 fn function_lengths(text: &str) -> Vec<(usize, String, usize)> {
