@@ -28,7 +28,7 @@ use crate::context::Context;
 use crate::evaluate::HarnessArgs;
 use crate::output;
 use crate::exit::Exit;
-use crate::synth::{jsonl, test_run};
+use crate::synth::test_run;
 
 #[derive(clap::Args, Debug)]
 pub struct MineArgs {
@@ -134,7 +134,7 @@ pub async fn run(ctx: &Context, args: MineArgs) -> anyhow::Result<()> {
             judged.judge(task, candidate, [before, after, again].map(test_run));
         }
     }
-    std::fs::write(out_dir.join("tasks.jsonl"), jsonl(&judged.kept)?).context("writing tasks.jsonl")?;
+    swegym_schema::write_tasks(&out_dir.join("tasks.jsonl"), &judged.kept)?;
     let report = MineReport {
         repo: name,
         commits_seen: mined.commits_seen,

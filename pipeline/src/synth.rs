@@ -236,7 +236,7 @@ impl Found {
         let write = |split: Split| -> anyhow::Result<usize> {
             let path = out_dir.join(format!("{}.jsonl", split.as_str()));
             let tasks: Vec<&Task> = self.rows.iter().filter(|(s, _)| *s == split).map(|(_, task)| task).collect();
-            std::fs::write(&path, jsonl(&tasks)?).with_context(|| format!("writing {}", path.display()))?;
+            swegym_schema::write_tasks(&path, &tasks)?;
             Ok(tasks.len())
         };
         let n_train = write(Split::Train)?;
@@ -247,7 +247,7 @@ impl Found {
 }
 
 /// One JSON line per item.
-pub(crate) fn jsonl<T: Serialize>(items: &[T]) -> anyhow::Result<String> {
+fn jsonl<T: Serialize>(items: &[T]) -> anyhow::Result<String> {
     let mut text = String::new();
     for item in items {
         text.push_str(&serde_json::to_string(item)?);

@@ -21,7 +21,7 @@ pub use prediction::{load_predictions, Prediction};
 pub use rollout::{ExitReason, Message, Role, Rollout};
 pub use sft::{read_sft, write_sft, SftRecord};
 pub use stats::DatasetStats;
-pub use task::{load_tasks, load_tasks_with, LoadOptions, RowError, Task, TaskLoad};
+pub use task::{load_tasks, load_tasks_with, write_tasks, LoadOptions, RowError, Task, TaskLoad};
 pub use verdict::{EvalStatus, Verdict};
 
 /// Errors of reading or writing a whole file (a bad *row* is a [`RowError`], not this).
@@ -43,4 +43,19 @@ pub enum SchemaError {
         path: std::path::PathBuf,
         message: String,
     },
+}
+
+/// Writes `rows` as JSONL, one object a line, atomically (a temp file renamed over `path`);
+/// `name` says which row could not be encoded.
+pub(crate) fn write_jsonl<T: serde::Serialize>(path: &std::path::Path, rows: &[T], name: impl Fn(&T) -> String) -> Result<(), SchemaError> {
+    let io = |source| SchemaError::Io { path: path.to_path_buf(), source };
+    let mut text = String::new();
+    for row in rows {
+        let line = serde_json::to_string(row).map_err(|e| SchemaError::Format { path: path.to_path_buf(), message: format!("cannot encode {}: {e}", name(row)) })?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }

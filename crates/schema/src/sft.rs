@@ -70,18 +70,7 @@ pub fn write_sft(path: &Path, records: &[SftRecord]) -> Result<(), SchemaError> 
 
 /// Writes SFT records as JSONL (atomically), one `{messages, instance_id, …}` object a line.
 pub fn write_sft_jsonl(path: &Path, records: &[SftRecord]) -> Result<(), SchemaError> {
-    let io = |source| SchemaError::Io { path: path.to_path_buf(), source };
-    let mut text = String::new();
-    for r in records {
-        text.push_str(&serde_json::to_string(r).map_err(|e| SchemaError::Format {
-            path: path.to_path_buf(),
-            message: format!("cannot encode record of {}: {e}", r.instance_id),
-        })?);
-        text.push('\n');
-    }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::write_jsonl(path, records, |r| format!("record of {}", r.instance_id))
 }
 
 /// Reads SFT data from Parquet (`.parquet`) or JSONL / a JSON array (anything else).

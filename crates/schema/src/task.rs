@@ -114,6 +114,12 @@ pub fn load_tasks(path: &Path) -> Result<TaskLoad, SchemaError> {
     load_tasks_with(path, LoadOptions::default())
 }
 
+/// Writes tasks as JSONL in the SWE-bench schema, one row a line (atomically), as
+/// [`load_tasks`] reads them back: the dataset files `swegym synth` and `swegym mine` write.
+pub fn write_tasks<T: std::borrow::Borrow<Task> + Serialize>(path: &Path, tasks: &[T]) -> Result<(), SchemaError> {
+    crate::write_jsonl(path, tasks, |t| format!("task {}", t.borrow().instance_id))
+}
+
 /// [`load_tasks`] with options.
 pub fn load_tasks_with(path: &Path, options: LoadOptions) -> Result<TaskLoad, SchemaError> {
     let rows = read_rows(path)?;
@@ -286,6 +292,20 @@ mod tests {
         assert_eq!(load.tasks[0].fail_to_pass, load.tasks[1].fail_to_pass);
         assert_eq!(load.tasks[0].environment_setup_commit, None);
         assert_eq!(load.tasks[0].test_files(), vec!["t.py".to_string()]);
+    }
+
+    #[test]
+    fn written_tasks_load_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.jsonl");
+        std::fs::write(&p, format!("{}\n{}\n", row(r#"["t.py::a"]"#), row(r#"["t.py::b"]"#).replace("o__r-1", "o__r-2"))).unwrap();
+        let tasks = load_tasks(&p).unwrap().tasks;
+        let out = dir.path().join("out.jsonl");
+        write_tasks(&out, &tasks.iter().collect::<Vec<&Task>>()).unwrap();
+        assert_eq!(load_tasks(&out).unwrap().tasks, tasks);
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(!dir.path().join("out.jsonl.tmp").exists());
     }
 
     #[test]
