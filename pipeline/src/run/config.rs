@@ -783,25 +783,22 @@ impl Resolver {
     /// `[agent] eval_max_turns`, `[sampling] eval_rollouts_per_task` and
     /// `best_of_temperature`) read into it with a warning; where both are set, `[eval]`'s wins.
     fn eval_keys(&self, raw: &mut RawConfig) -> RawEval {
+        /// `old` (the key under its old name `from`) into `new` unless `new` is set.
+        fn fold<T>(new: &mut Option<T>, old: Option<T>, from: &str, to: &str, moved: &mut Vec<String>) {
+            if let Some(v) = old {
+                moved.push(format!("{from} is now [eval] {to}"));
+                new.get_or_insert(v);
+            }
+        }
         let mut eval = raw.eval.take().unwrap_or_default();
         let (policy, agent, mut sampling) = (raw.policy.as_mut(), raw.agent.as_mut(), raw.sampling.as_mut());
         let mut moved = Vec::new();
-        let mut fold = |new: &mut Option<f64>, old: Option<f64>, from: &str, to: &str| {
-            if let Some(v) = old {
-                moved.push(format!("{from} is now [eval] {to}"));
-                new.get_or_insert(v);
-            }
-        };
-        fold(&mut eval.temperature, policy.and_then(|p| p.eval_temperature.take()), "[policy] eval_temperature", "temperature");
-        fold(&mut eval.best_of_temperature, sampling.as_mut().and_then(|s| s.best_of_temperature.take()), "[sampling] best_of_temperature", "best_of_temperature");
-        let mut fold_int = |new: &mut Option<u32>, old: Option<u32>, from: &str, to: &str| {
-            if let Some(v) = old {
-                moved.push(format!("{from} is now [eval] {to}"));
-                new.get_or_insert(v);
-            }
-        };
-        fold_int(&mut eval.max_turns, agent.and_then(|a| a.eval_max_turns.take()), "[agent] eval_max_turns", "max_turns");
-        fold_int(&mut eval.rollouts_per_task, sampling.and_then(|s| s.eval_rollouts_per_task.take()), "[sampling] eval_rollouts_per_task", "rollouts_per_task");
+        fold(&mut eval.temperature, policy.and_then(|p| p.eval_temperature.take()), "[policy] eval_temperature", "temperature", &mut moved);
+        fold(&mut eval.max_turns, agent.and_then(|a| a.eval_max_turns.take()), "[agent] eval_max_turns", "max_turns", &mut moved);
+        let old_k = sampling.as_mut().and_then(|s| s.eval_rollouts_per_task.take());
+        fold(&mut eval.rollouts_per_task, old_k, "[sampling] eval_rollouts_per_task", "rollouts_per_task", &mut moved);
+        let old_t = sampling.and_then(|s| s.best_of_temperature.take());
+        fold(&mut eval.best_of_temperature, old_t, "[sampling] best_of_temperature", "best_of_temperature", &mut moved);
         if !moved.is_empty() {
             tracing::warn!("{}: {} (read as such; move the keys, the old names will go)", self.file, moved.join(", "));
         }
